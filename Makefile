@@ -1,0 +1,37 @@
+# The documented commands. Each one installs what it needs by itself, from nothing.
+SYSTEM_PYTHON ?= /usr/bin/python3.11
+VENV          := .venv
+PY            := $(VENV)/bin/python
+PROFILE       ?= tiny
+STAMP         := $(VENV)/.installed
+
+.PHONY: serve test test-unit build venv clean lint
+
+serve: build
+	$(PY) -m ensemble.server
+
+test: build
+	$(PY) -m pytest -m "not gpu" --timeout=900
+
+test-unit: venv
+	$(PY) -m pytest -m "not server and not gpu"
+
+build: venv
+	$(PY) -m export.build --profile $(PROFILE)
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml client/pyproject.toml scripts/check_python.sh
+	bash scripts/check_python.sh $(SYSTEM_PYTHON)
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e . -e client
+	touch $(STAMP)
+
+lint: venv
+	$(PY) -m ruff check export ensemble client tests
+
+clean:
+	rm -rf $(VENV) .run
+	$(PY) -m export.build --clean 2>/dev/null || true

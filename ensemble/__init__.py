@@ -1,0 +1,1 @@
+"""FuseMoE, its weights, the in-process pipeline and the Triton adapters."""

@@ -1,0 +1,121 @@
+"""FuseMoE: a top-k mixture of experts that fuses the 8320-D concatenation into 1536-D.
+
+Gate: LayerNorm(8320) -> Linear 8320->2048 -> GELU -> Linear 2048->8 (+ log-priors)
+-> softmax(z / T) -> top-k -> kept weights renormalised to 1. Expert: Linear 8320->4096,
+SiLU, Linear 4096->1536. Output: sum of the kept experts' outputs by weight, then L2.
+
+Experts run grouped across the batch: each expert sees, in one matmul, every row that
+selected it. Inference never drops a row (no capacity limit outside training).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from export.artifacts import ArtifactError, Manifest, manifest_path, sha256_file, verified
+from export.registry import FUSEMOE, FuseMoEConfig
+
+WEIGHTS_STEM = "fusemoe"
+SEEDED_VERSION = "seeded-init-1"
+
+
+@dataclass(frozen=True)
+class FusionOutput:
+    fused: torch.Tensor  # [B, 1536], unit norm
+    expert_weights: torch.Tensor  # [B, 8], gate probabilities, sum 1
+    selected_experts: torch.Tensor  # [B, k], int32, by descending weight
+
+
+class Expert(nn.Module):
+    def __init__(self, cfg: FuseMoEConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.input_dim, cfg.expert_hidden)
+        self.fc2 = nn.Linear(cfg.expert_hidden, cfg.output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.silu(self.fc1(x)))
+
+
+class FuseMoE(nn.Module):
+    def __init__(self, cfg: FuseMoEConfig = FUSEMOE) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.norm = nn.LayerNorm(cfg.input_dim, eps=cfg.layer_norm_eps)
+        self.gate_fc1 = nn.Linear(cfg.input_dim, cfg.gate_hidden)
+        self.gate_fc2 = nn.Linear(cfg.gate_hidden, cfg.num_experts)
+        self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.num_experts))
+
+    def gate(self, x: torch.Tensor, temperature: float | None = None,
+             log_priors: torch.Tensor | None = None) -> torch.Tensor:
+        """Gate probabilities [B, num_experts] (before top-k)."""
+        z = self.gate_fc2(nn.functional.gelu(self.gate_fc1(self.norm(x))))
+        if log_priors is not None:
+            z = z + log_priors
+        t = self.cfg.temperature if temperature is None else temperature
+        return torch.softmax(z / t, dim=-1)
+
+    def forward(self, x: torch.Tensor, presence: torch.Tensor | None = None,
+                top_k: int | None = None, temperature: float | None = None) -> FusionOutput:
+        """x: [B, 8320] concatenated blocks; presence: [B, 12] (1 = block present).
+
+        A missing block is zeroed whatever the input holds there.
+        """
+        if presence is not None:
+            x = x * self._expand_presence(presence.to(x.dtype))
+        k = self.cfg.top_k if top_k is None else top_k
+        probs = self.gate(x, temperature)
+        kept, idx = torch.topk(probs, k, dim=-1)  # descending
+        kept = kept / kept.sum(dim=-1, keepdim=True)
+        out = x.new_zeros(x.shape[0], self.cfg.output_dim)
+        for e, expert in enumerate(self.experts):
+            rows, slot = torch.nonzero(idx == e, as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            out.index_add_(0, rows, expert(x[rows]) * kept[rows, slot].unsqueeze(-1))
+        fused = nn.functional.normalize(out, p=2.0, dim=-1)
+        return FusionOutput(fused, probs, idx.to(torch.int32))
+
+    def _expand_presence(self, presence: torch.Tensor) -> torch.Tensor:
+        from export.registry import EMBEDDERS
+
+        dims = torch.tensor([e.dim for e in EMBEDDERS], device=presence.device)
+        return torch.repeat_interleave(presence, dims, dim=-1)
+
+
+def seeded(cfg: FuseMoEConfig = FUSEMOE) -> FuseMoE:
+    """The deterministic initialisation used when no trained checkpoint exists."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = FuseMoE(cfg)
+    return model.eval()
+
+
+def save(model: FuseMoE, directory: Path, version: str, extra: dict | None = None) -> Manifest:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / f"{WEIGHTS_STEM}.safetensors"
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(data), metadata={"version": version})
+    info = {"config": asdict(model.cfg)} | (extra or {})
+    manifest = Manifest(version, sha256_file(data), data.name, json.loads(json.dumps(info)))
+    manifest.write(manifest_path(directory, WEIGHTS_STEM))
+    return manifest
+
+
+def load(directory: Path, cfg: FuseMoEConfig = FUSEMOE) -> tuple[FuseMoE, Manifest]:
+    """Load verified weights; a checksum or shape mismatch is an ``ArtifactError``."""
+    from safetensors.torch import load_file
+
+    data, manifest = verified(directory, WEIGHTS_STEM)
+    model = FuseMoE(cfg)
+    try:
+        model.load_state_dict(load_file(str(data)), strict=True)
+    except RuntimeError as err:
+        raise ArtifactError(f"{data}: weights do not fit FuseMoE {cfg}: {err}") from err
+    return model.eval(), manifest

@@ -1,0 +1,217 @@
+"""Run the real ``tritonserver`` binary from the ``nvidia-pytriton`` wheel on this model repository.
+
+    python -m ensemble.server        # HTTP_PORT, GRPC_PORT, METRICS_PORT (8000/8001/8002)
+
+The wheel's binary needs: its bundled libraries on ``LD_LIBRARY_PATH``; the Python stub for
+this interpreter's version copied into the backend folder; ``--cache-directory`` pointing at
+its ``caches/``; and the venv's ``python3`` first on ``PATH`` (the stub finds its packages
+there, not through ``PYTHONPATH``). The server listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPOSITORY = ROOT / "model_repository"
+RUN_DIR = ROOT / ".run"
+CACHE_BYTES = 256 * 1024 * 1024  # response cache on the ensemble
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+    @classmethod
+    def from_env(cls) -> Ports:
+        return cls(int(os.environ.get("HTTP_PORT", 8000)), int(os.environ.get("GRPC_PORT", 8001)),
+                   int(os.environ.get("METRICS_PORT", 8002)))
+
+
+def triton_distribution() -> tuple[Path, Path]:
+    """The wheel's ``tritonserver`` folder and its bundled shared libraries."""
+    import pytriton
+
+    package = Path(pytriton.__file__).resolve().parent
+    dist, libs = package / "tritonserver", package.parent / "nvidia_pytriton.libs"
+    if not (dist / "bin" / "tritonserver").is_file():
+        raise ServerError(f"no tritonserver binary in {dist}; reinstall nvidia-pytriton")
+    return dist, libs
+
+
+def prepare_runtime(run_dir: Path = RUN_DIR) -> Path:
+    """Copy the server with the stub matching this Python into ``run_dir`` (once)."""
+    dist, _ = triton_distribution()
+    target = run_dir / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the Triton wheel has no Python backend stub for Python {version}")
+    marker = target / f".prepared-{version}"
+    if not marker.is_file():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(dist, target, ignore=shutil.ignore_patterns("python_backend_stubs"))
+        shutil.copy2(stub, target / "backends" / "python" / "triton_python_backend_stub")
+        marker.touch()
+    return target
+
+
+@dataclass
+class TritonServer:
+    """A tritonserver process on loopback; ``start`` returns once every model is ready."""
+
+    repository: Path = REPOSITORY
+    ports: Ports = field(default_factory=Ports.from_env)
+    log_path: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen | None = None
+
+    def command(self, runtime: Path) -> list[str]:
+        host = "127.0.0.1"
+        return [
+            str(runtime / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={runtime / 'backends'}",
+            f"--cache-directory={runtime / 'caches'}",
+            f"--cache-config=local,size={CACHE_BYTES}",
+            f"--http-address={host}", f"--http-port={self.ports.http}",
+            f"--grpc-address={host}", f"--grpc-port={self.ports.grpc}",
+            f"--metrics-address={host}", f"--metrics-port={self.ports.metrics}",
+            "--allow-cpu-metrics=true",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=20",
+            *self.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        _, libs = triton_distribution()
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+        # The stub imports packages through the first python3 on PATH: this venv's.
+        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        env.pop("PYTHONPATH", None)
+        return env
+
+    def start(self, timeout: float = 300.0) -> None:
+        runtime = prepare_runtime()
+        log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
+        self.process = subprocess.Popen(
+            self.command(runtime), env=self.environment(), cwd=str(RUN_DIR),
+            stdout=log or None, stderr=subprocess.STDOUT if log else None,
+            start_new_session=True)  # own process group: stop() reaches every stub
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.ports.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self.process.returncode}"
+                                  + (f"; see {self.log_path}" if self.log_path else ""))
+            if self.ready():
+                return
+            time.sleep(0.5)
+        raise ServerError(f"tritonserver not ready after {timeout:.0f} s")
+
+    def stop(self, timeout: float = 40.0) -> None:
+        """SIGTERM, wait for a clean exit, then kill the whole process group (stubs too)."""
+        if self.process is None:
+            return
+        pgid = self.process.pid
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        self.process = None
+
+
+def usage_text(server: TritonServer) -> str:
+    return f"""fusedembed is ready.
+  HTTP     http://{server.http_url}   (KServe v2: POST /v2/models/fused_text/infer)
+  gRPC     {server.grpc_url}
+  metrics  http://127.0.0.1:{server.ports.metrics}/metrics
+
+  fusedembed embed "hello world" --url {server.http_url}
+  fusedembed embed "hello world" --protocol grpc --url {server.grpc_url}
+
+Press Ctrl-C to stop."""
+
+
+def main() -> int:
+    server = TritonServer()
+    stopping = False
+
+    def on_signal(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"starting tritonserver on 127.0.0.1 (http {server.ports.http}, "
+          f"grpc {server.ports.grpc}, metrics {server.ports.metrics}) ...", flush=True)
+    start = time.perf_counter()
+    try:
+        server.start()
+    except ServerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"ready in {time.perf_counter() - start:.1f} s", flush=True)
+    print(usage_text(server), flush=True)
+    try:
+        while not stopping:
+            assert server.process is not None
+            if server.process.poll() is not None:
+                print(f"tritonserver exited with code {server.process.returncode}",
+                      file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    finally:
+        print("stopping tritonserver ...", flush=True)
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Triton Python-backend adapters: thin wrappers over the math in export/ and ensemble/."""

@@ -1,0 +1,87 @@
+"""What every adapter shares: reading the model config, decoding inputs, per-request errors.
+
+A bad request gets an error response naming the input; the other requests of the same
+batch are still answered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class RequestError(ValueError):
+    """A request's input is unusable; the message names the input."""
+
+
+def decode_texts(name: str, array: np.ndarray) -> list[str]:
+    texts = []
+    for item in array.reshape(-1):
+        raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise RequestError(f"{name}: not valid UTF-8 (byte {err.start})") from err
+    return texts
+
+
+def input_array(request: Any, name: str) -> np.ndarray:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise RequestError(f"{name}: missing input")
+    return tensor.as_numpy()
+
+
+def error_response(err: Exception) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(err)))
+
+
+class Adapter:
+    """Base of the Triton Python models: subclasses read their inputs and do one batched call."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.model_config = json.loads(args["model_config"])
+        self.name = args["model_name"]
+        self.directory = Path(args["model_repository"]) / args["model_version"]
+        self.params = {k: v["string_value"]
+                       for k, v in self.model_config.get("parameters", {}).items()}
+        self.output_dtypes = {
+            o["name"]: pb_utils.triton_string_to_numpy(o["data_type"])
+            for o in self.model_config["output"]}
+        self.setup()
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def run_batched(self, requests: Sequence[Any], read: Callable[[Any], Any],
+                    compute: Callable[[list[Any]], list[dict[str, np.ndarray]]]) -> list[Any]:
+        """Read every request (bad ones answered with their error), compute the good ones
+        together, answer each with its own outputs."""
+        responses: list[Any] = [None] * len(requests)
+        good, items = [], []
+        for i, request in enumerate(requests):
+            try:
+                items.append(read(request))
+                good.append(i)
+            except RequestError as err:
+                responses[i] = error_response(err)
+        if good:
+            try:
+                outputs = compute(items)
+                for i, out in zip(good, outputs):
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                        pb_utils.Tensor(k, v.astype(self.output_dtypes[k], copy=False))
+                        for k, v in out.items()])
+            except Exception as err:  # noqa: BLE001 - every request must get an answer
+                for i in good:
+                    responses[i] = error_response(RuntimeError(f"{self.name}: {err}"))
+        return responses
+
+
+def split_rows(array: np.ndarray, counts: list[int]) -> list[np.ndarray]:
+    return np.split(array, np.cumsum(counts)[:-1])

@@ -1,0 +1,34 @@
+"""FuseMoE model: the twelve blocks of many requests fused in one batched forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ensemble import fusemoe
+from ensemble.serving.base import Adapter, input_array, split_rows
+from export.registry import EMBEDDERS, EXPERT_WEIGHTS, FUSED, SELECTED_EXPERTS
+
+
+class TritonPythonModel(Adapter):
+    def setup(self) -> None:
+        threads = int(self.params.get("threads", "0"))
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, self.manifest = fusemoe.load(self.directory)
+
+    def execute(self, requests):
+        return self.run_batched(requests, self._read, self._fuse)
+
+    @staticmethod
+    def _read(request) -> np.ndarray:
+        return np.concatenate([input_array(request, e.block_name) for e in EMBEDDERS], axis=1)
+
+    def _fuse(self, per_request: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        x = torch.from_numpy(np.concatenate(per_request).astype(np.float32, copy=False))
+        with torch.inference_mode():
+            out = self.model(x)
+        counts = [len(p) for p in per_request]
+        return [{FUSED: f, EXPERT_WEIGHTS: w, SELECTED_EXPERTS: s} for f, w, s in zip(
+            split_rows(out.fused.numpy(), counts), split_rows(out.expert_weights.numpy(), counts),
+            split_rows(out.selected_experts.numpy(), counts))]

@@ -1,0 +1,157 @@
+"""The pipeline's stages as plain Python objects over the built model repository.
+
+The Triton adapters (ensemble/serving/) and the in-process reference pipeline
+(ensemble/pipeline.py) both run these, so a served answer and a reference answer differ
+only in what Triton adds: batching across requests, the ensemble wiring, transport.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.artifacts import load_numpy
+from export.custom_encoders import (HdcEncoder, l2_normalize, temporal_periodic,
+                                    temporal_positional, temporal_recent)
+from export.layout import (BUILD_INFO, ONNX_FILE, SPLADE_STEM, SPLADE_VERSION, TOKENIZER_FILE,
+                           TORCH_DIR)
+from export.registry import EMBEDDERS, Embedder, Input, Pooling, TokenizerFamily
+
+
+def version_dir(repository: Path, triton_model: str) -> Path:
+    return repository / triton_model / "1"
+
+
+def read_build_info(directory: Path) -> dict:
+    path = directory / BUILD_INFO
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; build the repository first (`make build`)")
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    input_ids: np.ndarray  # [B, L] int64, padded with the family's pad id
+    attention_mask: np.ndarray  # [B, L] int64
+
+
+class FamilyTokenizer:
+    """One tokenizer family (tokenizers library), padding each call to its longest text."""
+
+    def __init__(self, directory: Path, family: TokenizerFamily) -> None:
+        from tokenizers import Tokenizer
+
+        self.family = family
+        self.tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+        self.pad_id = self.tokenizer.token_to_id(family.pad_token)
+        self.tokenizer.enable_truncation(max_length=family.max_length)
+        self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token=family.pad_token)
+
+    def encode(self, texts: list[str]) -> TokenBatch:
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), -1)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(ids.shape)
+        return TokenBatch(ids, mask)
+
+
+def merge(batches: list[TokenBatch], pad_id: int) -> TokenBatch:
+    """Stack token batches of different lengths into one, padding on the right."""
+    length = max(b.input_ids.shape[1] for b in batches)
+    rows = sum(b.input_ids.shape[0] for b in batches)
+    ids = np.full((rows, length), pad_id, dtype=np.int64)
+    mask = np.zeros((rows, length), dtype=np.int64)
+    r = 0
+    for b in batches:
+        n, width = b.input_ids.shape
+        ids[r:r + n, :width] = b.input_ids
+        mask[r:r + n, :width] = b.attention_mask
+        r += n
+    return TokenBatch(ids, mask)
+
+
+def truncate(batch: TokenBatch, max_length: int) -> TokenBatch:
+    """Cut each row to ``max_length`` tokens as the reference tokenizers do for one text:
+    keep the first ``max_length - 1`` tokens and the closing special token."""
+    lengths = batch.attention_mask.sum(axis=1)
+    # At least one column: a model cannot run on an empty sequence (rows of only padding
+    # pool to zeros).
+    width = max(1, min(int(lengths.max(initial=0)), max_length))
+    ids = batch.input_ids[:, :width].copy()
+    mask = batch.attention_mask[:, :width].copy()
+    over = np.nonzero(lengths > max_length)[0]
+    if over.size:
+        ids[over, max_length - 1] = batch.input_ids[over, lengths[over] - 1]
+        mask[over] = 1
+    return TokenBatch(ids, mask)
+
+
+class TokenEmbedder:
+    """A neural embedder: tokens in, pooled unit vectors out (ONNX Runtime or PyTorch)."""
+
+    def __init__(self, spec: Embedder, directory: Path, threads: int = 0) -> None:
+        self.spec = spec
+        info = read_build_info(directory)
+        self.pad_id = int(info["pad_token_id"])
+        self.max_length = int(info["max_length"])
+        self.runtime = info["runtime"]
+        if self.runtime == "onnx":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            # Many models share few cores: idle threads must sleep, not spin.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(str(directory / ONNX_FILE), options,
+                                                providers=["CPUExecutionProvider"])
+            self.output = self.session.get_outputs()[0].name
+        else:
+            from export.architectures import architecture
+
+            import torch
+
+            if threads:
+                torch.set_num_threads(threads)
+            self.module = architecture(spec).load_module(spec, directory / TORCH_DIR)
+        self.projection = None
+        if spec.pooling is Pooling.SPLADE_MAX:
+            self.projection = load_numpy(directory, SPLADE_STEM, SPLADE_VERSION)["projection"]
+
+    def embed(self, batch: TokenBatch) -> np.ndarray:
+        if batch.input_ids.shape[0] == 0:
+            return np.zeros((0, self.spec.dim), dtype=np.float32)
+        batch = truncate(batch, self.max_length)
+        if self.runtime == "onnx":
+            out = self.session.run([self.output], {"input_ids": batch.input_ids,
+                                                   "attention_mask": batch.attention_mask})[0]
+        else:
+            import torch
+
+            with torch.inference_mode():
+                out = self.module(torch.from_numpy(batch.input_ids),
+                                  torch.from_numpy(batch.attention_mask)).numpy()
+        if self.projection is not None:
+            out = l2_normalize(out @ self.projection)
+        return out.astype(np.float32, copy=False)
+
+
+class CustomEmbedder:
+    """E2, E3, E4 (timestamps) and E9 (text): deterministic encoders without weights."""
+
+    def __init__(self, spec: Embedder, directory: Path) -> None:
+        self.spec = spec
+        self.hdc = HdcEncoder.load(directory) if spec.input is Input.TEXT else None
+
+    def embed_times(self, timestamps: np.ndarray) -> np.ndarray:
+        fn = {"E2": temporal_recent, "E3": temporal_periodic, "E4": temporal_positional}
+        return fn[self.spec.id](timestamps)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        assert self.hdc is not None
+        return self.hdc.encode(texts)
+
+
+def embedders_by_input(kind: Input) -> list[Embedder]:
+    return [e for e in EMBEDDERS if e.input is kind]

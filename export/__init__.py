@@ -1,0 +1,1 @@
+"""Registry, model builders, ONNX export and model-repository generation."""

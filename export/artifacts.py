@@ -1,0 +1,82 @@
+"""Persisted tensors with a manifest (version, sha256) that is verified at every load.
+
+Used for the E9 base hypervectors, the E6 SPLADE projection and the FuseMoE weights.
+Only safetensors are ever loaded: no pickle reaches the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class ArtifactError(RuntimeError):
+    """A persisted artifact is missing, of another version, or does not match its checksum."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    sha256: str
+    file: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        if not path.is_file():
+            raise ArtifactError(f"{path}: manifest missing (run `make build`)")
+        return cls(**json.loads(path.read_text()))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_path(directory: Path, stem: str) -> Path:
+    return directory / f"{stem}.manifest.json"
+
+
+def save_numpy(directory: Path, stem: str, version: str, tensors: dict[str, np.ndarray],
+               extra: dict[str, Any] | None = None) -> Manifest:
+    from safetensors.numpy import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / f"{stem}.safetensors"
+    save_file(tensors, str(data), metadata={"version": version})
+    manifest = Manifest(version, sha256_file(data), data.name, extra or {})
+    manifest.write(manifest_path(directory, stem))
+    return manifest
+
+
+def verified(directory: Path, stem: str, version: str | None = None) -> tuple[Path, Manifest]:
+    """The data file of ``stem`` after checking its manifest's version and sha256."""
+    manifest = Manifest.read(manifest_path(directory, stem))
+    data = directory / manifest.file
+    if version is not None and manifest.version != version:
+        raise ArtifactError(f"{data}: version {manifest.version!r}, expected {version!r}")
+    if not data.is_file():
+        raise ArtifactError(f"{data}: file missing (run `make build`)")
+    actual = sha256_file(data)
+    if actual != manifest.sha256:
+        raise ArtifactError(
+            f"{data}: sha256 {actual} does not match its manifest ({manifest.sha256})")
+    return data, manifest
+
+
+def load_numpy(directory: Path, stem: str, version: str | None = None) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    data, _ = verified(directory, stem, version)
+    return load_file(str(data))

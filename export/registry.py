@@ -1,0 +1,191 @@
+"""The single source of truth for the twelve embedders, the tokenizer families and FuseMoE.
+
+Every ``config.pbtxt``, the ensemble wiring, the builders and the in-process reference
+pipeline are derived from the tables in this module; nothing else names a model, a tensor
+or a dimension on its own.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Role(str, enum.Enum):
+    SEMANTIC = "semantic"
+    TEMPORAL_RECENT = "temporal-recent"
+    TEMPORAL_PERIODIC = "temporal-periodic"
+    TEMPORAL_POSITIONAL = "temporal-positional"
+    CAUSAL = "causal"
+    SPARSE = "sparse"
+    CODE = "code"
+    GRAPH = "graph"
+    HDC = "hdc"
+    MULTIMODAL = "multimodal"
+    ENTITY = "entity"
+    LATE_INTERACTION = "late-interaction"
+
+
+class Pooling(str, enum.Enum):
+    """How a model's per-token states become one vector (always L2-normalised after)."""
+
+    MEAN = "mean"  # attention-masked mean of the last hidden state
+    SPLADE_MAX = "splade-max"  # max over tokens of log(1 + relu(MLM logits)), then a projection
+    EOS_PROJECTION = "eos-projection"  # CLIP: hidden state at the EOS token, text projection
+    COLBERT_MEAN = "colbert-mean"  # 128-D head, per-token L2, masked mean
+    CUSTOM = "custom"  # deterministic encoder without weights (E2, E3, E4, E9)
+
+
+class Input(str, enum.Enum):
+    """What an embedder consumes from the public request."""
+
+    TOKENS = "tokens"  # input_ids + attention_mask from its tokenizer family
+    TEXT = "text"  # the raw UTF-8 text
+    TIMESTAMP = "timestamp"  # Unix seconds, INT64
+
+
+@dataclass(frozen=True)
+class TokenizerFamily:
+    name: str
+    triton_model: str
+    pad_token: str
+    # The longest sequence any model of the family accepts; each embedder truncates further.
+    max_length: int
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int = 32
+    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
+    max_queue_delay_us: int = 2000
+
+
+@dataclass(frozen=True)
+class Embedder:
+    id: str
+    triton_model: str
+    role: Role
+    dim: int
+    source: str  # Hugging Face id of the pretrained profile, or "custom"
+    pooling: Pooling
+    input: Input
+    tokenizer: str | None = None  # TokenizerFamily.name
+    max_length: int | None = None  # tokens, including special tokens
+    batching: Batching = field(default_factory=Batching)
+
+    @property
+    def block_name(self) -> str:
+        """Name of this embedder's block tensor (``E1`` ... ``E12``)."""
+        return self.id
+
+
+BERT = TokenizerFamily("bert-uncased", "tok_bert_uncased", "[PAD]", 512)
+ROBERTA = TokenizerFamily("roberta-bpe", "tok_roberta_bpe", "<pad>", 4096)
+CLIP = TokenizerFamily("clip-bpe", "tok_clip_bpe", "<|endoftext|>", 77)
+
+TOKENIZER_FAMILIES: tuple[TokenizerFamily, ...] = (BERT, ROBERTA, CLIP)
+
+EMBEDDERS: tuple[Embedder, ...] = (
+    Embedder("E1", "e01_semantic", Role.SEMANTIC, 1024, "intfloat/e5-large-v2",
+             Pooling.MEAN, Input.TOKENS, BERT.name, 512),
+    Embedder("E2", "e02_temporal_recent", Role.TEMPORAL_RECENT, 512, "custom",
+             Pooling.CUSTOM, Input.TIMESTAMP),
+    Embedder("E3", "e03_temporal_periodic", Role.TEMPORAL_PERIODIC, 512, "custom",
+             Pooling.CUSTOM, Input.TIMESTAMP),
+    Embedder("E4", "e04_temporal_positional", Role.TEMPORAL_POSITIONAL, 512, "custom",
+             Pooling.CUSTOM, Input.TIMESTAMP),
+    Embedder("E5", "e05_causal", Role.CAUSAL, 768, "allenai/longformer-base-4096",
+             Pooling.MEAN, Input.TOKENS, ROBERTA.name, 4096),
+    Embedder("E6", "e06_sparse", Role.SPARSE, 1536, "naver/splade-cocondenser-ensembledistil",
+             Pooling.SPLADE_MAX, Input.TOKENS, BERT.name, 512),
+    Embedder("E7", "e07_code", Role.CODE, 768, "microsoft/codebert-base",
+             Pooling.MEAN, Input.TOKENS, ROBERTA.name, 512),
+    # sentence-transformers max_seq_length of the two MiniLM models: 128 and 256.
+    Embedder("E8", "e08_graph", Role.GRAPH, 384, "sentence-transformers/paraphrase-MiniLM-L6-v2",
+             Pooling.MEAN, Input.TOKENS, BERT.name, 128),
+    Embedder("E9", "e09_hdc", Role.HDC, 1024, "custom", Pooling.CUSTOM, Input.TEXT),
+    Embedder("E10", "e10_multimodal", Role.MULTIMODAL, 768, "openai/clip-vit-large-patch14",
+             Pooling.EOS_PROJECTION, Input.TOKENS, CLIP.name, 77),
+    Embedder("E11", "e11_entity", Role.ENTITY, 384, "sentence-transformers/all-MiniLM-L6-v2",
+             Pooling.MEAN, Input.TOKENS, BERT.name, 256),
+    # ColBERTv2 document length (doc_maxlen) is 180 tokens.
+    Embedder("E12", "e12_late_interaction", Role.LATE_INTERACTION, 128, "colbert-ir/colbertv2.0",
+             Pooling.COLBERT_MEAN, Input.TOKENS, BERT.name, 180),
+)
+
+
+@dataclass(frozen=True)
+class FuseMoEConfig:
+    input_dim: int = 8320
+    num_blocks: int = 12
+    gate_hidden: int = 2048
+    num_experts: int = 8
+    expert_hidden: int = 4096
+    output_dim: int = 1536
+    top_k: int = 2
+    temperature: float = 1.0
+    layer_norm_eps: float = 1e-5
+    seed: int = 20260101
+    batching: Batching = field(default_factory=Batching)
+
+
+FUSEMOE = FuseMoEConfig()
+FUSEMOE_MODEL = "fusemoe"
+ENSEMBLE_MODEL = "fused_text"
+ENSEMBLE_MAX_BATCH_SIZE = 32
+
+# Public tensor names of the ensemble (a contract with every client).
+TEXT = "TEXT"
+TIMESTAMP = "TIMESTAMP"
+FUSED = "FUSED"
+EXPERT_WEIGHTS = "EXPERT_WEIGHTS"
+SELECTED_EXPERTS = "SELECTED_EXPERTS"
+
+# Internal tensor names, named on purpose (never exporter node names).
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+EMBEDDING = "embedding"
+CONCATENATED = "concatenated"
+PRESENCE = "presence"
+
+
+def embedder(block_id: str) -> Embedder:
+    for spec in EMBEDDERS:
+        if spec.id == block_id:
+            return spec
+    raise KeyError(f"unknown embedder {block_id!r}; known: {[e.id for e in EMBEDDERS]}")
+
+
+def tokenizer_family(name: str) -> TokenizerFamily:
+    for family in TOKENIZER_FAMILIES:
+        if family.name == name:
+            return family
+    raise KeyError(f"unknown tokenizer family {name!r}")
+
+
+def block_offsets() -> dict[str, tuple[int, int]]:
+    """Start and end of each block in the 8320-D concatenation."""
+    offsets: dict[str, tuple[int, int]] = {}
+    start = 0
+    for spec in EMBEDDERS:
+        offsets[spec.id] = (start, start + spec.dim)
+        start += spec.dim
+    return offsets
+
+
+def _check() -> None:
+    total = sum(e.dim for e in EMBEDDERS)
+    if total != FUSEMOE.input_dim:
+        raise AssertionError(f"embedder dims sum to {total}, FuseMoE expects {FUSEMOE.input_dim}")
+    if len(EMBEDDERS) != FUSEMOE.num_blocks:
+        raise AssertionError("FuseMoE block count differs from the registry")
+    for spec in EMBEDDERS:
+        if (spec.input is Input.TOKENS) != (spec.tokenizer is not None):
+            raise AssertionError(f"{spec.id}: a token model needs a tokenizer family, no other")
+        if spec.tokenizer is not None:
+            family = tokenizer_family(spec.tokenizer)
+            if spec.max_length is None or spec.max_length > family.max_length:
+                raise AssertionError(f"{spec.id}: max_length must fit in {family.name}")
+
+
+_check()
