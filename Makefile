@@ -34,4 +34,4 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) .run
-	$(PY) -m export.build --clean 2>/dev/null || true
+	git clean -fdXq model_repository

@@ -1,0 +1,139 @@
+"""fused_text on the real tritonserver, over HTTP and gRPC with tritonclient."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from fusedembed_client import FusedEmbedClient
+
+pytestmark = pytest.mark.server
+
+T0 = 1_700_000_000
+TEXTS = [
+    "hello world",
+    "A man is playing a guitar on the stage.",
+    "def add(a, b):\n    return a + b",
+    "Émile and Zoë visited São Paulo — 日本語のテキスト too.",
+    # Longer than every model's limit except Longformer's: truncation must match.
+    " ".join(f"token{i} of a long passage about embeddings" for i in range(120)),
+]
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def _check(fused, weights, selected):
+    assert fused.shape[-1] == 1536 and fused.dtype == np.float32
+    assert np.all(np.isfinite(fused))
+    np.testing.assert_allclose(np.linalg.norm(fused, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(weights.sum(axis=-1), 1.0, atol=1e-5)
+    top2 = np.argsort(-weights, axis=-1, kind="stable")[:, :2]
+    assert np.array_equal(np.sort(selected, axis=-1), np.sort(top2, axis=-1))
+    assert np.all(weights[np.arange(len(weights))[:, None], selected] >=
+                  np.sort(weights, axis=-1)[:, -3:-2] - 1e-7)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_one_request_returns_a_unit_fused_vector(server, protocol):
+    mod = httpclient if protocol == "http" else grpcclient
+    url = server.http_url if protocol == "http" else server.grpc_url
+    client = mod.InferenceServerClient(url)
+    text = np.array([[f"one request over {protocol}".encode()]], dtype=np.object_)
+    stamp = np.array([[T0]], dtype=np.int64)
+    inputs = [mod.InferInput("TEXT", [1, 1], "BYTES"), mod.InferInput("TIMESTAMP", [1, 1], "INT64")]
+    inputs[0].set_data_from_numpy(text)
+    inputs[1].set_data_from_numpy(stamp)
+    result = client.infer("fused_text", inputs)
+    fused, weights, selected = (result.as_numpy(n) for n in
+                                ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS"))
+    assert fused.shape == (1, 1536) and weights.shape == (1, 8) and selected.shape == (1, 2)
+    assert selected.dtype == np.int32
+    _check(fused, weights, selected)
+
+
+def test_served_fused_equals_the_in_process_reference(server, reference):
+    stamps = [T0 + 17 * i for i in range(len(TEXTS))]
+    with FusedEmbedClient(server.grpc_url, "grpc") as client:
+        served = client.embed_batch(TEXTS, stamps)
+    ref = reference.embed(TEXTS, np.array(stamps))
+    got = np.stack([e.vector for e in served])
+    assert np.all(_cos(got, ref.fused) >= 0.9999), _cos(got, ref.fused)
+    weights = np.stack([e.expert_weights for e in served])
+    np.testing.assert_allclose(weights, ref.expert_weights, atol=1e-4)
+    _check(got, weights, np.stack([e.selected_experts for e in served]))
+
+
+def _mixed_texts(n: int) -> list[str]:
+    rng = np.random.default_rng(7)
+    words = "the server answers many requests with low latency and high throughput".split()
+    return [" ".join(rng.choice(words, size=int(rng.integers(1, 60)))) + f" #{i}"
+            for i in range(n)]
+
+
+def test_a_batch_of_32_equals_32_concurrent_single_requests(server):
+    texts = _mixed_texts(32)
+    stamps = [T0 + i for i in range(32)]
+    with FusedEmbedClient(server.http_url, "http") as client:
+        batch = np.stack([e.vector for e in client.embed_batch(texts, stamps)])
+
+    stats_before = _execution_counts(server)
+    client = httpclient.InferenceServerClient(server.http_url, concurrency=32)
+    pending = []
+    for text, stamp in zip(texts, stamps):
+        inputs = [httpclient.InferInput("TEXT", [1, 1], "BYTES"),
+                  httpclient.InferInput("TIMESTAMP", [1, 1], "INT64")]
+        inputs[0].set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
+        inputs[1].set_data_from_numpy(np.array([[stamp]], dtype=np.int64))
+        pending.append(client.async_infer("fused_text", inputs))
+    singles = np.concatenate([p.get_result().as_numpy("FUSED") for p in pending])
+    client.close()
+    assert np.all(_cos(batch, singles) >= 0.9999), _cos(batch, singles).min()
+
+    # The dynamic batcher merged requests of different lengths (ragged inputs).
+    stats_after = _execution_counts(server)
+    inferences = stats_after["e01_semantic"][0] - stats_before["e01_semantic"][0]
+    executions = stats_after["e01_semantic"][1] - stats_before["e01_semantic"][1]
+    assert inferences == 32 and executions < 32
+
+
+def _execution_counts(server) -> dict[str, tuple[int, int]]:
+    client = httpclient.InferenceServerClient(server.http_url)
+    stats = client.get_inference_statistics()["model_stats"]
+    return {m["name"]: (int(m["inference_count"]), int(m["execution_count"])) for m in stats}
+
+
+def test_invalid_utf8_is_an_error_naming_the_input_and_the_server_stays_ready(server):
+    client = httpclient.InferenceServerClient(server.http_url)
+    inputs = [httpclient.InferInput("TEXT", [1, 1], "BYTES"),
+              httpclient.InferInput("TIMESTAMP", [1, 1], "INT64")]
+    inputs[0].set_data_from_numpy(np.array([[b"\xff\xfe bad"]], dtype=np.object_))
+    inputs[1].set_data_from_numpy(np.array([[T0]], dtype=np.int64))
+    with pytest.raises(Exception, match="TEXT: not valid UTF-8"):
+        client.infer("fused_text", inputs)
+    assert client.is_server_ready()
+    with FusedEmbedClient(server.http_url) as ok:
+        assert ok.embed("still answering", T0).vector.shape == (1536,)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_cli_prints_a_1536_d_unit_vector(server, protocol):
+    url = server.http_url if protocol == "http" else server.grpc_url
+    out = subprocess.run([sys.executable, "-m", "fusedembed_client.cli", "embed", "hello world",
+                          "--url", url, "--protocol", protocol, "--json"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout)
+    vector = np.array(result["vector"])
+    assert result["dim"] == 1536 and vector.shape == (1536,)
+    assert abs(np.linalg.norm(vector) - 1.0) < 1e-5
+    human = subprocess.run([sys.executable, "-m", "fusedembed_client.cli", "embed", "hello world",
+                            "--url", url, "--protocol", protocol],
+                           capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "FUSED: 1536-D, L2 norm 1.0000" in human

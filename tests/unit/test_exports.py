@@ -1,0 +1,42 @@
+"""Each built model equals the PyTorch module it came from, on a padded ragged batch."""
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble.stages import TokenBatch, TokenEmbedder, truncate, version_dir
+from export.architectures import architecture
+from export.build import tokenizer_ids
+from export.onnx_export import example_inputs
+from export.registry import EMBEDDERS, Input, tokenizer_family
+
+NEURAL = [e for e in EMBEDDERS if e.input is Input.TOKENS]
+
+
+@pytest.mark.parametrize("spec", NEURAL, ids=[e.id for e in NEURAL])
+def test_built_model_matches_pytorch_on_a_padded_batch(spec, repository):
+    family = tokenizer_family(spec.tokenizer)
+    ids = tokenizer_ids(family, repository)
+    module = architecture(spec).tiny_module(spec, ids)
+    served = TokenEmbedder(spec, version_dir(repository, spec.triton_model))
+    served.projection = None  # compare the module's own output (E6: before projection)
+    input_ids, mask = example_inputs(5, 37, ids.pad, ids.vocab_size, seed=11)
+    with torch.no_grad():
+        expected = module(input_ids, mask).numpy()
+    actual = served.embed(TokenBatch(input_ids.numpy(), mask.numpy()))
+    assert actual.shape == expected.shape
+    assert np.abs(actual - expected).max() <= 1e-4
+
+
+def test_truncation_keeps_the_closing_token_like_the_tokenizer(repository):
+    from ensemble.stages import FamilyTokenizer
+
+    family = tokenizer_family("bert-uncased")
+    tok = FamilyTokenizer(version_dir(repository, family.triton_model), family)
+    texts = ["word " * 300, "short text", "a b c d e f g h i j k l"]
+    full = tok.encode(texts)
+    cut = truncate(full, 8)
+    tok.tokenizer.enable_truncation(max_length=8)
+    ref = tok.encode(texts)
+    np.testing.assert_array_equal(cut.input_ids, ref.input_ids)
+    np.testing.assert_array_equal(cut.attention_mask, ref.attention_mask)

@@ -1,0 +1,61 @@
+"""The committed config.pbtxt / model.py files are exactly what the registry generates."""
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export import registry as r
+from export.repository import REPOSITORY, rendered, stale
+
+
+def test_committed_repository_does_not_drift():
+    assert stale() == [], "run `python -m export.repository` and commit the result"
+
+
+def _configs() -> dict[str, mc.ModelConfig]:
+    out = {}
+    for path, text in rendered().items():
+        if path.name == "config.pbtxt":
+            out[path.parent.name] = text_format.Parse(text, mc.ModelConfig())
+    return out
+
+
+def test_every_model_of_the_registry_has_a_config():
+    names = set(_configs())
+    expected = {e.triton_model for e in r.EMBEDDERS} | {f.triton_model
+                                                        for f in r.TOKENIZER_FAMILIES}
+    assert names == expected | {r.FUSEMOE_MODEL, r.ENSEMBLE_MODEL}
+    assert all((REPOSITORY / n / "config.pbtxt").is_file() for n in names)
+
+
+def test_ensemble_contract():
+    cfg = _configs()[r.ENSEMBLE_MODEL]
+    assert cfg.max_batch_size >= 32
+    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
+        ("TEXT", mc.TYPE_STRING, [1]), ("TIMESTAMP", mc.TYPE_INT64, [1])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
+        ("FUSED", mc.TYPE_FP32, [1536]), ("EXPERT_WEIGHTS", mc.TYPE_FP32, [8]),
+        ("SELECTED_EXPERTS", mc.TYPE_INT32, [2])]
+    assert cfg.response_cache.enable
+
+
+def test_ensemble_steps_consume_only_what_is_produced():
+    configs = _configs()
+    ensemble = configs[r.ENSEMBLE_MODEL]
+    available = {i.name for i in ensemble.input}
+    for step in ensemble.ensemble_scheduling.step:
+        model = configs[step.model_name]
+        assert set(step.input_map) == {i.name for i in model.input}, step.model_name
+        assert set(step.input_map.values()) <= available, step.model_name
+        assert set(step.output_map) <= {o.name for o in model.output}
+        available |= set(step.output_map.values())
+    assert {o.name for o in ensemble.output} <= available
+
+
+def test_every_embedder_batches_dynamically_and_token_inputs_are_ragged():
+    configs = _configs()
+    for e in r.EMBEDDERS:
+        cfg = configs[e.triton_model]
+        assert cfg.HasField("dynamic_batching") and cfg.max_batch_size >= 32
+        assert cfg.model_warmup, e.triton_model
+        if e.input is r.Input.TOKENS:
+            assert all(i.allow_ragged_batch for i in cfg.input)
