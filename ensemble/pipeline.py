@@ -14,8 +14,7 @@ import torch
 
 from ensemble import fusemoe
 from ensemble.stages import CustomEmbedder, FamilyTokenizer, TokenEmbedder, version_dir
-from export.registry import (EMBEDDERS, FUSEMOE_MODEL, TOKENIZER_FAMILIES, Input,
-                             tokenizer_family)
+from export.registry import EMBEDDERS, FUSEMOE_MODEL, TOKENIZER_FAMILIES, Input, tokenizer_family
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,9 @@ class Ports:
 
     @classmethod
     def from_env(cls) -> Ports:
-        return cls(int(os.environ.get("HTTP_PORT", 8000)), int(os.environ.get("GRPC_PORT", 8001)),
-                   int(os.environ.get("METRICS_PORT", 8002)))
+        env = os.environ
+        return cls(int(env.get("HTTP_PORT", "8000")), int(env.get("GRPC_PORT", "8001")),
+                   int(env.get("METRICS_PORT", "8002")))
 
 
 def triton_distribution() -> tuple[Path, Path]:
@@ -168,19 +169,31 @@ class TritonServer:
 
 
 def usage_text(server: TritonServer) -> str:
+    cli = Path(sys.executable).parent / "fusedembed"
+    try:
+        cli = cli.relative_to(Path.cwd())
+    except ValueError:
+        pass
     return f"""fusedembed is ready.
   HTTP     http://{server.http_url}   (KServe v2: POST /v2/models/fused_text/infer)
   gRPC     {server.grpc_url}
   metrics  http://127.0.0.1:{server.ports.metrics}/metrics
 
-  fusedembed embed "hello world" --url {server.http_url}
-  fusedembed embed "hello world" --protocol grpc --url {server.grpc_url}
+  {cli} embed "hello world" --url {server.http_url}
+  {cli} embed "hello world" --protocol grpc --url {server.grpc_url}
 
 Press Ctrl-C to stop."""
 
 
-def main() -> int:
-    server = TritonServer()
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=REPOSITORY,
+                        help="model repository to serve (default: the project's)")
+    args = parser.parse_args(argv)
+    server = TritonServer(args.repository.resolve())
     stopping = False
 
     def on_signal(signum, _frame):

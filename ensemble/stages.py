@@ -14,10 +14,21 @@ from pathlib import Path
 import numpy as np
 
 from export.artifacts import load_numpy
-from export.custom_encoders import (HdcEncoder, l2_normalize, temporal_periodic,
-                                    temporal_positional, temporal_recent)
-from export.layout import (BUILD_INFO, ONNX_FILE, SPLADE_STEM, SPLADE_VERSION, TOKENIZER_FILE,
-                           TORCH_DIR)
+from export.custom_encoders import (
+    HdcEncoder,
+    l2_normalize,
+    temporal_periodic,
+    temporal_positional,
+    temporal_recent,
+)
+from export.layout import (
+    BUILD_INFO,
+    ONNX_FILE,
+    SPLADE_STEM,
+    SPLADE_VERSION,
+    TOKENIZER_FILE,
+    TORCH_DIR,
+)
 from export.registry import EMBEDDERS, Embedder, Input, Pooling, TokenizerFamily
 
 
@@ -108,9 +119,9 @@ class TokenEmbedder:
                                                 providers=["CPUExecutionProvider"])
             self.output = self.session.get_outputs()[0].name
         else:
-            from export.architectures import architecture
-
             import torch
+
+            from export.architectures import architecture
 
             if threads:
                 torch.set_num_threads(threads)

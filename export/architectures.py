@@ -152,9 +152,10 @@ def seed_for(spec: Embedder) -> int:
 
 def _bert_kwargs(spec: Embedder, ids: TokenizerIds, hidden: int) -> dict:
     assert spec.max_length is not None
-    return dict(vocab_size=ids.vocab_size, hidden_size=hidden, num_hidden_layers=TINY_LAYERS,
-                num_attention_heads=TINY_HEADS, intermediate_size=TINY_INTERMEDIATE,
-                max_position_embeddings=spec.max_length, pad_token_id=ids.pad)
+    return {"vocab_size": ids.vocab_size, "hidden_size": hidden,
+            "num_hidden_layers": TINY_LAYERS, "num_attention_heads": TINY_HEADS,
+            "intermediate_size": TINY_INTERMEDIATE,
+            "max_position_embeddings": spec.max_length, "pad_token_id": ids.pad}
 
 
 class Bert(Architecture):

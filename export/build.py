@@ -18,9 +18,16 @@ import time
 from pathlib import Path
 
 from export import repository
-from export.registry import (EMBEDDERS, FUSEMOE_MODEL, TOKENIZER_FAMILIES, Embedder, Input,
-                             TokenizerFamily, tokenizer_family)
 from export.layout import BUILD_INFO, ONNX_FILE, SPLADE_STEM, SPLADE_VERSION, TORCH_DIR
+from export.registry import (
+    EMBEDDERS,
+    FUSEMOE_MODEL,
+    TOKENIZER_FAMILIES,
+    Embedder,
+    Input,
+    TokenizerFamily,
+    tokenizer_family,
+)
 
 PROFILES = ("tiny",)
 _HERE = Path(__file__).resolve().parent

@@ -13,7 +13,16 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from export.registry import BERT, CLIP, ROBERTA, TokenizerFamily
 

@@ -54,7 +54,7 @@ class FusedEmbedClient:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> FusedEmbedClient:
+    def __enter__(self) -> FusedEmbedClient:  # noqa: PYI034 - typing.Self needs 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,7 +10,7 @@ import pytest
 from ensemble.server import Ports, TritonServer
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -19,7 +19,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def server(repository, tmp_path_factory) -> Iterator[TritonServer]:
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    srv = TritonServer(repository, Ports(_free_port(), _free_port(), _free_port()), log)
+    srv = TritonServer(repository, Ports(free_port(), free_port(), free_port()), log)
     srv.start(timeout=600)
     yield srv
     srv.stop()
