@@ -31,12 +31,16 @@ def l2(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.normalize(x, p=2.0, dim=-1)
 
 
-class MeanPooled(nn.Module):
-    """Mean of the last hidden state over real tokens, then L2 (sentence-transformers, e5)."""
+class Pooler(nn.Module):
+    """A transformers model and the pooling that turns its output into one vector."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+
+
+class MeanPooled(Pooler):
+    """Mean of the last hidden state over real tokens, then L2 (sentence-transformers, e5)."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -54,12 +58,8 @@ class LongformerMeanPooled(MeanPooled):
         return l2(masked_mean(states, attention_mask))
 
 
-class SpladeMax(nn.Module):
+class SpladeMax(Pooler):
     """SPLADE: max over real tokens of log(1 + relu(MLM logits)) -> [batch, vocab]."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -67,23 +67,18 @@ class SpladeMax(nn.Module):
         return weights.max(dim=1).values
 
 
-class ClipEosProjection(nn.Module):
+class ClipEosProjection(Pooler):
     """CLIP text tower: hidden state at the EOS token through the text projection, L2."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return l2(self.model(input_ids=input_ids, attention_mask=attention_mask).text_embeds)
 
 
-class ColbertMean(nn.Module):
+class ColbertMean(Pooler):
     """ColBERT: 128-D linear head, per-token L2, masked mean, L2 (the block used for fusion)."""
 
     def __init__(self, model: nn.Module, dim: int) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.linear = nn.Linear(model.config.hidden_size, dim, bias=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

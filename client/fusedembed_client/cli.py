@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"FUSED: {v.shape[0]}-D, L2 norm {np.linalg.norm(v):.6f}")
     print(f"  first values: {head} ...")
     print(f"SELECTED_EXPERTS: {result.selected_experts.tolist()}")
-    print(f"EXPERT_WEIGHTS: {np.round(result.expert_weights, 4).tolist()}")
+    print("EXPERT_WEIGHTS: [" + ", ".join(f"{w:.4f}" for w in result.expert_weights) + "]")
     return 0
 
 
