@@ -2,7 +2,7 @@
 SYSTEM_PYTHON ?= /usr/bin/python3.11
 VENV          := .venv
 PY            := $(VENV)/bin/python
-PROFILE       ?= tiny
+PROFILE       ?= pretrained
 STAMP         := $(VENV)/.installed
 
 .PHONY: serve test test-unit build venv clean lint

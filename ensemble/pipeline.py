@@ -14,7 +14,14 @@ import torch
 
 from ensemble import fusemoe
 from ensemble.stages import CustomEmbedder, FamilyTokenizer, TokenEmbedder, version_dir
-from export.registry import EMBEDDERS, FUSEMOE_MODEL, TOKENIZER_FAMILIES, Input, tokenizer_family
+from export.registry import (
+    EMBEDDERS,
+    FUSEMOE_MODEL,
+    TOKENIZER_FAMILIES,
+    Input,
+    Kind,
+    tokenizer_family,
+)
 
 
 @dataclass(frozen=True)
@@ -37,21 +44,24 @@ class Pipeline:
                                        else CustomEmbedder(spec, directory))
         self.fusemoe, self.manifest = fusemoe.load(version_dir(repository, FUSEMOE_MODEL))
 
-    def blocks(self, texts: list[str], timestamps: np.ndarray) -> dict[str, np.ndarray]:
+    def blocks(self, texts: list[str], timestamps: np.ndarray,
+               kinds: list[Kind] | None = None) -> dict[str, np.ndarray]:
         tokens = {name: tok.encode(texts) for name, tok in self.tokenizers.items()}
         out: dict[str, np.ndarray] = {}
         for spec in EMBEDDERS:
             stage = self.embedders[spec.id]
             if isinstance(stage, TokenEmbedder):
-                out[spec.id] = stage.embed(tokens[tokenizer_family(spec.tokenizer or "").name])
+                family = tokenizer_family(spec.tokenizer or "").name
+                out[spec.id] = stage.embed(tokens[family], kinds)
             elif spec.input is Input.TEXT:
                 out[spec.id] = stage.embed_texts(texts)
             else:
                 out[spec.id] = stage.embed_times(timestamps)
         return out
 
-    def embed(self, texts: list[str], timestamps: np.ndarray) -> PipelineOutput:
-        blocks = self.blocks(texts, np.asarray(timestamps, dtype=np.int64).reshape(-1))
+    def embed(self, texts: list[str], timestamps: np.ndarray,
+              kinds: list[Kind] | None = None) -> PipelineOutput:
+        blocks = self.blocks(texts, np.asarray(timestamps, dtype=np.int64).reshape(-1), kinds)
         x = torch.from_numpy(np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1))
         with torch.inference_mode():
             fused = self.fusemoe(x)

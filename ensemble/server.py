@@ -95,6 +95,8 @@ class TritonServer:
             f"--metrics-address={host}", f"--metrics-port={self.ports.metrics}",
             "--allow-cpu-metrics=true",
             "--strict-readiness=true",
+            # configs/built.pbtxt (written by the build) adds the weights' provenance.
+            "--model-config-name=built",
             "--exit-timeout-secs=20",
             *self.extra_args,
         ]

@@ -29,7 +29,17 @@ from export.layout import (
     TOKENIZER_FILE,
     TORCH_DIR,
 )
-from export.registry import EMBEDDERS, Embedder, Input, Pooling, TokenizerFamily
+from export.registry import (
+    ATTENTION_MASK,
+    EMBEDDERS,
+    INPUT_IDS,
+    POOL_MASK,
+    Embedder,
+    Input,
+    Kind,
+    Pooling,
+    TokenizerFamily,
+)
 
 
 def version_dir(repository: Path, triton_model: str) -> Path:
@@ -99,15 +109,46 @@ def truncate(batch: TokenBatch, max_length: int) -> TokenBatch:
     return TokenBatch(ids, mask)
 
 
+def insert_after_first(batch: TokenBatch, ids: list[int]) -> TokenBatch:
+    """Put ``ids`` right after each row's first token (the [CLS]/<s> of every family)."""
+    if not ids:
+        return batch
+    rows = batch.input_ids.shape[0]
+    extra = np.broadcast_to(np.asarray(ids, dtype=np.int64), (rows, len(ids)))
+    ones = np.ones_like(extra)
+    return TokenBatch(
+        np.concatenate([batch.input_ids[:, :1], extra, batch.input_ids[:, 1:]], axis=1),
+        np.concatenate([batch.attention_mask[:, :1], ones, batch.attention_mask[:, 1:]], axis=1))
+
+
+@dataclass(frozen=True)
+class Convention:
+    """A source model's text convention resolved to token ids (written by the build)."""
+
+    insert: dict[str, list[int]]  # kind -> ids put after the first token
+    query_length: int | None = None  # ColBERT: queries padded with [MASK] to this length
+    mask_token_id: int | None = None
+    skip_ids: tuple[int, ...] = ()  # ColBERT: tokens left out of a passage's pooled mean
+
+    @classmethod
+    def from_info(cls, info: dict | None) -> Convention:
+        if not info:
+            return cls({})
+        return cls({k: list(v) for k, v in info["insert"].items()}, info.get("query_length"),
+                   info.get("mask_token_id"), tuple(info.get("skip_ids", ())))
+
+
 class TokenEmbedder:
     """A neural embedder: tokens in, pooled unit vectors out (ONNX Runtime or PyTorch)."""
 
     def __init__(self, spec: Embedder, directory: Path, threads: int = 0) -> None:
         self.spec = spec
         info = read_build_info(directory)
+        self.info = info
         self.pad_id = int(info["pad_token_id"])
         self.max_length = int(info["max_length"])
         self.runtime = info["runtime"]
+        self.convention = Convention.from_info(info.get("convention"))
         if self.runtime == "onnx":
             import onnxruntime as ort
 
@@ -118,6 +159,7 @@ class TokenEmbedder:
             self.session = ort.InferenceSession(str(directory / ONNX_FILE), options,
                                                 providers=["CPUExecutionProvider"])
             self.output = self.session.get_outputs()[0].name
+            self.inputs = [i.name for i in self.session.get_inputs()]
         else:
             import torch
 
@@ -126,25 +168,56 @@ class TokenEmbedder:
             if threads:
                 torch.set_num_threads(threads)
             self.module = architecture(spec).load_module(spec, directory / TORCH_DIR)
+            self.inputs = [INPUT_IDS, ATTENTION_MASK]
         self.projection = None
         if spec.pooling is Pooling.SPLADE_MAX:
             self.projection = load_numpy(directory, SPLADE_STEM, SPLADE_VERSION)["projection"]
 
-    def embed(self, batch: TokenBatch) -> np.ndarray:
-        if batch.input_ids.shape[0] == 0:
-            return np.zeros((0, self.spec.dim), dtype=np.float32)
-        batch = truncate(batch, self.max_length)
+    def embed(self, batch: TokenBatch, kinds: list[Kind] | None = None) -> np.ndarray:
+        """Rows of ``batch`` (one text each) -> [rows, dim]; ``kinds`` default to passages."""
+        rows = batch.input_ids.shape[0]
+        out = np.zeros((rows, self.spec.dim), dtype=np.float32)
+        if rows == 0:
+            return out
+        kinds = kinds or [Kind.PASSAGE] * rows
+        for kind in set(kinds):
+            idx = np.array([i for i, k in enumerate(kinds) if k == kind])
+            part = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx])
+            out[idx] = self._embed_kind(part, kind)
+        return out
+
+    def _embed_kind(self, batch: TokenBatch, kind: Kind) -> np.ndarray:
+        c = self.convention
+        batch = insert_after_first(batch, c.insert.get(kind.value, []))
+        if kind is Kind.QUERY and c.query_length:
+            batch = truncate(batch, c.query_length)
+            width = c.query_length
+            ids = np.full((batch.input_ids.shape[0], width), c.mask_token_id, dtype=np.int64)
+            mask = np.zeros_like(ids)
+            ids[:, :batch.input_ids.shape[1]] = batch.input_ids
+            mask[:, :batch.input_ids.shape[1]] = batch.attention_mask
+            batch, pool = TokenBatch(ids, mask), np.ones_like(ids)
+        else:
+            batch = truncate(batch, self.max_length)
+            pool = batch.attention_mask
+            if c.skip_ids:
+                pool = pool * ~np.isin(batch.input_ids, c.skip_ids)
+        out = self.forward(batch, pool)
+        if self.projection is not None:
+            out = l2_normalize(out @ self.projection)
+        return out
+
+    def forward(self, batch: TokenBatch, pool: np.ndarray | None = None) -> np.ndarray:
+        """The exported module itself on prepared tokens (E6: before its projection)."""
+        feeds = {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask,
+                 POOL_MASK: (batch.attention_mask if pool is None else pool).astype(np.int64)}
         if self.runtime == "onnx":
-            out = self.session.run([self.output], {"input_ids": batch.input_ids,
-                                                   "attention_mask": batch.attention_mask})[0]
+            out = self.session.run([self.output], {n: feeds[n] for n in self.inputs})[0]
         else:
             import torch
 
             with torch.inference_mode():
-                out = self.module(torch.from_numpy(batch.input_ids),
-                                  torch.from_numpy(batch.attention_mask)).numpy()
-        if self.projection is not None:
-            out = l2_normalize(out @ self.projection)
+                out = self.module(*(torch.from_numpy(feeds[n]) for n in self.inputs)).numpy()
         return out.astype(np.float32, copy=False)
 
 

@@ -9,12 +9,13 @@ vocabulary-sized SPLADE vector: the seeded projection is a persisted artifact ap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from export.registry import EMBEDDERS, Embedder, Pooling
+from export.registry import EMBEDDERS, POOL_MASK, Embedder, Pooling
 
 # Toy sizes: the hidden width stays the real block width where the block is the hidden state.
 TINY_LAYERS = 2
@@ -75,16 +76,21 @@ class ClipEosProjection(Pooler):
 
 
 class ColbertMean(Pooler):
-    """ColBERT: 128-D linear head, per-token L2, masked mean, L2 (the block used for fusion)."""
+    """ColBERT: 128-D linear head, per-token L2, mean over ``pool_mask``, L2 (fusion block).
+
+    ``pool_mask`` differs from the attention mask as in the ColBERT reference: a query's
+    [MASK] padding is pooled though not attended to; a document's punctuation is dropped.
+    """
 
     def __init__(self, model: nn.Module, dim: int) -> None:
         super().__init__(model)
         self.linear = nn.Linear(model.config.hidden_size, dim, bias=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                pool_mask: torch.Tensor) -> torch.Tensor:
         states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         tokens = l2(self.linear(states))
-        return l2(masked_mean(tokens, attention_mask))
+        return l2(masked_mean(tokens, pool_mask))
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class Architecture:
     """What differs per source model: config, wrapper, export shape, tolerance."""
 
     output_name: ClassVar[str] = "embedding"
+    extra_inputs: ClassVar[tuple[str, ...]] = ()  # beyond input_ids and attention_mask
     # "onnx": exported and run with ONNX Runtime; "torch": the PyTorch module itself is served.
     runtime: ClassVar[str] = "onnx"
 
@@ -122,7 +129,7 @@ class Architecture:
     def wrap(self, spec: Embedder, model: nn.Module) -> nn.Module:
         return MeanPooled(model)
 
-    def load_module(self, spec: Embedder, directory) -> nn.Module:
+    def load_module(self, spec: Embedder, directory: Path) -> nn.Module:
         """The pooled module from a Hugging Face-format folder (config.json + safetensors)."""
         from transformers import AutoConfig
 
@@ -130,6 +137,12 @@ class Architecture:
         config._attn_implementation = "eager"
         model = self._model_type().from_pretrained(directory, config=config,
                                                    use_safetensors=True, **self.model_kwargs)
+        return self.wrap(spec, model).eval()
+
+    def pretrained_module(self, spec: Embedder, checkpoint: Path) -> nn.Module:
+        """The pooled module from a source checkpoint in Hugging Face format."""
+        model = self._model_type().from_pretrained(
+            checkpoint, use_safetensors=True, attn_implementation="eager", **self.model_kwargs)
         return self.wrap(spec, model).eval()
 
     def tiny_module(self, spec: Embedder, ids: TokenizerIds) -> nn.Module:
@@ -181,7 +194,17 @@ class BertSplade(Bert):
 
 
 class BertColbert(Bert):
-    """ColBERTv2: BertModel with a 128-D linear head."""
+    """ColBERTv2: BertModel with a 128-D linear head (``linear.weight`` in the checkpoint)."""
+
+    extra_inputs = (POOL_MASK,)
+
+    def pretrained_module(self, spec, checkpoint):
+        from safetensors import safe_open
+
+        module = super().pretrained_module(spec, checkpoint)
+        with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
+            module.linear.weight.data.copy_(f.get_tensor("linear.weight"))
+        return module
 
     def tiny_config(self, spec, ids):
         from transformers import BertConfig

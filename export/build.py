@@ -1,10 +1,15 @@
-"""Build the model repository's artifacts for a profile (``tiny``: offline, seeded).
+"""Build the model repository's artifacts for a profile.
 
-    python -m export.build [--profile tiny] [--force] [--repository DIR]
+    python -m export.build [--profile pretrained|tiny] [--checkpoints DIR] [--force]
 
-Each model's version folder gets its artifacts and a ``build.json`` recording the profile,
-the source, whether the weights are pretrained, and the recipe hash (a digest of the code
-that produced them). A model whose recipe is unchanged is not rebuilt.
+``tiny``: every neural embedder is its real architecture at toy depth with seeded random
+weights. ``pretrained``: every source checkpoint found offline (export/checkpoints.py) is
+exported with its reference conventions; the rest fall back to tiny, and the mix is recorded.
+
+Each model's version folder gets its artifacts and a ``build.json`` (profile, source,
+pretrained or not, checkpoint sha256, build key); ``configs/built.pbtxt`` repeats the
+committed config with that provenance as parameters, which the server reports (it runs with
+``--model-config-name=built``). A model whose build key is unchanged is not rebuilt.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from export import checkpoints as checkpoints_mod
 from export import repository
+from export.checkpoints import Checkpoint
 from export.layout import BUILD_INFO, ONNX_FILE, SPLADE_STEM, SPLADE_VERSION, TORCH_DIR
 from export.registry import (
     EMBEDDERS,
@@ -29,11 +36,12 @@ from export.registry import (
     tokenizer_family,
 )
 
-PROFILES = ("tiny",)
+PROFILES = ("pretrained", "tiny")
+BUILT_CONFIG = "built"  # configs/built.pbtxt, selected with --model-config-name
 _HERE = Path(__file__).resolve().parent
-RECIPE_SOURCES = [_HERE / n for n in ("registry.py", "architectures.py", "onnx_export.py",
-                                      "tokenizer_build.py", "custom_encoders.py", "artifacts.py", "layout.py",
-                                      "build.py", "data/tiny_corpus.txt")]
+RECIPE_SOURCES = [_HERE / n for n in (
+    "registry.py", "architectures.py", "onnx_export.py", "tokenizer_build.py",
+    "custom_encoders.py", "artifacts.py", "layout.py", "build.py", "data/tiny_corpus.txt")]
 RECIPE_SOURCES.append(_HERE.parent / "ensemble" / "fusemoe.py")
 SPLADE_SEED = 30_522
 
@@ -49,12 +57,9 @@ def _vdir(repo: Path, triton_model: str) -> Path:
     return repo / triton_model / "1"
 
 
-def _current(directory: Path, profile: str, recipe: str) -> bool:
+def _current(directory: Path, key: str) -> bool:
     info = directory / BUILD_INFO
-    if not info.is_file():
-        return False
-    data = json.loads(info.read_text())
-    return data.get("profile") == profile and data.get("recipe") == recipe
+    return info.is_file() and json.loads(info.read_text()).get("key") == key
 
 
 def _clear(directory: Path) -> None:
@@ -69,12 +74,22 @@ def _write_info(directory: Path, **info) -> None:
     (directory / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
-def build_tokenizer(family: TokenizerFamily, directory: Path, profile: str, recipe: str) -> None:
+def build_tokenizer(family: TokenizerFamily, directory: Path, key: str,
+                    checkpoint: Checkpoint | None) -> None:
     from export.tokenizer_build import build_tiny
 
-    tok = build_tiny(family, directory / "tokenizer.json")
-    _write_info(directory, profile=profile, recipe=recipe, pretrained=False,
-                source=f"tiny {family.name} (offline, fixed corpus)",
+    if checkpoint is None:
+        tok = build_tiny(family, directory / "tokenizer.json")
+        source = f"tiny {family.name} (offline, fixed corpus)"
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(checkpoint.path).backend_tokenizer
+        tok.no_padding()
+        tok.enable_truncation(max_length=family.max_length)
+        tok.save(str(directory / "tokenizer.json"))
+        source = f"tokenizer of {checkpoint.path.name} ({checkpoint.origin})"
+    _write_info(directory, key=key, pretrained=checkpoint is not None, source=source,
                 vocab_size=tok.get_vocab_size())
 
 
@@ -91,7 +106,37 @@ def tokenizer_ids(family: TokenizerFamily, repo: Path):
                         tok.token_to_id(eos) if eos else None)
 
 
-def build_neural(spec: Embedder, directory: Path, repo: Path, profile: str, recipe: str) -> None:
+def convention_ids(spec: Embedder, repo: Path) -> dict:
+    """The embedder's text convention as token ids of its family's tokenizer."""
+    import string
+
+    from tokenizers import Tokenizer
+
+    c = spec.convention
+    family = tokenizer_family(spec.tokenizer or "")
+    tok = Tokenizer.from_file(str(_vdir(repo, family.triton_model) / "tokenizer.json"))
+
+    def ids(prefix: str, marker: str | None) -> list[int]:
+        out = tok.encode(prefix, add_special_tokens=False).ids if prefix else []
+        if marker is not None:
+            marker_id = tok.token_to_id(marker)
+            if marker_id is None:
+                raise ValueError(f"{spec.id}: marker {marker!r} is not in the vocabulary")
+            out.append(marker_id)
+        return out
+
+    info: dict = {"insert": {"query": ids(c.query_prefix, c.query_marker),
+                             "passage": ids(c.passage_prefix, c.passage_marker)}}
+    if c.query_length:
+        info |= {"query_length": c.query_length, "mask_token_id": tok.token_to_id("[MASK]")}
+    if c.skip_punctuation_in_passages:
+        info["skip_ids"] = sorted({tok.encode(p, add_special_tokens=False).ids[0]
+                                   for p in string.punctuation})
+    return info
+
+
+def build_neural(spec: Embedder, directory: Path, repo: Path, key: str,
+                 checkpoint: Checkpoint | None) -> None:
     import numpy as np
 
     from export.architectures import architecture
@@ -101,10 +146,13 @@ def build_neural(spec: Embedder, directory: Path, repo: Path, profile: str, reci
     family = tokenizer_family(spec.tokenizer or "")
     ids = tokenizer_ids(family, repo)
     arch = architecture(spec)
-    module = arch.tiny_module(spec, ids)
+    if checkpoint is None:
+        module = arch.tiny_module(spec, ids)
+    else:
+        module = arch.pretrained_module(spec, checkpoint.path)
     if arch.runtime == "onnx":
         example = example_inputs(2, 16, ids.pad, ids.vocab_size)
-        export(module, directory / ONNX_FILE, arch.output_name, example)
+        export(module, directory / ONNX_FILE, arch.output_name, example, arch.extra_inputs)
     else:
         module.model.save_pretrained(directory / TORCH_DIR, safe_serialization=True)
     if spec.id == "E6":
@@ -115,71 +163,139 @@ def build_neural(spec: Embedder, directory: Path, repo: Path, profile: str, reci
         save_numpy(directory, SPLADE_STEM, SPLADE_VERSION,
                    {"projection": projection.astype(np.float32)},
                    extra={"seed": SPLADE_SEED, "vocab_size": ids.vocab_size, "dim": spec.dim})
-    _write_info(directory, profile=profile, recipe=recipe, pretrained=False,
-                source=f"tiny {arch.model_class} (seeded random weights)",
-                runtime=arch.runtime, pad_token_id=ids.pad, max_length=spec.max_length)
+    if checkpoint is None:
+        provenance = {"pretrained": False,
+                      "source": f"tiny {arch.model_class} (seeded random weights)"}
+    else:
+        provenance = {"pretrained": True, "source": spec.source, "origin": checkpoint.origin,
+                      "checkpoint": str(checkpoint.path), "sha256": checkpoint.sha256}
+    _write_info(directory, key=key, runtime=arch.runtime, pad_token_id=ids.pad,
+                max_length=spec.max_length, convention=convention_ids(spec, repo), **provenance)
 
 
-def build_custom(spec: Embedder, directory: Path, profile: str, recipe: str) -> None:
+def build_custom(spec: Embedder, directory: Path, key: str) -> None:
     from export.custom_encoders import save_hdc_base
 
     if spec.input is Input.TEXT:
         save_hdc_base(directory)
-    _write_info(directory, profile=profile, recipe=recipe, pretrained=False,
+    _write_info(directory, key=key, pretrained=False,
                 source="custom deterministic encoder (no weights)")
 
 
-def build_fusemoe(directory: Path, profile: str, recipe: str) -> None:
+def build_fusemoe(directory: Path, key: str) -> None:
     from ensemble import fusemoe
 
     fusemoe.save(fusemoe.seeded(), directory, fusemoe.SEEDED_VERSION,
                  extra={"init": "seeded", "trained": False})
-    _write_info(directory, profile=profile, recipe=recipe, pretrained=False,
+    _write_info(directory, key=key, pretrained=False,
                 source="FuseMoE seeded initialisation (untrained)")
 
 
-def build(repo: Path, profile: str = "tiny", force: bool = False) -> list[str]:
+def write_built_config(repo: Path, name: str) -> None:
+    """configs/built.pbtxt: the committed config plus the build's provenance as parameters."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
+    info = json.loads((_vdir(repo, name) / BUILD_INFO).read_text())
+    weights = "pretrained" if info.get("pretrained") else "tiny"
+    if name == FUSEMOE_MODEL:
+        weights = "seeded"
+    elif "custom" in info.get("source", ""):
+        weights = "custom"
+    params = {"weights": weights, "source": info.get("source", ""),
+              "checkpoint_sha256": info.get("sha256", "")}
+    for k, v in params.items():
+        cfg.parameters[k].string_value = v
+    path = repo / name / "configs" / f"{BUILT_CONFIG}.pbtxt"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("# Written by export/build.py for this build: do not edit.\n"
+                    + text_format.MessageToString(cfg))
+
+
+def build(repo: Path, profile: str = "pretrained", force: bool = False,
+          checkpoint_dirs: list[Path] | None = None) -> list[str]:
     """Build every missing or outdated model; returns the names of the models built."""
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
     repository.write(repo)
     recipe = recipe_hash()
+    checkpoints: dict[str, Checkpoint | None] = {
+        e.id: (checkpoints_mod.find(e, checkpoint_dirs) if profile == "pretrained" else None)
+        for e in EMBEDDERS if e.input is Input.TOKENS}
     built: list[str] = []
 
-    def step(name: str, fn) -> None:
+    def step(name: str, key: str, fn) -> None:
         directory = _vdir(repo, name)
-        if not force and _current(directory, profile, recipe):
-            return
-        start = time.perf_counter()
-        _clear(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        fn(directory)
-        built.append(name)
-        print(f"built {name:<24} {time.perf_counter() - start:6.1f} s", flush=True)
+        if force or not _current(directory, key):
+            start = time.perf_counter()
+            _clear(directory)
+            directory.mkdir(parents=True, exist_ok=True)
+            fn(directory)
+            built.append(name)
+            print(f"built {name:<24} {time.perf_counter() - start:6.1f} s", flush=True)
+        write_built_config(repo, name)
 
+    family_keys: dict[str, str] = {}
     for family in TOKENIZER_FAMILIES:
-        step(family.triton_model, lambda d, f=family: build_tokenizer(f, d, profile, recipe))
+        members = [e for e in EMBEDDERS if e.tokenizer == family.name]
+        found = [checkpoints[e.id] for e in members if checkpoints[e.id] is not None]
+        source = found[0] if found else None
+        key = f"{recipe}:{source.sha256 if source else 'tiny'}"
+        family_keys[family.name] = key
+        step(family.triton_model, key,
+             lambda d, f=family, c=source, k=key: build_tokenizer(f, d, k, c))
+        if len(found) > 1:
+            _check_same_vocabulary(family, [c for c in found if c is not None])
     for spec in EMBEDDERS:
         if spec.input is Input.TOKENS:
-            step(spec.triton_model, lambda d, s=spec: build_neural(s, d, repo, profile, recipe))
+            ckpt = checkpoints[spec.id]
+            key = (f"{family_keys[spec.tokenizer or '']}:"
+                   f"{ckpt.sha256 if ckpt else 'tiny'}")
+            step(spec.triton_model, key,
+                 lambda d, s=spec, c=ckpt, k=key: build_neural(s, d, repo, k, c))
         else:
-            step(spec.triton_model, lambda d, s=spec: build_custom(s, d, profile, recipe))
-    step(FUSEMOE_MODEL, lambda d: build_fusemoe(d, profile, recipe))
+            step(spec.triton_model, recipe, lambda d, s=spec: build_custom(s, d, recipe))
+    step(FUSEMOE_MODEL, recipe, lambda d: build_fusemoe(d, recipe))
     return built
+
+
+def _check_same_vocabulary(family: TokenizerFamily, found: list[Checkpoint]) -> None:
+    from transformers import AutoTokenizer
+
+    vocabs = [AutoTokenizer.from_pretrained(c.path).get_vocab() for c in found]
+    if any(v != vocabs[0] for v in vocabs[1:]):
+        raise SystemExit(f"checkpoints of the {family.name} family have different vocabularies: "
+                         + ", ".join(str(c.path) for c in found))
+
+
+def summary(repo: Path) -> list[tuple[str, str, str]]:
+    """(model, weights, source) of every built model, for the build's closing table."""
+    rows = []
+    for spec in EMBEDDERS:
+        info = json.loads((_vdir(repo, spec.triton_model) / BUILD_INFO).read_text())
+        kind = ("pretrained" if info.get("pretrained")
+                else "custom" if spec.input is not Input.TOKENS else "tiny")
+        rows.append((f"{spec.id} {spec.triton_model}", kind, info["source"]))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="tiny", choices=PROFILES)
+    parser.add_argument("--profile", default="pretrained", choices=PROFILES)
+    parser.add_argument("--checkpoints", type=Path, action="append", default=[],
+                        help="folder holding Hugging Face checkpoints (repeatable)")
     parser.add_argument("--force", action="store_true", help="rebuild every model")
     parser.add_argument("--repository", type=Path, default=repository.REPOSITORY)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    built = build(args.repository, args.profile, args.force)
+    built = build(args.repository, args.profile, args.force, args.checkpoints)
     elapsed = time.perf_counter() - start
     print(f"model repository {args.repository}: {len(built)} models built in {elapsed:.1f} s"
           if built else f"model repository {args.repository}: up to date ({args.profile})")
+    for model, kind, source in summary(args.repository):
+        print(f"  {model:<26} {kind:<10} {source}")
     return 0
 
 

@@ -26,14 +26,20 @@ def example_inputs(batch: int, length: int, pad: int, vocab_size: int,
 
 
 def export(module: nn.Module, path: Path, output_name: str,
-           example: tuple[torch.Tensor, ...]) -> None:
-    """Export with the legacy TorchScript exporter: dynamic batch and sequence axes."""
+           example: tuple[torch.Tensor, ...], extra_inputs: tuple[str, ...] = ()) -> None:
+    """Export with the legacy TorchScript exporter: dynamic batch and sequence axes.
+
+    ``extra_inputs`` are further [batch, sequence] int64 masks after the two token inputs;
+    the example gives them the attention mask's values.
+    """
     axes = {0: "batch", 1: "sequence"}
+    names = [INPUT_IDS, ATTENTION_MASK, *extra_inputs]
+    example = (*example[:2], *(example[1] for _ in extra_inputs))
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, example, str(path), dynamo=False, opset_version=OPSET,
-            input_names=[INPUT_IDS, ATTENTION_MASK], output_names=[output_name],
-            dynamic_axes={INPUT_IDS: axes, ATTENTION_MASK: axes, output_name: {0: "batch"}},
+            input_names=names, output_names=[output_name],
+            dynamic_axes={**{n: axes for n in names}, output_name: {0: "batch"}},
         )

@@ -60,6 +60,37 @@ class Batching:
     max_queue_delay_us: int = 2000
 
 
+class Kind(str, enum.Enum):
+    """What a text is for: E1 and E12 encode queries and passages differently."""
+
+    QUERY = "query"
+    PASSAGE = "passage"
+
+
+@dataclass(frozen=True)
+class TextConvention:
+    """How the source model's reference code prepares a text, per kind.
+
+    ``prefix`` is text put before the text (e5: ``"query: "``); ``marker`` is a token
+    inserted right after the first special token (ColBERT: ``[unused0]`` = [Q],
+    ``[unused1]`` = [D]). Both are applied on token ids after the shared tokenizer ran.
+    """
+
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    query_marker: str | None = None
+    passage_marker: str | None = None
+    # ColBERT query augmentation: queries are padded with [MASK] to this many tokens, and
+    # the mask tokens are pooled (but not attended to).
+    query_length: int | None = None
+    # ColBERT drops punctuation tokens from document embeddings.
+    skip_punctuation_in_passages: bool = False
+
+    @property
+    def kind_aware(self) -> bool:
+        return self != TextConvention()
+
+
 @dataclass(frozen=True)
 class Embedder:
     id: str
@@ -72,6 +103,7 @@ class Embedder:
     tokenizer: str | None = None  # TokenizerFamily.name
     max_length: int | None = None  # tokens, including special tokens
     batching: Batching = field(default_factory=Batching)
+    convention: TextConvention = field(default_factory=TextConvention)
 
     @property
     def block_name(self) -> str:
@@ -87,7 +119,8 @@ TOKENIZER_FAMILIES: tuple[TokenizerFamily, ...] = (BERT, ROBERTA, CLIP)
 
 EMBEDDERS: tuple[Embedder, ...] = (
     Embedder("E1", "e01_semantic", Role.SEMANTIC, 1024, "intfloat/e5-large-v2",
-             Pooling.MEAN, Input.TOKENS, BERT.name, 512),
+             Pooling.MEAN, Input.TOKENS, BERT.name, 512,
+             convention=TextConvention(query_prefix="query: ", passage_prefix="passage: ")),
     Embedder("E2", "e02_temporal_recent", Role.TEMPORAL_RECENT, 512, "custom",
              Pooling.CUSTOM, Input.TIMESTAMP),
     Embedder("E3", "e03_temporal_periodic", Role.TEMPORAL_PERIODIC, 512, "custom",
@@ -108,9 +141,11 @@ EMBEDDERS: tuple[Embedder, ...] = (
              Pooling.EOS_PROJECTION, Input.TOKENS, CLIP.name, 77),
     Embedder("E11", "e11_entity", Role.ENTITY, 384, "sentence-transformers/all-MiniLM-L6-v2",
              Pooling.MEAN, Input.TOKENS, BERT.name, 256),
-    # ColBERTv2 document length (doc_maxlen) is 180 tokens.
+    # ColBERTv2: doc_maxlen 180, query_maxlen 32, markers [Q] = [unused0], [D] = [unused1].
     Embedder("E12", "e12_late_interaction", Role.LATE_INTERACTION, 128, "colbert-ir/colbertv2.0",
-             Pooling.COLBERT_MEAN, Input.TOKENS, BERT.name, 180),
+             Pooling.COLBERT_MEAN, Input.TOKENS, BERT.name, 180,
+             convention=TextConvention(query_marker="[unused0]", passage_marker="[unused1]",
+                                       query_length=32, skip_punctuation_in_passages=True)),
 )
 
 
@@ -137,6 +172,7 @@ ENSEMBLE_MAX_BATCH_SIZE = 32
 # Public tensor names of the ensemble (a contract with every client).
 TEXT = "TEXT"
 TIMESTAMP = "TIMESTAMP"
+KIND = "KIND"  # optional: "query" | "passage" (default)
 FUSED = "FUSED"
 EXPERT_WEIGHTS = "EXPERT_WEIGHTS"
 SELECTED_EXPERTS = "SELECTED_EXPERTS"
@@ -145,6 +181,12 @@ SELECTED_EXPERTS = "SELECTED_EXPERTS"
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 EMBEDDING = "embedding"
+# FuseMoE echoes the blocks it fused as E1_BLOCK ... E12_BLOCK (the ensemble's E1 ... E12),
+# only when asked. Every ensemble output then comes from one step: in Triton 2.51 a tensor
+# that is both an ensemble output and another step's input is pruned when a client does not
+# ask for it, and the ensemble then deadlocks.
+BLOCK_SUFFIX = "_BLOCK"
+POOL_MASK = "pool_mask"  # ColBERT: which token vectors enter the pooled mean
 CONCATENATED = "concatenated"
 PRESENCE = "presence"
 

@@ -79,6 +79,8 @@ def embedder_config(spec: Embedder) -> mc.ModelConfig:
         # Ragged: requests with different sequence lengths batch together; the adapter pads.
         for name in (r.INPUT_IDS, r.ATTENTION_MASK):
             cfg.input.append(_tensor(mc.ModelInput, name, INT64, [-1], allow_ragged_batch=True))
+        if spec.convention.kind_aware:
+            cfg.input.append(_tensor(mc.ModelInput, r.KIND, BYTES, [1], optional=True))
         warm_dims = {r.INPUT_IDS: [WARMUP_TOKENS], r.ATTENTION_MASK: [WARMUP_TOKENS]}
     else:
         cfg = _python_model(spec.triton_model, "custom_embedder", spec.batching,
@@ -100,6 +102,9 @@ def fusemoe_config() -> mc.ModelConfig:
     cfg.output.append(_tensor(mc.ModelOutput, r.FUSED, FP32, [r.FUSEMOE.output_dim]))
     cfg.output.append(_tensor(mc.ModelOutput, r.EXPERT_WEIGHTS, FP32, [r.FUSEMOE.num_experts]))
     cfg.output.append(_tensor(mc.ModelOutput, r.SELECTED_EXPERTS, INT32, [r.FUSEMOE.top_k]))
+    for spec in EMBEDDERS:
+        cfg.output.append(_tensor(mc.ModelOutput, spec.block_name + r.BLOCK_SUFFIX, FP32,
+                                  [spec.dim]))
     _warmup(cfg, {})
     return cfg
 
@@ -109,10 +114,17 @@ def ensemble_config() -> mc.ModelConfig:
                          max_batch_size=r.ENSEMBLE_MAX_BATCH_SIZE)
     cfg.input.append(_tensor(mc.ModelInput, r.TEXT, BYTES, [1]))
     cfg.input.append(_tensor(mc.ModelInput, r.TIMESTAMP, INT64, [1]))
+    # Optional, default "passage": E1 and E12 encode queries and passages differently.
+    cfg.input.append(_tensor(mc.ModelInput, r.KIND, BYTES, [1], optional=True))
     fusemoe = fusemoe_config()
+    # FUSED, the gate outputs, and every block (E1 ... E12): a client that asks only for
+    # FUSED receives only FUSED.
+    public = {o.name: o.name.removesuffix(r.BLOCK_SUFFIX) for o in fusemoe.output}
     for out in fusemoe.output:
-        cfg.output.append(_tensor(mc.ModelOutput, out.name, out.data_type, list(out.dims)))
-    cfg.response_cache.enable = True
+        cfg.output.append(_tensor(mc.ModelOutput, public[out.name], out.data_type,
+                                  list(out.dims)))
+    # No response cache here: Triton 2.51's cache key leaves out the requested outputs, so a
+    # cached FUSED-only answer would be returned to a later request for E11.
 
     steps = cfg.ensemble_scheduling.step
     for family in TOKENIZER_FAMILIES:
@@ -126,17 +138,19 @@ def ensemble_config() -> mc.ModelConfig:
             tok = r.tokenizer_family(spec.tokenizer or "").triton_model
             inputs = {r.INPUT_IDS: f"{tok}.{r.INPUT_IDS}",
                       r.ATTENTION_MASK: f"{tok}.{r.ATTENTION_MASK}"}
+            if spec.convention.kind_aware:
+                inputs[r.KIND] = r.KIND
         elif spec.input is Input.TEXT:
             inputs = {r.TEXT: r.TEXT}
         else:
             inputs = {r.TIMESTAMP: r.TIMESTAMP}
-        steps.append(mc.ModelEnsembling.Step(model_name=spec.triton_model, model_version=-1,
-                                             input_map=inputs,
-                                             output_map={r.EMBEDDING: spec.block_name}))
+        steps.append(mc.ModelEnsembling.Step(
+            model_name=spec.triton_model, model_version=-1, input_map=inputs,
+            output_map={r.EMBEDDING: f"{spec.triton_model}.{r.EMBEDDING}"}))
     steps.append(mc.ModelEnsembling.Step(
         model_name=r.FUSEMOE_MODEL, model_version=-1,
-        input_map={s.block_name: s.block_name for s in EMBEDDERS},
-        output_map={o.name: o.name for o in fusemoe.output}))
+        input_map={s.block_name: f"{s.triton_model}.{r.EMBEDDING}" for s in EMBEDDERS},
+        output_map=public))
     return cfg
 
 

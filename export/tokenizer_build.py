@@ -54,7 +54,9 @@ def bert_uncased() -> Tokenizer:
         normalized = probe.normalizer.normalize_str(line)
         counts.update(w for w, _ in probe.pre_tokenizer.pre_tokenize_str(normalized))
     chars = sorted({c.lower() for c in ALPHABET} | {c for w in counts for c in w})
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
+    # [unused0] and [unused1] are ColBERT's query and document markers, as in BERT's vocab.
+    specials = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens = specials + chars + ["##" + c for c in chars]
     words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
     tokens += words[: max(0, TINY_VOCAB - len(tokens))]
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]",

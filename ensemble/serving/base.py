@@ -37,6 +37,11 @@ def input_array(request: Any, name: str) -> np.ndarray:
     return tensor.as_numpy()
 
 
+def optional_texts(request: Any, name: str) -> list[str] | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else decode_texts(name, tensor.as_numpy())
+
+
 def error_response(err: Exception) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(err)))
 
@@ -63,20 +68,21 @@ class Adapter:
         """Read every request (bad ones answered with their error), compute the good ones
         together, answer each with its own outputs."""
         responses: list[Any] = [None] * len(requests)
-        good, items = [], []
+        good, items, wanted = [], [], []
         for i, request in enumerate(requests):
             try:
                 items.append(read(request))
                 good.append(i)
+                wanted.append(set(request.requested_output_names()))
             except RequestError as err:
                 responses[i] = error_response(err)
         if good:
             try:
                 outputs = compute(items)
-                for i, out in zip(good, outputs):
+                for i, out, names in zip(good, outputs, wanted):
                     responses[i] = pb_utils.InferenceResponse(output_tensors=[
                         pb_utils.Tensor(k, v.astype(self.output_dtypes[k], copy=False))
-                        for k, v in out.items()])
+                        for k, v in out.items() if k in names])
             except Exception as err:  # noqa: BLE001 - every request must get an answer
                 for i in good:
                     responses[i] = error_response(RuntimeError(f"{self.name}: {err}"))

@@ -22,8 +22,10 @@ class TritonPythonModel(Adapter):
 
     def _texts(self, per_request: list[list[str]]) -> list[dict[str, np.ndarray]]:
         vectors = self.embedder.embed_texts([t for texts in per_request for t in texts])
-        return [{EMBEDDING: v} for v in split_rows(vectors, [len(t) for t in per_request])]
+        counts = [len(t) for t in per_request]
+        return [{EMBEDDING: v} for v in split_rows(vectors, counts)]
 
     def _times(self, per_request: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         vectors = self.embedder.embed_times(np.concatenate(per_request))
-        return [{EMBEDDING: v} for v in split_rows(vectors, [len(t) for t in per_request])]
+        counts = [len(t) for t in per_request]
+        return [{EMBEDDING: v} for v in split_rows(vectors, counts)]

@@ -7,7 +7,16 @@ import torch
 
 from ensemble import fusemoe
 from ensemble.serving.base import Adapter, input_array, split_rows
-from export.registry import EMBEDDERS, EXPERT_WEIGHTS, FUSED, SELECTED_EXPERTS
+from export.registry import (
+    BLOCK_SUFFIX,
+    EMBEDDERS,
+    EXPERT_WEIGHTS,
+    FUSED,
+    SELECTED_EXPERTS,
+    block_offsets,
+)
+
+OFFSETS = [block_offsets()[e.id] for e in EMBEDDERS]
 
 
 class TritonPythonModel(Adapter):
@@ -29,6 +38,13 @@ class TritonPythonModel(Adapter):
         with torch.inference_mode():
             out = self.model(x)
         counts = [len(p) for p in per_request]
-        return [{FUSED: f, EXPERT_WEIGHTS: w, SELECTED_EXPERTS: s} for f, w, s in zip(
-            split_rows(out.fused.numpy(), counts), split_rows(out.expert_weights.numpy(), counts),
-            split_rows(out.selected_experts.numpy(), counts))]
+        results = []
+        for f, w, s, blocks in zip(split_rows(out.fused.numpy(), counts),
+                                   split_rows(out.expert_weights.numpy(), counts),
+                                   split_rows(out.selected_experts.numpy(), counts),
+                                   per_request):
+            result = {FUSED: f, EXPERT_WEIGHTS: w, SELECTED_EXPERTS: s}
+            for e, (start, end) in zip(EMBEDDERS, OFFSETS):
+                result[e.block_name + BLOCK_SUFFIX] = blocks[:, start:end]
+            results.append(result)  # the base adapter sends only the requested outputs
+        return results

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from ensemble.serving.base import Adapter, input_array, split_rows
+from ensemble.serving.base import Adapter, RequestError, input_array, optional_texts, split_rows
 from ensemble.stages import TokenBatch, TokenEmbedder, merge
-from export.registry import ATTENTION_MASK, EMBEDDING, INPUT_IDS, embedder
+from export.registry import ATTENTION_MASK, EMBEDDING, INPUT_IDS, KIND, Kind, embedder
+
+KINDS = {k.value: k for k in Kind}
+
+
+def read_kinds(request, rows: int) -> list[Kind]:
+    """The optional KIND input: one of "query" | "passage" per row; passages by default."""
+    texts = optional_texts(request, KIND)
+    if texts is None:
+        return [Kind.PASSAGE] * rows
+    if len(texts) != rows:
+        raise RequestError(f"{KIND}: {len(texts)} values for {rows} texts")
+    bad = [t for t in texts if t not in KINDS]
+    if bad:
+        raise RequestError(f"{KIND}: must be 'query' or 'passage', got {bad[0]!r}")
+    return [KINDS[t] for t in texts]
 
 
 class TritonPythonModel(Adapter):
@@ -18,10 +33,13 @@ class TritonPythonModel(Adapter):
         return self.run_batched(requests, self._read, self._embed)
 
     @staticmethod
-    def _read(request) -> TokenBatch:
-        return TokenBatch(input_array(request, INPUT_IDS), input_array(request, ATTENTION_MASK))
+    def _read(request) -> tuple[TokenBatch, list[Kind]]:
+        batch = TokenBatch(input_array(request, INPUT_IDS), input_array(request, ATTENTION_MASK))
+        return batch, read_kinds(request, batch.input_ids.shape[0])
 
-    def _embed(self, batches: list[TokenBatch]) -> list[dict[str, np.ndarray]]:
-        vectors = self.embedder.embed(merge(batches, self.embedder.pad_id))
+    def _embed(self, items: list[tuple[TokenBatch, list[Kind]]]) -> list[dict[str, np.ndarray]]:
+        batches = [b for b, _ in items]
+        kinds = [k for _, ks in items for k in ks]
+        vectors = self.embedder.embed(merge(batches, self.embedder.pad_id), kinds)
         counts = [b.input_ids.shape[0] for b in batches]
         return [{EMBEDDING: v} for v in split_rows(vectors, counts)]

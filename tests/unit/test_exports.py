@@ -1,5 +1,7 @@
 """Each built model equals the PyTorch module it came from, on a padded ragged batch."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,15 +17,22 @@ NEURAL = [e for e in EMBEDDERS if e.input is Input.TOKENS]
 
 @pytest.mark.parametrize("spec", NEURAL, ids=[e.id for e in NEURAL])
 def test_built_model_matches_pytorch_on_a_padded_batch(spec, repository):
+    """The served ONNX (or saved PyTorch) module equals the module it was built from."""
     family = tokenizer_family(spec.tokenizer)
     ids = tokenizer_ids(family, repository)
-    module = architecture(spec).tiny_module(spec, ids)
     served = TokenEmbedder(spec, version_dir(repository, spec.triton_model))
-    served.projection = None  # compare the module's own output (E6: before projection)
+    arch = architecture(spec)
+    if served.info["pretrained"]:
+        module = arch.pretrained_module(spec, Path(served.info["checkpoint"]))
+    else:
+        module = arch.tiny_module(spec, ids)
     input_ids, mask = example_inputs(5, 37, ids.pad, ids.vocab_size, seed=11)
+    pool = mask.clone()
+    pool[:, 1] = 0  # a pooling mask unlike the attention mask (used by ColBERT only)
+    extra = [pool] if arch.extra_inputs else []
     with torch.no_grad():
-        expected = module(input_ids, mask).numpy()
-    actual = served.embed(TokenBatch(input_ids.numpy(), mask.numpy()))
+        expected = module(input_ids, mask, *extra).numpy()
+    actual = served.forward(TokenBatch(input_ids.numpy(), mask.numpy()), pool.numpy())
     assert actual.shape == expected.shape
     assert np.abs(actual - expected).max() <= 1e-4
 

