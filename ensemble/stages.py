@@ -196,6 +196,7 @@ class TokenEmbedder:
             mask = np.zeros_like(ids)
             ids[:, :batch.input_ids.shape[1]] = batch.input_ids
             mask[:, :batch.input_ids.shape[1]] = batch.attention_mask
+            ids[mask == 0] = c.mask_token_id  # every padding position becomes [MASK]
             batch, pool = TokenBatch(ids, mask), np.ones_like(ids)
         else:
             batch = truncate(batch, self.max_length)

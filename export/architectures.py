@@ -139,10 +139,28 @@ class Architecture:
                                                    use_safetensors=True, **self.model_kwargs)
         return self.wrap(spec, model).eval()
 
+    def pretrained_config(self, checkpoint: Path):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(checkpoint)
+
     def pretrained_module(self, spec: Embedder, checkpoint: Path) -> nn.Module:
-        """The pooled module from a source checkpoint in Hugging Face format."""
-        model = self._model_type().from_pretrained(
-            checkpoint, use_safetensors=True, attn_implementation="eager", **self.model_kwargs)
+        """The pooled module from a source checkpoint in Hugging Face format.
+
+        Every weight of the module must come from the checkpoint: a missing or mis-shaped
+        tensor (which transformers would re-initialise with a warning) is an error.
+        """
+        from export.artifacts import ArtifactError
+
+        config = self.pretrained_config(checkpoint)
+        config._attn_implementation = "eager"
+        model, info = self._model_type().from_pretrained(
+            checkpoint, config=config, use_safetensors=True, output_loading_info=True,
+            **self.model_kwargs)
+        bad = list(info.get("missing_keys", [])) + [str(k) for k in info.get("mismatched_keys", [])]
+        if bad:
+            raise ArtifactError(f"{checkpoint}: weights missing or of another shape for "
+                                f"{self.model_class}: {', '.join(sorted(bad)[:5])}")
         return self.wrap(spec, model).eval()
 
     def tiny_module(self, spec: Embedder, ids: TokenizerIds) -> nn.Module:
@@ -272,6 +290,18 @@ class ClipText(Architecture):
                               max_position_embeddings=spec.max_length, pad_token_id=ids.pad,
                               bos_token_id=ids.bos, eos_token_id=ids.eos)
 
+
+    def pretrained_config(self, checkpoint):
+        # A full CLIP checkpoint: the text tower's config, with the projection size of the
+        # whole model (the text sub-config may not repeat it).
+        from transformers import AutoConfig, CLIPTextConfig
+
+        config = AutoConfig.from_pretrained(checkpoint)
+        if isinstance(config, CLIPTextConfig):
+            return config
+        text = config.text_config
+        text.projection_dim = config.projection_dim
+        return text
 
     def wrap(self, spec, model):
         return ClipEosProjection(model)

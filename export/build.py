@@ -214,15 +214,21 @@ def write_built_config(repo: Path, name: str) -> None:
 
 
 def build(repo: Path, profile: str = "pretrained", force: bool = False,
-          checkpoint_dirs: list[Path] | None = None) -> list[str]:
-    """Build every missing or outdated model; returns the names of the models built."""
+          checkpoint_dirs: list[Path] | None = None,
+          only: set[str] | None = None) -> list[str]:
+    """Build every missing or outdated model; returns the names of the models built.
+
+    ``only`` limits the build to these embedders (ids) and their tokenizers.
+    """
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
     repository.write(repo)
     recipe = recipe_hash()
+    wanted = [e for e in EMBEDDERS if only is None or e.id in only]
     checkpoints: dict[str, Checkpoint | None] = {
         e.id: (checkpoints_mod.find(e, checkpoint_dirs) if profile == "pretrained" else None)
-        for e in EMBEDDERS if e.input is Input.TOKENS}
+        for e in wanted if e.input is Input.TOKENS}
+    families = {e.tokenizer for e in wanted}
     built: list[str] = []
 
     def step(name: str, key: str, fn) -> None:
@@ -238,7 +244,9 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
 
     family_keys: dict[str, str] = {}
     for family in TOKENIZER_FAMILIES:
-        members = [e for e in EMBEDDERS if e.tokenizer == family.name]
+        if family.name not in families:
+            continue
+        members = [e for e in wanted if e.tokenizer == family.name]
         found = [checkpoints[e.id] for e in members if checkpoints[e.id] is not None]
         source = found[0] if found else None
         key = f"{recipe}:{source.sha256 if source else 'tiny'}"
@@ -247,7 +255,7 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
              lambda d, f=family, c=source, k=key: build_tokenizer(f, d, k, c))
         if len(found) > 1:
             _check_same_vocabulary(family, [c for c in found if c is not None])
-    for spec in EMBEDDERS:
+    for spec in wanted:
         if spec.input is Input.TOKENS:
             ckpt = checkpoints[spec.id]
             key = (f"{family_keys[spec.tokenizer or '']}:"
@@ -256,7 +264,8 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
                  lambda d, s=spec, c=ckpt, k=key: build_neural(s, d, repo, k, c))
         else:
             step(spec.triton_model, recipe, lambda d, s=spec: build_custom(s, d, recipe))
-    step(FUSEMOE_MODEL, recipe, lambda d: build_fusemoe(d, recipe))
+    if only is None:
+        step(FUSEMOE_MODEL, recipe, lambda d: build_fusemoe(d, recipe))
     return built
 
 

@@ -1,4 +1,5 @@
-"""``fusedembed embed TEXT``: print the fused vector the server returns for one text."""
+"""``fusedembed embed TEXT``: print the fused vector the server returns for one text.
+``fusedembed info``: the models the server runs and the weights each serves."""
 
 from __future__ import annotations
 
@@ -22,16 +23,37 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--url", default=os.environ.get("FUSEDEMBED_URL"),
                        help="host:port (default 127.0.0.1:8000 for http, :8001 for grpc)")
     embed.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    embed.add_argument("--kind", choices=("passage", "query"), default="passage",
+                       help="what the text is for (E1 and E12 differ); default passage")
+    embed.add_argument("--block", action="append", default=[], metavar="E<n>",
+                       help="also return this embedder's block (repeatable)")
     embed.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    info = sub.add_parser("info", help="show each model and whether its weights are pretrained")
+    info.add_argument("--url", default=os.environ.get("FUSEDEMBED_URL"))
+    info.add_argument("--protocol", choices=("http", "grpc"), default="http")
     return parser
+
+
+def _info(client: FusedEmbedClient) -> int:
+    models = client.models()
+    width = max(len(m.name) for m in models)
+    for m in models:
+        print(f"{m.name:<{width}}  {m.weights:<10}  {m.source}")
+    neural = [m for m in models if m.block and m.weights in ("pretrained", "tiny")]
+    pretrained = [m.block for m in neural if m.weights == "pretrained"]
+    print(f"{len(pretrained)} of {len(neural)} neural embedders serve pretrained weights"
+          + (f": {', '.join(pretrained)}" if pretrained else ""))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with FusedEmbedClient(args.url, args.protocol) as client:
-            result = client.embed(args.text, args.timestamp)
-    except FusedEmbedError as err:
+            if args.command == "info":
+                return _info(client)
+            result = client.embed(args.text, args.timestamp, args.kind, args.block)
+    except (FusedEmbedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.json:
@@ -43,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  first values: {head} ...")
     print(f"SELECTED_EXPERTS: {result.selected_experts.tolist()}")
     print("EXPERT_WEIGHTS: [" + ", ".join(f"{w:.4f}" for w in result.expert_weights) + "]")
+    for name, block in result.blocks.items():
+        print(f"{name}: {block.shape[0]}-D, L2 norm {np.linalg.norm(block):.6f}")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,8 @@ MODEL = "fused_text"
 MAX_BATCH = 32  # the ensemble's max_batch_size; larger batches are sent in chunks
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS")
+BLOCKS = tuple(f"E{i}" for i in range(1, 13))
+KINDS = ("query", "passage")
 
 
 class FusedEmbedError(RuntimeError):
@@ -24,11 +26,25 @@ class Embedding:
     vector: np.ndarray  # [1536] float32, unit norm
     expert_weights: np.ndarray  # [8] gate probabilities (sum 1)
     selected_experts: np.ndarray  # [k] indices of the experts used, by descending weight
+    blocks: dict[str, np.ndarray] = field(default_factory=dict)  # E1 ... E12 when asked
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dim": int(self.vector.shape[0]), "vector": self.vector.tolist(),
-                "expert_weights": self.expert_weights.tolist(),
-                "selected_experts": self.selected_experts.tolist()}
+        out = {"dim": int(self.vector.shape[0]), "vector": self.vector.tolist(),
+               "expert_weights": self.expert_weights.tolist(),
+               "selected_experts": self.selected_experts.tolist()}
+        if self.blocks:
+            out["blocks"] = {k: v.tolist() for k, v in self.blocks.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the server says about one model of the pipeline (from its config parameters)."""
+
+    name: str
+    weights: str  # "pretrained" | "tiny" | "custom" | "seeded" | "unknown"
+    source: str
+    block: str = ""  # E1 ... E12 for an embedder
 
 
 class FusedEmbedClient:
@@ -66,23 +82,56 @@ class FusedEmbedClient:
         except Exception:  # noqa: BLE001 - unreachable counts as not ready
             return False
 
-    def embed(self, text: str, timestamp: int | None = None) -> Embedding:
-        return self.embed_batch([text], None if timestamp is None else [timestamp])[0]
+    def embed(self, text: str, timestamp: int | None = None, kind: str = "passage",
+              blocks: Sequence[str] = ()) -> Embedding:
+        return self.embed_batch([text], None if timestamp is None else [timestamp], kind,
+                                blocks)[0]
 
-    def embed_batch(self, texts: Sequence[str],
-                    timestamps: Sequence[int] | None = None) -> list[Embedding]:
-        """Embed many texts; sent in requests of at most 32 items."""
+    def embed_batch(self, texts: Sequence[str], timestamps: Sequence[int] | None = None,
+                    kind: str = "passage", blocks: Sequence[str] = ()) -> list[Embedding]:
+        """Embed many texts; sent in requests of at most 32 items.
+
+        ``kind`` is "passage" (default) or "query" (E1 and E12 encode them differently);
+        ``blocks`` names embedder blocks (``"E11"``, ...) to return besides FUSED.
+        """
         if timestamps is None:
             timestamps = [int(time.time())] * len(texts)
         if len(timestamps) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(timestamps)} timestamps")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
+        unknown = [b for b in blocks if b not in BLOCKS]
+        if unknown:
+            raise ValueError(f"unknown block {unknown[0]!r}; blocks are E1 ... E12")
         out: list[Embedding] = []
         for start in range(0, len(texts), MAX_BATCH):
             out += self._infer(texts[start:start + MAX_BATCH],
-                               timestamps[start:start + MAX_BATCH])
+                               timestamps[start:start + MAX_BATCH], kind, tuple(blocks))
         return out
 
-    def _infer(self, texts: Sequence[str], timestamps: Sequence[int]) -> list[Embedding]:
+    def models(self) -> list[ModelInfo]:
+        """Every model the ensemble runs, with the weights each serves (pretrained or not)."""
+        try:
+            steps = self._config(self.model)["ensemble_scheduling"]["step"]
+            infos = []
+            for step in steps:
+                params = self._config(step["model_name"]).get("parameters", {})
+                def param(key: str, default: str = "", p: dict = params) -> str:
+                    return p.get(key, {}).get("string_value", default)
+
+                infos.append(ModelInfo(step["model_name"], param("weights", "unknown"),
+                                       param("source"), param("block_id")))
+            return infos
+        except Exception as err:
+            raise FusedEmbedError(f"{self.model} at {self.url}: {err}") from err
+
+    def _config(self, name: str) -> dict[str, Any]:
+        if self.protocol == "http":
+            return self._client.get_model_config(name)
+        return self._client.get_model_config(name, as_json=True)["config"]
+
+    def _infer(self, texts: Sequence[str], timestamps: Sequence[int], kind: str,
+               blocks: tuple[str, ...]) -> list[Embedding]:
         tc = self._tc
         text = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
         stamp = np.array([[int(s)] for s in timestamps], dtype=np.int64)
@@ -90,7 +139,11 @@ class FusedEmbedClient:
                   tc.InferInput("TIMESTAMP", list(stamp.shape), "INT64")]
         inputs[0].set_data_from_numpy(text)
         inputs[1].set_data_from_numpy(stamp)
-        outputs = [tc.InferRequestedOutput(name) for name in OUTPUTS]
+        if kind != "passage":  # the server's default
+            kinds = np.array([[kind.encode()]] * len(texts), dtype=np.object_)
+            inputs.append(tc.InferInput("KIND", list(kinds.shape), "BYTES"))
+            inputs[-1].set_data_from_numpy(kinds)
+        outputs = [tc.InferRequestedOutput(name) for name in (*OUTPUTS, *blocks)]
         kwargs: dict[str, Any] = {"outputs": outputs}
         if self.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout_s
@@ -99,4 +152,7 @@ class FusedEmbedClient:
         except Exception as err:  # tritonclient raises InferenceServerException
             raise FusedEmbedError(f"{self.model} at {self.url} ({self.protocol}): {err}") from err
         fused, weights, selected = (result.as_numpy(name) for name in OUTPUTS)
-        return [Embedding(fused[i], weights[i], selected[i]) for i in range(len(texts))]
+        block_arrays = {b: result.as_numpy(b) for b in blocks}
+        return [Embedding(fused[i], weights[i], selected[i],
+                          {b: a[i] for b, a in block_arrays.items()})
+                for i in range(len(texts))]

