@@ -5,7 +5,7 @@ PY            := $(VENV)/bin/python
 PROFILE       ?= pretrained
 STAMP         := $(VENV)/.installed
 
-.PHONY: serve test test-unit build venv clean lint
+.PHONY: serve test test-unit build weights sts venv clean lint
 
 serve: build
 	$(PY) -m ensemble.server
@@ -19,6 +19,14 @@ test-unit: venv
 build: venv
 	$(PY) -m export.build --profile $(PROFILE)
 
+# Fetch (when the hub is reachable) and verify pretrained checkpoints, then rebuild.
+weights: venv
+	$(PY) -m export.weights $(if $(CHECKPOINTS),--checkpoints $(CHECKPOINTS))
+
+# STS Benchmark Spearman of every served block and FUSED (SPLIT=dev|test).
+sts: build
+	$(PY) -m perf.sts --split $(or $(SPLIT),dev)
+
 venv: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml client/pyproject.toml scripts/check_python.sh
@@ -30,7 +38,7 @@ $(STAMP): requirements.txt pyproject.toml client/pyproject.toml scripts/check_py
 	touch $(STAMP)
 
 lint: venv
-	$(PY) -m ruff check export ensemble client tests
+	$(PY) -m ruff check export ensemble client perf tests
 
 clean:
 	rm -rf $(VENV) .run

@@ -167,7 +167,8 @@ class TokenEmbedder:
 
             if threads:
                 torch.set_num_threads(threads)
-            self.module = architecture(spec).load_module(spec, directory / TORCH_DIR)
+            dtype = torch.float16 if info.get("precision") == "fp16" else torch.float32
+            self.module = architecture(spec).load_module(spec, directory / TORCH_DIR, dtype)
             self.inputs = [INPUT_IDS, ATTENTION_MASK]
         self.projection = None
         if spec.pooling is Pooling.SPLADE_MAX:
@@ -218,7 +219,7 @@ class TokenEmbedder:
             import torch
 
             with torch.inference_mode():
-                out = self.module(*(torch.from_numpy(feeds[n]) for n in self.inputs)).numpy()
+                out = self.module(*(torch.from_numpy(feeds[n]) for n in self.inputs)).float().numpy()
         return out.astype(np.float32, copy=False)
 
 

@@ -129,13 +129,14 @@ class Architecture:
     def wrap(self, spec: Embedder, model: nn.Module) -> nn.Module:
         return MeanPooled(model)
 
-    def load_module(self, spec: Embedder, directory: Path) -> nn.Module:
+    def load_module(self, spec: Embedder, directory: Path,
+                    dtype: torch.dtype = torch.float32) -> nn.Module:
         """The pooled module from a Hugging Face-format folder (config.json + safetensors)."""
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(directory)
         config._attn_implementation = "eager"
-        model = self._model_type().from_pretrained(directory, config=config,
+        model = self._model_type().from_pretrained(directory, config=config, dtype=dtype,
                                                    use_safetensors=True, **self.model_kwargs)
         return self.wrap(spec, model).eval()
 

@@ -32,11 +32,13 @@ from export.registry import (
     TOKENIZER_FAMILIES,
     Embedder,
     Input,
+    Pooling,
     TokenizerFamily,
     tokenizer_family,
 )
 
 PROFILES = ("pretrained", "tiny")
+PRECISIONS = ("fp32", "fp16")
 BUILT_CONFIG = "built"  # configs/built.pbtxt, selected with --model-config-name
 _HERE = Path(__file__).resolve().parent
 RECIPE_SOURCES = [_HERE / n for n in (
@@ -135,13 +137,20 @@ def convention_ids(spec: Embedder, repo: Path) -> dict:
     return info
 
 
-def build_neural(spec: Embedder, directory: Path, repo: Path, key: str,
-                 checkpoint: Checkpoint | None) -> None:
+def splade_projection(vocab_size: int, dim: int, seed: int = SPLADE_SEED):
+    """Seeded Gaussian map vocab -> dim (Johnson-Lindenstrauss): pairwise distances of the
+    vocabulary-sized SPLADE vectors survive with small distortion."""
     import numpy as np
 
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return (rng.standard_normal((vocab_size, dim)) / np.sqrt(dim)).astype(np.float32)
+
+
+def build_neural(spec: Embedder, directory: Path, repo: Path, key: str,
+                 checkpoint: Checkpoint | None, precision: str = "fp32") -> None:
     from export.architectures import architecture
     from export.artifacts import save_numpy
-    from export.onnx_export import example_inputs, export
+    from export.onnx_export import example_inputs, export, export_fp16
 
     family = tokenizer_family(spec.tokenizer or "")
     ids = tokenizer_ids(family, repo)
@@ -152,16 +161,14 @@ def build_neural(spec: Embedder, directory: Path, repo: Path, key: str,
         module = arch.pretrained_module(spec, checkpoint.path)
     if arch.runtime == "onnx":
         example = example_inputs(2, 16, ids.pad, ids.vocab_size)
-        export(module, directory / ONNX_FILE, arch.output_name, example, arch.extra_inputs)
+        exporter = export_fp16 if precision == "fp16" else export
+        exporter(module, directory / ONNX_FILE, arch.output_name, example, arch.extra_inputs)
     else:
-        module.model.save_pretrained(directory / TORCH_DIR, safe_serialization=True)
-    if spec.id == "E6":
-        # Johnson-Lindenstrauss: a seeded Gaussian map keeps pairwise distances of the
-        # vocabulary-sized SPLADE vectors within a small distortion.
-        rng = np.random.Generator(np.random.PCG64(SPLADE_SEED))
-        projection = rng.standard_normal((ids.vocab_size, spec.dim)) / np.sqrt(spec.dim)
+        model = module.model.half() if precision == "fp16" else module.model
+        model.save_pretrained(directory / TORCH_DIR, safe_serialization=True)
+    if spec.pooling is Pooling.SPLADE_MAX:
         save_numpy(directory, SPLADE_STEM, SPLADE_VERSION,
-                   {"projection": projection.astype(np.float32)},
+                   {"projection": splade_projection(ids.vocab_size, spec.dim)},
                    extra={"seed": SPLADE_SEED, "vocab_size": ids.vocab_size, "dim": spec.dim})
     if checkpoint is None:
         provenance = {"pretrained": False,
@@ -169,7 +176,7 @@ def build_neural(spec: Embedder, directory: Path, repo: Path, key: str,
     else:
         provenance = {"pretrained": True, "source": spec.source, "origin": checkpoint.origin,
                       "checkpoint": str(checkpoint.path), "sha256": checkpoint.sha256}
-    _write_info(directory, key=key, runtime=arch.runtime, pad_token_id=ids.pad,
+    _write_info(directory, key=key, runtime=arch.runtime, precision=precision, pad_token_id=ids.pad,
                 max_length=spec.max_length, convention=convention_ids(spec, repo), **provenance)
 
 
@@ -215,13 +222,16 @@ def write_built_config(repo: Path, name: str) -> None:
 
 def build(repo: Path, profile: str = "pretrained", force: bool = False,
           checkpoint_dirs: list[Path] | None = None,
-          only: set[str] | None = None) -> list[str]:
+          only: set[str] | None = None, precision: str = "fp32") -> list[str]:
     """Build every missing or outdated model; returns the names of the models built.
 
-    ``only`` limits the build to these embedders (ids) and their tokenizers.
+    ``only`` limits the build to these embedders (ids) and their tokenizers; ``precision``
+    ``fp16`` exports the neural embedders in half precision.
     """
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
+    if precision not in PRECISIONS:
+        raise SystemExit(f"unknown precision {precision!r}; available: {', '.join(PRECISIONS)}")
     repository.write(repo)
     recipe = recipe_hash()
     wanted = [e for e in EMBEDDERS if only is None or e.id in only]
@@ -259,9 +269,9 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
         if spec.input is Input.TOKENS:
             ckpt = checkpoints[spec.id]
             key = (f"{family_keys[spec.tokenizer or '']}:"
-                   f"{ckpt.sha256 if ckpt else 'tiny'}")
+                   f"{ckpt.sha256 if ckpt else 'tiny'}:{precision}")
             step(spec.triton_model, key,
-                 lambda d, s=spec, c=ckpt, k=key: build_neural(s, d, repo, k, c))
+                 lambda d, s=spec, c=ckpt, k=key: build_neural(s, d, repo, k, c, precision))
         else:
             step(spec.triton_model, recipe, lambda d, s=spec: build_custom(s, d, recipe))
     if only is None:
@@ -295,11 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="pretrained", choices=PROFILES)
     parser.add_argument("--checkpoints", type=Path, action="append", default=[],
                         help="folder holding Hugging Face checkpoints (repeatable)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp16: half-precision neural embedders (ONNX FP16 graphs)")
     parser.add_argument("--force", action="store_true", help="rebuild every model")
     parser.add_argument("--repository", type=Path, default=repository.REPOSITORY)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    built = build(args.repository, args.profile, args.force, args.checkpoints)
+    built = build(args.repository, args.profile, args.force, args.checkpoints,
+                  precision=args.precision)
     elapsed = time.perf_counter() - start
     print(f"model repository {args.repository}: {len(built)} models built in {elapsed:.1f} s"
           if built else f"model repository {args.repository}: up to date ({args.profile})")

@@ -25,6 +25,46 @@ def example_inputs(batch: int, length: int, pad: int, vocab_size: int,
     return ids.long(), mask
 
 
+def export_fp16(module: nn.Module, path: Path, output_name: str,
+                example: tuple[torch.Tensor, ...], extra_inputs: tuple[str, ...] = ()) -> None:
+    """FP16 graph: the module in half precision through the dynamo exporter (the legacy
+    exporter does not give a runnable FP16 graph). Token inputs stay int64; the output is
+    float16."""
+    import copy
+
+    import onnx
+
+    half = copy.deepcopy(module).half().eval()
+    names = [INPUT_IDS, ATTENTION_MASK, *extra_inputs]
+    example = (*example[:2], *(example[1] for _ in extra_inputs))
+    dims = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
+    shapes = {n: {0: dims["batch"], 1: dims["sequence"]} for n in names}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_suffix(".staged.onnx")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(half, example, str(staged), dynamo=True, opset_version=18,
+                          input_names=names, output_names=["staged_output"],
+                          dynamic_shapes=shapes, verbose=False)
+    model = onnx.load(str(staged))
+    _rename_value(model, output_name, f"{output_name}_inner")  # free the name first
+    _rename_value(model, "staged_output", output_name)
+    onnx.save(model, str(path))
+    staged.unlink()
+    for extra in path.parent.glob(staged.name + "*"):
+        extra.unlink()
+
+
+def _rename_value(model, old: str, new: str) -> None:
+    graph = model.graph
+    for node in graph.node:
+        node.input[:] = [new if x == old else x for x in node.input]
+        node.output[:] = [new if x == old else x for x in node.output]
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
 def export(module: nn.Module, path: Path, output_name: str,
            example: tuple[torch.Tensor, ...], extra_inputs: tuple[str, ...] = ()) -> None:
     """Export with the legacy TorchScript exporter: dynamic batch and sequence axes.

@@ -137,3 +137,46 @@ def test_cli_prints_a_1536_d_unit_vector(server, protocol):
                             "--url", url, "--protocol", protocol],
                            capture_output=True, text=True, timeout=120, check=True).stdout
     assert "FUSED: 1536-D, L2 norm 1.0000" in human
+
+
+def test_the_server_reports_which_weights_each_embedder_serves(server, repository):
+    from ensemble.stages import read_build_info, version_dir
+    from export.registry import EMBEDDERS, Input
+
+    with FusedEmbedClient(server.grpc_url, "grpc") as client:
+        models = {m.block: m for m in client.models() if m.block}
+    assert sorted(models, key=lambda b: int(b[1:])) == [e.id for e in EMBEDDERS]
+    pretrained = []
+    for spec in EMBEDDERS:
+        info = read_build_info(version_dir(repository, spec.triton_model))
+        expected = ("custom" if spec.input is not Input.TOKENS
+                    else "pretrained" if info["pretrained"] else "tiny")
+        assert models[spec.id].weights == expected, spec.id
+        if expected == "pretrained":
+            pretrained.append(spec.id)
+            assert models[spec.id].source == spec.source
+    out = subprocess.run([sys.executable, "-m", "fusedembed_client.cli", "info", "--url",
+                          server.http_url], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    neural = sum(e.input is Input.TOKENS for e in EMBEDDERS)
+    assert f"{len(pretrained)} of {neural} neural embedders serve pretrained weights" in out
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_kind_is_validated_and_changes_only_e1_and_e12(server, protocol):
+    url = server.http_url if protocol == "http" else server.grpc_url
+    with FusedEmbedClient(url, protocol) as client:
+        blocks = [f"E{i}" for i in range(1, 13)]
+        passage = client.embed("how do embeddings work", T0, "passage", blocks)
+        query = client.embed("how do embeddings work", T0, "query", blocks)
+    changed = {b for b in blocks if not np.allclose(passage.blocks[b], query.blocks[b])}
+    assert changed == {"E1", "E12"}
+    mod = httpclient if protocol == "http" else grpcclient
+    raw = mod.InferenceServerClient(url)
+    inputs = [mod.InferInput("TEXT", [1, 1], "BYTES"), mod.InferInput("TIMESTAMP", [1, 1], "INT64"),
+              mod.InferInput("KIND", [1, 1], "BYTES")]
+    inputs[0].set_data_from_numpy(np.array([[b"x"]], dtype=np.object_))
+    inputs[1].set_data_from_numpy(np.array([[T0]], dtype=np.int64))
+    inputs[2].set_data_from_numpy(np.array([[b"document"]], dtype=np.object_))
+    with pytest.raises(Exception, match="KIND: must be 'query' or 'passage', got 'document'"):
+        raw.infer("fused_text", inputs)

