@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from ensemble import fusemoe
+from ensemble.pii import TYPES, scrub
 from ensemble.stages import CustomEmbedder, FamilyTokenizer, TokenEmbedder, version_dir
+from ensemble.validation import Validator
 from export.registry import (
     EMBEDDERS,
     FUSEMOE_MODEL,
@@ -30,10 +32,13 @@ class PipelineOutput:
     expert_weights: np.ndarray  # [B, 8]
     selected_experts: np.ndarray  # [B, k] int32
     blocks: dict[str, np.ndarray]  # E1 ... E12, each [B, dim]
+    truncated: np.ndarray  # [B, 12] bool: which blocks saw a truncated text
+    redactions: np.ndarray  # [B, 7] int32: PII redactions per type
 
 
 class Pipeline:
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, validator: Validator | None = None) -> None:
+        self.validator = validator or Validator()
         self.tokenizers = {f.name: FamilyTokenizer(version_dir(repository, f.triton_model), f)
                            for f in TOKENIZER_FAMILIES}
         self.embedders: dict[str, TokenEmbedder | CustomEmbedder] = {}
@@ -44,26 +49,38 @@ class Pipeline:
                                        else CustomEmbedder(spec, directory))
         self.fusemoe, self.manifest = fusemoe.load(version_dir(repository, FUSEMOE_MODEL))
 
-    def blocks(self, texts: list[str], timestamps: np.ndarray,
-               kinds: list[Kind] | None = None) -> dict[str, np.ndarray]:
+    def blocks(self, texts: list[str], timestamps: np.ndarray, kinds: list[Kind] | None = None,
+               ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Every block for already validated texts, and the [B, 12] truncation flags."""
         tokens = {name: tok.encode(texts) for name, tok in self.tokenizers.items()}
         out: dict[str, np.ndarray] = {}
-        for spec in EMBEDDERS:
+        cut = np.zeros((len(texts), len(EMBEDDERS)), dtype=bool)
+        for j, spec in enumerate(EMBEDDERS):
             stage = self.embedders[spec.id]
             if isinstance(stage, TokenEmbedder):
                 family = tokenizer_family(spec.tokenizer or "").name
-                out[spec.id] = stage.embed(tokens[family], kinds)
+                out[spec.id], cut[:, j] = stage.embed_with_flags(tokens[family], kinds)
             elif spec.input is Input.TEXT:
                 out[spec.id] = stage.embed_texts(texts)
             else:
                 out[spec.id] = stage.embed_times(timestamps)
-        return out
+        return out, cut
 
     def embed(self, texts: list[str], timestamps: np.ndarray,
               kinds: list[Kind] | None = None) -> PipelineOutput:
-        blocks = self.blocks(texts, np.asarray(timestamps, dtype=np.int64).reshape(-1), kinds)
+        """What fused_text answers: validation, PII scrubbing, twelve blocks, FuseMoE."""
+        raw = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)
+        texts = self.validator.texts(raw)
+        stamps = self.validator.timestamps(np.asarray(timestamps))
+        if self.validator.limits.pii_scrubbing:
+            results = [scrub(t) for t in texts]
+            texts = [r.text for r in results]
+            redactions = np.array([r.vector() for r in results], dtype=np.int32)
+        else:
+            redactions = np.zeros((len(texts), len(TYPES)), dtype=np.int32)
+        blocks, cut = self.blocks(texts, stamps, kinds)
         x = torch.from_numpy(np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1))
         with torch.inference_mode():
             fused = self.fusemoe(x)
         return PipelineOutput(fused.fused.numpy(), fused.expert_weights.numpy(),
-                              fused.selected_experts.numpy(), blocks)
+                              fused.selected_experts.numpy(), blocks, cut, redactions)

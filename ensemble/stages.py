@@ -60,7 +60,11 @@ class TokenBatch:
 
 
 class FamilyTokenizer:
-    """One tokenizer family (tokenizers library), padding each call to its longest text."""
+    """One tokenizer family (tokenizers library), padding each call to its longest text.
+
+    It does not truncate: each embedder cuts to its own limit and so knows exactly which
+    texts it truncated (the byte limit on texts bounds the token count).
+    """
 
     def __init__(self, directory: Path, family: TokenizerFamily) -> None:
         from tokenizers import Tokenizer
@@ -68,7 +72,7 @@ class FamilyTokenizer:
         self.family = family
         self.tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
         self.pad_id = self.tokenizer.token_to_id(family.pad_token)
-        self.tokenizer.enable_truncation(max_length=family.max_length)
+        self.tokenizer.no_truncation()
         self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token=family.pad_token)
 
     def encode(self, texts: list[str]) -> TokenBatch:
@@ -176,19 +180,34 @@ class TokenEmbedder:
 
     def embed(self, batch: TokenBatch, kinds: list[Kind] | None = None) -> np.ndarray:
         """Rows of ``batch`` (one text each) -> [rows, dim]; ``kinds`` default to passages."""
+        return self.embed_with_flags(batch, kinds)[0]
+
+    def token_limit(self, kind: Kind) -> int:
+        c = self.convention
+        return c.query_length if kind is Kind.QUERY and c.query_length else self.max_length
+
+    def embed_with_flags(self, batch: TokenBatch, kinds: list[Kind] | None = None,
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors [rows, dim] and, per row, whether the text was cut to the model's limit."""
         rows = batch.input_ids.shape[0]
         out = np.zeros((rows, self.spec.dim), dtype=np.float32)
+        cut = np.zeros(rows, dtype=bool)
         if rows == 0:
-            return out
+            return out, cut
         kinds = kinds or [Kind.PASSAGE] * rows
         for kind in set(kinds):
             idx = np.array([i for i, k in enumerate(kinds) if k == kind])
             part = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx])
-            out[idx] = self._embed_kind(part, kind)
-        return out
+            out[idx], cut[idx] = self._embed_kind(part, kind)
+        return out, cut
 
-    def _embed_kind(self, batch: TokenBatch, kind: Kind) -> np.ndarray:
+    def token_counts(self, batch: TokenBatch, kind: Kind) -> np.ndarray:
+        """Tokens per row once the convention's extra tokens are in (before truncation)."""
+        return batch.attention_mask.sum(axis=1) + len(self.convention.insert.get(kind.value, []))
+
+    def _embed_kind(self, batch: TokenBatch, kind: Kind) -> tuple[np.ndarray, np.ndarray]:
         c = self.convention
+        cut = self.token_counts(batch, kind) > self.token_limit(kind)
         batch = insert_after_first(batch, c.insert.get(kind.value, []))
         if kind is Kind.QUERY and c.query_length:
             batch = truncate(batch, c.query_length)
@@ -207,7 +226,7 @@ class TokenEmbedder:
         out = self.forward(batch, pool)
         if self.projection is not None:
             out = l2_normalize(out @ self.projection)
-        return out
+        return out, cut
 
     def forward(self, batch: TokenBatch, pool: np.ndarray | None = None) -> np.ndarray:
         """The exported module itself on prepared tokens (E6: before its projection)."""

@@ -29,6 +29,7 @@ from export.layout import BUILD_INFO, ONNX_FILE, SPLADE_STEM, SPLADE_VERSION, TO
 from export.registry import (
     EMBEDDERS,
     FUSEMOE_MODEL,
+    PREPROCESS_MODEL,
     TOKENIZER_FAMILIES,
     Embedder,
     Input,
@@ -208,6 +209,8 @@ def write_built_config(repo: Path, name: str) -> None:
     weights = "pretrained" if info.get("pretrained") else "tiny"
     if name == FUSEMOE_MODEL:
         weights = "seeded"
+    elif name == PREPROCESS_MODEL:
+        weights = "none"
     elif "custom" in info.get("source", ""):
         weights = "custom"
     params = {"weights": weights, "source": info.get("source", ""),
@@ -252,6 +255,8 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
             print(f"built {name:<24} {time.perf_counter() - start:6.1f} s", flush=True)
         write_built_config(repo, name)
 
+    step(PREPROCESS_MODEL, recipe, lambda d: _write_info(
+        d, key=recipe, pretrained=False, source="validation and PII scrubbing (no weights)"))
     family_keys: dict[str, str] = {}
     for family in TOKENIZER_FAMILIES:
         if family.name not in families:

@@ -165,6 +165,20 @@ class FuseMoEConfig:
 
 
 FUSEMOE = FuseMoEConfig()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the public ensemble accepts; anything else is an error naming field and limit."""
+
+    max_text_bytes: int = 65_536  # UTF-8 bytes per text (also bounds the tokens per text)
+    min_timestamp: int = -2_208_988_800  # 1900-01-01T00:00:00Z
+    max_timestamp: int = 4_102_444_800  # 2100-01-01T00:00:00Z
+    pii_scrubbing: bool = True
+
+
+LIMITS = Limits()
+PREPROCESS_MODEL = "preprocess"
 FUSEMOE_MODEL = "fusemoe"
 ENSEMBLE_MODEL = "fused_text"
 ENSEMBLE_MAX_BATCH_SIZE = 32
@@ -173,6 +187,9 @@ ENSEMBLE_MAX_BATCH_SIZE = 32
 TEXT = "TEXT"
 TIMESTAMP = "TIMESTAMP"
 KIND = "KIND"  # optional: "query" | "passage" (default)
+TRUNCATE = "TRUNCATE"  # optional BOOL: false turns over-long texts into errors
+REDACTIONS = "REDACTIONS"  # INT32 [7]: PII redactions per type (ensemble/pii.py TYPES)
+TRUNCATED = "TRUNCATED"  # BOOL [12]: which blocks saw a truncated text
 FUSED = "FUSED"
 EXPERT_WEIGHTS = "EXPERT_WEIGHTS"
 SELECTED_EXPERTS = "SELECTED_EXPERTS"
@@ -186,6 +203,10 @@ EMBEDDING = "embedding"
 # that is both an ensemble output and another step's input is pruned when a client does not
 # ask for it, and the ensemble then deadlocks.
 BLOCK_SUFFIX = "_BLOCK"
+TRUNCATED_SUFFIX = "_TRUNCATED"  # FuseMoE inputs: each token embedder's truncation flag
+CLEAN_TEXT = "text"  # preprocess outputs: the validated (and scrubbed) text ...
+CLEAN_TIMESTAMP = "timestamp"  # ... and the validated timestamp
+FLAG = "truncated"  # a token embedder's per-text truncation flag
 POOL_MASK = "pool_mask"  # ColBERT: which token vectors enter the pooled mean
 CONCATENATED = "concatenated"
 PRESENCE = "presence"

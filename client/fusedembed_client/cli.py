@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="what the text is for (E1 and E12 differ); default passage")
     embed.add_argument("--block", action="append", default=[], metavar="E<n>",
                        help="also return this embedder's block (repeatable)")
+    embed.add_argument("--no-truncate", action="store_true",
+                       help="refuse a text over any model's token limit instead of cutting it")
     embed.add_argument("--json", action="store_true", help="print the whole result as JSON")
     info = sub.add_parser("info", help="show each model and whether its weights are pretrained")
     info.add_argument("--url", default=os.environ.get("FUSEDEMBED_URL"))
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         with FusedEmbedClient(args.url, args.protocol) as client:
             if args.command == "info":
                 return _info(client)
-            result = client.embed(args.text, args.timestamp, args.kind, args.block)
+            result = client.embed(args.text, args.timestamp, args.kind, args.block,
+                                  not args.no_truncate)
     except (FusedEmbedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -65,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  first values: {head} ...")
     print(f"SELECTED_EXPERTS: {result.selected_experts.tolist()}")
     print("EXPERT_WEIGHTS: [" + ", ".join(f"{w:.4f}" for w in result.expert_weights) + "]")
+    if result.truncated:
+        print(f"TRUNCATED: {', '.join(result.truncated)}")
+    if result.redactions:
+        print("REDACTIONS: " + ", ".join(f"{k} {v}" for k, v in result.redactions.items()))
     for name, block in result.blocks.items():
         print(f"{name}: {block.shape[0]}-D, L2 norm {np.linalg.norm(block):.6f}")
     return 0

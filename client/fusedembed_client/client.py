@@ -12,7 +12,8 @@ import numpy as np
 MODEL = "fused_text"
 MAX_BATCH = 32  # the ensemble's max_batch_size; larger batches are sent in chunks
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
-OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS")
+OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "TRUNCATED", "REDACTIONS")
+REDACTION_TYPES = ("EMAIL", "PHONE", "SSN", "CARD", "API_KEY", "BEARER_TOKEN", "IP")
 BLOCKS = tuple(f"E{i}" for i in range(1, 13))
 KINDS = ("query", "passage")
 
@@ -26,12 +27,15 @@ class Embedding:
     vector: np.ndarray  # [1536] float32, unit norm
     expert_weights: np.ndarray  # [8] gate probabilities (sum 1)
     selected_experts: np.ndarray  # [k] indices of the experts used, by descending weight
+    truncated: tuple[str, ...] = ()  # blocks whose model saw the text cut to its token limit
+    redactions: dict[str, int] = field(default_factory=dict)  # PII replaced, per type
     blocks: dict[str, np.ndarray] = field(default_factory=dict)  # E1 ... E12 when asked
 
     def to_dict(self) -> dict[str, Any]:
         out = {"dim": int(self.vector.shape[0]), "vector": self.vector.tolist(),
                "expert_weights": self.expert_weights.tolist(),
-               "selected_experts": self.selected_experts.tolist()}
+               "selected_experts": self.selected_experts.tolist(),
+               "truncated": list(self.truncated), "redactions": self.redactions}
         if self.blocks:
             out["blocks"] = {k: v.tolist() for k, v in self.blocks.items()}
         return out
@@ -83,16 +87,18 @@ class FusedEmbedClient:
             return False
 
     def embed(self, text: str, timestamp: int | None = None, kind: str = "passage",
-              blocks: Sequence[str] = ()) -> Embedding:
+              blocks: Sequence[str] = (), truncate: bool = True) -> Embedding:
         return self.embed_batch([text], None if timestamp is None else [timestamp], kind,
-                                blocks)[0]
+                                blocks, truncate)[0]
 
     def embed_batch(self, texts: Sequence[str], timestamps: Sequence[int] | None = None,
-                    kind: str = "passage", blocks: Sequence[str] = ()) -> list[Embedding]:
+                    kind: str = "passage", blocks: Sequence[str] = (),
+                    truncate: bool = True) -> list[Embedding]:
         """Embed many texts; sent in requests of at most 32 items.
 
         ``kind`` is "passage" (default) or "query" (E1 and E12 encode them differently);
-        ``blocks`` names embedder blocks (``"E11"``, ...) to return besides FUSED.
+        ``blocks`` names embedder blocks (``"E11"``, ...) to return besides FUSED;
+        ``truncate=False`` makes a text over any model's token limit an error.
         """
         if timestamps is None:
             timestamps = [int(time.time())] * len(texts)
@@ -106,7 +112,8 @@ class FusedEmbedClient:
         out: list[Embedding] = []
         for start in range(0, len(texts), MAX_BATCH):
             out += self._infer(texts[start:start + MAX_BATCH],
-                               timestamps[start:start + MAX_BATCH], kind, tuple(blocks))
+                               timestamps[start:start + MAX_BATCH], kind, tuple(blocks),
+                               truncate)
         return out
 
     def models(self) -> list[ModelInfo]:
@@ -131,7 +138,7 @@ class FusedEmbedClient:
         return self._client.get_model_config(name, as_json=True)["config"]
 
     def _infer(self, texts: Sequence[str], timestamps: Sequence[int], kind: str,
-               blocks: tuple[str, ...]) -> list[Embedding]:
+               blocks: tuple[str, ...], truncate: bool) -> list[Embedding]:
         tc = self._tc
         text = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
         stamp = np.array([[int(s)] for s in timestamps], dtype=np.int64)
@@ -143,6 +150,10 @@ class FusedEmbedClient:
             kinds = np.array([[kind.encode()]] * len(texts), dtype=np.object_)
             inputs.append(tc.InferInput("KIND", list(kinds.shape), "BYTES"))
             inputs[-1].set_data_from_numpy(kinds)
+        if not truncate:  # the server's default is to truncate
+            flags = np.zeros((len(texts), 1), dtype=bool)
+            inputs.append(tc.InferInput("TRUNCATE", list(flags.shape), "BOOL"))
+            inputs[-1].set_data_from_numpy(flags)
         outputs = [tc.InferRequestedOutput(name) for name in (*OUTPUTS, *blocks)]
         kwargs: dict[str, Any] = {"outputs": outputs}
         if self.protocol == "grpc":
@@ -151,8 +162,10 @@ class FusedEmbedClient:
             result = self._client.infer(self.model, inputs, **kwargs)
         except Exception as err:  # tritonclient raises InferenceServerException
             raise FusedEmbedError(f"{self.model} at {self.url} ({self.protocol}): {err}") from err
-        fused, weights, selected = (result.as_numpy(name) for name in OUTPUTS)
+        fused, weights, selected, cut, redacted = (result.as_numpy(name) for name in OUTPUTS)
         block_arrays = {b: result.as_numpy(b) for b in blocks}
         return [Embedding(fused[i], weights[i], selected[i],
+                          tuple(b for b, c in zip(BLOCKS, cut[i]) if c),
+                          {t: int(n) for t, n in zip(REDACTION_TYPES, redacted[i]) if n},
                           {b: a[i] for b, a in block_arrays.items()})
                 for i in range(len(texts))]

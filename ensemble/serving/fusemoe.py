@@ -13,6 +13,9 @@ from export.registry import (
     EXPERT_WEIGHTS,
     FUSED,
     SELECTED_EXPERTS,
+    TRUNCATED,
+    TRUNCATED_SUFFIX,
+    Input,
     block_offsets,
 )
 
@@ -30,20 +33,26 @@ class TritonPythonModel(Adapter):
         return self.run_batched(requests, self._read, self._fuse)
 
     @staticmethod
-    def _read(request) -> np.ndarray:
-        return np.concatenate([input_array(request, e.block_name) for e in EMBEDDERS], axis=1)
+    def _read(request) -> tuple[np.ndarray, np.ndarray]:
+        blocks = np.concatenate([input_array(request, e.block_name) for e in EMBEDDERS], axis=1)
+        cut = np.zeros((blocks.shape[0], len(EMBEDDERS)), dtype=bool)
+        for j, e in enumerate(EMBEDDERS):
+            if e.input is Input.TOKENS:
+                cut[:, j] = input_array(request, e.block_name + TRUNCATED_SUFFIX).reshape(-1)
+        return blocks, cut
 
-    def _fuse(self, per_request: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    def _fuse(self, items: list[tuple[np.ndarray, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        per_request = [blocks for blocks, _ in items]
         x = torch.from_numpy(np.concatenate(per_request).astype(np.float32, copy=False))
         with torch.inference_mode():
             out = self.model(x)
         counts = [len(p) for p in per_request]
         results = []
-        for f, w, s, blocks in zip(split_rows(out.fused.numpy(), counts),
-                                   split_rows(out.expert_weights.numpy(), counts),
-                                   split_rows(out.selected_experts.numpy(), counts),
-                                   per_request):
-            result = {FUSED: f, EXPERT_WEIGHTS: w, SELECTED_EXPERTS: s}
+        for f, w, s, (blocks, cut) in zip(split_rows(out.fused.numpy(), counts),
+                                          split_rows(out.expert_weights.numpy(), counts),
+                                          split_rows(out.selected_experts.numpy(), counts),
+                                          items):
+            result = {FUSED: f, EXPERT_WEIGHTS: w, SELECTED_EXPERTS: s, TRUNCATED: cut}
             for e, (start, end) in zip(EMBEDDERS, OFFSETS):
                 result[e.block_name + BLOCK_SUFFIX] = blocks[:, start:end]
             results.append(result)  # the base adapter sends only the requested outputs

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import triton_python_backend_utils as pb_utils
 
 from ensemble.serving.base import Adapter, RequestError, input_array, optional_texts, split_rows
 from ensemble.stages import TokenBatch, TokenEmbedder, merge
-from export.registry import ATTENTION_MASK, EMBEDDING, INPUT_IDS, KIND, Kind, embedder
+from export.registry import (
+    ATTENTION_MASK,
+    EMBEDDING,
+    FLAG,
+    INPUT_IDS,
+    KIND,
+    TEXT,
+    TRUNCATE,
+    Kind,
+    embedder,
+)
 
 KINDS = {k.value: k for k in Kind}
 
@@ -24,6 +35,11 @@ def read_kinds(request, rows: int) -> list[Kind]:
     return [KINDS[t] for t in texts]
 
 
+def truncation_allowed(request) -> bool:
+    tensor = pb_utils.get_input_tensor_by_name(request, TRUNCATE)
+    return True if tensor is None else bool(np.all(tensor.as_numpy()))
+
+
 class TritonPythonModel(Adapter):
     def setup(self) -> None:
         threads = int(self.params.get("threads", "0"))
@@ -32,14 +48,25 @@ class TritonPythonModel(Adapter):
     def execute(self, requests):
         return self.run_batched(requests, self._read, self._embed)
 
-    @staticmethod
-    def _read(request) -> tuple[TokenBatch, list[Kind]]:
+    def _read(self, request) -> tuple[TokenBatch, list[Kind]]:
         batch = TokenBatch(input_array(request, INPUT_IDS), input_array(request, ATTENTION_MASK))
-        return batch, read_kinds(request, batch.input_ids.shape[0])
+        kinds = read_kinds(request, batch.input_ids.shape[0])
+        if not truncation_allowed(request):
+            for i, kind in enumerate(kinds):
+                row = TokenBatch(batch.input_ids[i:i + 1], batch.attention_mask[i:i + 1])
+                tokens = int(self.embedder.token_counts(row, kind)[0])
+                limit = self.embedder.token_limit(kind)
+                if tokens > limit:
+                    spec = self.embedder.spec
+                    raise RequestError(
+                        f"{TEXT}[{i}]: {tokens} tokens exceed the {limit}-token limit of "
+                        f"{spec.id} ({spec.triton_model}); send {TRUNCATE}=true to truncate")
+        return batch, kinds
 
     def _embed(self, items: list[tuple[TokenBatch, list[Kind]]]) -> list[dict[str, np.ndarray]]:
         batches = [b for b, _ in items]
         kinds = [k for _, ks in items for k in ks]
-        vectors = self.embedder.embed(merge(batches, self.embedder.pad_id), kinds)
+        vectors, cut = self.embedder.embed_with_flags(merge(batches, self.embedder.pad_id), kinds)
         counts = [b.input_ids.shape[0] for b in batches]
-        return [{EMBEDDING: v} for v in split_rows(vectors, counts)]
+        return [{EMBEDDING: v, FLAG: f.reshape(-1, 1)}
+                for v, f in zip(split_rows(vectors, counts), split_rows(cut, counts))]

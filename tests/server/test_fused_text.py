@@ -116,7 +116,7 @@ def test_invalid_utf8_is_an_error_naming_the_input_and_the_server_stays_ready(se
               httpclient.InferInput("TIMESTAMP", [1, 1], "INT64")]
     inputs[0].set_data_from_numpy(np.array([[b"\xff\xfe bad"]], dtype=np.object_))
     inputs[1].set_data_from_numpy(np.array([[T0]], dtype=np.int64))
-    with pytest.raises(Exception, match="TEXT: not valid UTF-8"):
+    with pytest.raises(Exception, match=r"TEXT\[0\]: not valid UTF-8"):
         client.infer("fused_text", inputs)
     assert client.is_server_ready()
     with FusedEmbedClient(server.http_url) as ok:

@@ -23,7 +23,7 @@ def test_every_model_of_the_registry_has_a_config():
     names = set(_configs())
     expected = {e.triton_model for e in r.EMBEDDERS} | {f.triton_model
                                                         for f in r.TOKENIZER_FAMILIES}
-    assert names == expected | {r.FUSEMOE_MODEL, r.ENSEMBLE_MODEL}
+    assert names == expected | {r.PREPROCESS_MODEL, r.FUSEMOE_MODEL, r.ENSEMBLE_MODEL}
     assert all((REPOSITORY / n / "config.pbtxt").is_file() for n in names)
 
 
@@ -32,10 +32,11 @@ def test_ensemble_contract():
     assert cfg.max_batch_size >= 32
     assert [(i.name, i.data_type, list(i.dims), i.optional) for i in cfg.input] == [
         ("TEXT", mc.TYPE_STRING, [1], False), ("TIMESTAMP", mc.TYPE_INT64, [1], False),
-        ("KIND", mc.TYPE_STRING, [1], True)]
+        ("KIND", mc.TYPE_STRING, [1], True), ("TRUNCATE", mc.TYPE_BOOL, [1], True)]
     assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
+        ("REDACTIONS", mc.TYPE_INT32, [7]),
         ("FUSED", mc.TYPE_FP32, [1536]), ("EXPERT_WEIGHTS", mc.TYPE_FP32, [8]),
-        ("SELECTED_EXPERTS", mc.TYPE_INT32, [2]),
+        ("SELECTED_EXPERTS", mc.TYPE_INT32, [2]), ("TRUNCATED", mc.TYPE_BOOL, [12]),
         *[(e.block_name, mc.TYPE_FP32, [e.dim]) for e in r.EMBEDDERS]]
     # Off: Triton's cache key ignores the requested outputs (see export/repository.py).
     assert not cfg.response_cache.enable
@@ -48,7 +49,7 @@ def test_ensemble_steps_consume_only_what_is_produced():
     for step in ensemble.ensemble_scheduling.step:
         model = configs[step.model_name]
         assert set(step.input_map) == {i.name for i in model.input}, step.model_name
-        assert all(i.optional for i in model.input if i.name == r.KIND)
+        assert all(i.optional for i in model.input if i.name in (r.KIND, r.TRUNCATE))
         assert set(step.input_map.values()) <= available, step.model_name
         assert set(step.output_map) <= {o.name for o in model.output}
         available |= set(step.output_map.values())
@@ -62,6 +63,6 @@ def test_every_embedder_batches_dynamically_and_token_inputs_are_ragged():
         assert cfg.HasField("dynamic_batching") and cfg.max_batch_size >= 32
         assert cfg.model_warmup, e.triton_model
         if e.input is r.Input.TOKENS:
-            token_inputs = [i for i in cfg.input if i.name != r.KIND]
+            token_inputs = [i for i in cfg.input if i.name not in (r.KIND, r.TRUNCATE)]
             assert [i.name for i in token_inputs] == [r.INPUT_IDS, r.ATTENTION_MASK]
             assert all(i.allow_ragged_batch for i in token_inputs)
