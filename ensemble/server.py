@@ -24,7 +24,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
 RUN_DIR = ROOT / ".run"
-CACHE_BYTES = 256 * 1024 * 1024  # response cache on the ensemble
+CACHE_BYTES = 256 * 1024 * 1024  # response cache (no model enables it yet; see README)
+# The model-repository (load/unload) and shared-memory APIs need this header with the admin
+# key, over HTTP and gRPC, unless FUSEDEMBED_OPEN_ADMIN=1 opens them explicitly.
+ADMIN_HEADER = "fusedembed-admin-key"
+RESTRICTED_APIS = ("model-repository", "shared-memory")
+
+
+def admin_headers(protocol: str, key: str) -> dict[str, str]:
+    """The header that unlocks the restricted APIs (Triton prefixes it over gRPC)."""
+    name = ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"
+    return {name: key}
+
+
+def admin_key(run_dir: Path = RUN_DIR) -> str | None:
+    """FUSEDEMBED_ADMIN_KEY, else a random key kept in .run/admin-key (mode 0600);
+    None when the admin APIs are explicitly opened."""
+    import secrets
+
+    if os.environ.get("FUSEDEMBED_OPEN_ADMIN") == "1":
+        return None
+    key = os.environ.get("FUSEDEMBED_ADMIN_KEY")
+    if key:
+        return key
+    path = run_dir / "admin-key"
+    if not path.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
 
 
 class ServerError(RuntimeError):
@@ -80,10 +108,16 @@ class TritonServer:
     ports: Ports = field(default_factory=Ports.from_env)
     log_path: Path | None = None
     extra_args: tuple[str, ...] = ()
+    admin_key: str | None = field(default_factory=admin_key)
+    host: str = field(default_factory=lambda: os.environ.get("FUSEDEMBED_HOST", "127.0.0.1"))
     process: subprocess.Popen | None = None
 
     def command(self, runtime: Path) -> list[str]:
-        host = "127.0.0.1"
+        host = self.host
+        restrict = []
+        if self.admin_key is not None:
+            rule = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={self.admin_key}"
+            restrict = [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
         return [
             str(runtime / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
@@ -98,6 +132,10 @@ class TritonServer:
             # configs/built.pbtxt (written by the build) adds the weights' provenance.
             "--model-config-name=built",
             "--exit-timeout-secs=20",
+            # Explicit control: every model loads at start; later loads and unloads (a new
+            # FuseMoE version) go through the model-repository API, behind the admin key.
+            "--model-control-mode=explicit", "--load-model=*",
+            *restrict,
             *self.extra_args,
         ]
 
@@ -126,11 +164,15 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.ports.http}"
+        return f"{self._client_host}:{self.ports.http}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports.grpc}"
+        return f"{self._client_host}:{self.ports.grpc}"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
     def ready(self) -> bool:
         try:
@@ -171,6 +213,13 @@ class TritonServer:
 
 
 def usage_text(server: TritonServer) -> str:
+    if server.admin_key is None:
+        admin = "model-repository and shared-memory APIs open (FUSEDEMBED_OPEN_ADMIN=1)"
+    else:
+        where = ("FUSEDEMBED_ADMIN_KEY" if os.environ.get("FUSEDEMBED_ADMIN_KEY")
+                 else str(RUN_DIR / "admin-key"))
+        admin = (f"model-repository and shared-memory APIs need the header {ADMIN_HEADER}: "
+                 f"the key in {where}")
     cli = Path(sys.executable).parent / "fusedembed"
     try:
         cli = cli.relative_to(Path.cwd())
@@ -179,7 +228,8 @@ def usage_text(server: TritonServer) -> str:
     return f"""fusedembed is ready.
   HTTP     http://{server.http_url}   (KServe v2: POST /v2/models/fused_text/infer)
   gRPC     {server.grpc_url}
-  metrics  http://127.0.0.1:{server.ports.metrics}/metrics
+  metrics  http://{server._client_host}:{server.ports.metrics}/metrics
+  admin    {admin}
 
   {cli} embed "hello world" --url {server.http_url}
   {cli} embed "hello world" --protocol grpc --url {server.grpc_url}
@@ -204,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"starting tritonserver on 127.0.0.1 (http {server.ports.http}, "
+    print(f"starting tritonserver on {server.host} (http {server.ports.http}, "
           f"grpc {server.ports.grpc}, metrics {server.ports.metrics}) ...", flush=True)
     start = time.perf_counter()
     try:

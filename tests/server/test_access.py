@@ -1,0 +1,46 @@
+"""The model-repository and shared-memory APIs need the admin key; inference does not."""
+
+from __future__ import annotations
+
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from ensemble.server import ADMIN_HEADER, admin_headers
+
+pytestmark = pytest.mark.server
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_unauthenticated_unload_is_refused_and_the_model_stays_ready(server, protocol):
+    assert server.admin_key
+    mod = httpclient if protocol == "http" else grpcclient
+    client = mod.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
+    for headers in (None, admin_headers(protocol, "wrong-key"), {ADMIN_HEADER: server.admin_key}
+                    if protocol == "grpc" else None):
+        with pytest.raises(Exception, match=r"(?i)permission|forbidden|denied|restricted"):
+            client.unload_model("e11_entity", headers=headers)
+        with pytest.raises(Exception, match=r"(?i)permission|forbidden|denied|restricted"):
+            client.get_model_repository_index(headers=headers)
+        with pytest.raises(Exception, match=r"(?i)permission|forbidden|denied|restricted"):
+            client.register_system_shared_memory("x", "/x", 16, headers=headers)
+    assert client.is_model_ready("e11_entity") and client.is_model_ready("fused_text")
+    index = client.get_model_repository_index(headers=admin_headers(protocol, server.admin_key))
+    names = {m["name"] for m in index} if protocol == "http" else {m.name for m in index.models}
+    assert {"fused_text", "e11_entity", "fusemoe"} <= names
+
+
+def test_the_server_listens_on_loopback_only(server):
+    import socket
+
+    from ensemble.server import prepare_runtime
+
+    command = server.command(prepare_runtime())
+    for flag in ("--http-address", "--grpc-address", "--metrics-address"):
+        assert f"{flag}=127.0.0.1" in command
+    # Not reachable on another local address of this machine.
+    other = socket.gethostbyname(socket.gethostname())
+    if not other.startswith("127."):
+        with socket.socket() as s:
+            s.settimeout(1)
+            assert s.connect_ex((other, server.ports.http)) != 0
