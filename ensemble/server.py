@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -100,6 +101,50 @@ def prepare_runtime(run_dir: Path = RUN_DIR) -> Path:
     return target
 
 
+def stub_models(server_pid: int) -> set[str]:
+    """Models with a live Python stub process under this server."""
+    models = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == server_pid and argv and argv[0].endswith(b"triton_python_backend_stub"):
+            models.add(Path(argv[1].decode()).parent.parent.name)
+    return models
+
+
+class StubWatchdog(threading.Thread):
+    """Reloads a model whose Python stub died (a crash, an OOM kill).
+
+    This Triton keeps such a model READY while every request to it fails; reloading it
+    through the repository API starts a new stub.
+    """
+
+    def __init__(self, server: TritonServer, interval_s: float = 1.0) -> None:
+        super().__init__(name="stub-watchdog", daemon=True)
+        self.server = server
+        self.interval_s = interval_s
+        self.stopped = threading.Event()
+        self.python_models = stub_models(server.pid)
+        self.restarts: list[str] = []
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            try:
+                dead = self.python_models - stub_models(self.server.pid)
+                for model in sorted(dead & self.server.ready_models()):
+                    self.server.reload(model)
+                    self.restarts.append(model)
+                    print(f"stub of {model} died; model reloaded", file=sys.stderr, flush=True)
+            except Exception as err:  # noqa: BLE001 - keep watching; say what went wrong
+                print(f"stub watchdog: {err}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class TritonServer:
     """A tritonserver process on loopback; ``start`` returns once every model is ready."""
@@ -111,6 +156,33 @@ class TritonServer:
     admin_key: str | None = field(default_factory=admin_key)
     host: str = field(default_factory=lambda: os.environ.get("FUSEDEMBED_HOST", "127.0.0.1"))
     process: subprocess.Popen | None = None
+    watchdog: StubWatchdog | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def _admin_request(self, path: str, body: bytes = b"{}") -> bytes:
+        headers = {"Content-Type": "application/json"}
+        if self.admin_key:
+            headers |= admin_headers("http", self.admin_key)
+        request = urllib.request.Request(f"http://{self.http_url}{path}", data=body,
+                                         headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.read()
+
+    def ready_models(self) -> set[str]:
+        import json
+
+        index = json.loads(self._admin_request("/v2/repository/index"))
+        return {m["name"] for m in index if m.get("state") == "READY"}
+
+    def reload(self, model: str) -> None:
+        """Unload and load again: a load of an unchanged loaded model would be a no-op."""
+        self._admin_request(f"/v2/repository/models/{model}/unload",
+                            b'{"parameters": {"unload_dependents": false}}')
+        self._admin_request(f"/v2/repository/models/{model}/load")
 
     def command(self, runtime: Path) -> list[str]:
         host = self.host
@@ -161,6 +233,8 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        self.watchdog = StubWatchdog(self)
+        self.watchdog.start()
 
     @property
     def http_url(self) -> str:
@@ -195,6 +269,10 @@ class TritonServer:
 
     def stop(self, timeout: float = 40.0) -> None:
         """SIGTERM, wait for a clean exit, then kill the whole process group (stubs too)."""
+        if self.watchdog is not None:
+            self.watchdog.stopped.set()
+            self.watchdog.join()
+            self.watchdog = None
         if self.process is None:
             return
         pgid = self.process.pid

@@ -207,6 +207,19 @@ TRUNCATED_SUFFIX = "_TRUNCATED"  # FuseMoE inputs: each token embedder's truncat
 CLEAN_TEXT = "text"  # preprocess outputs: the validated (and scrubbed) text ...
 CLEAN_TIMESTAMP = "timestamp"  # ... and the validated timestamp
 FLAG = "truncated"  # a token embedder's per-text truncation flag
+FAILSAFE_MODEL = "fused_text_failsafe"
+MISSING = "MISSING"  # BOOL [12]: blocks the fail-safe entry point filled with zeros
+PRESENCE = "PRESENCE"  # FuseMoE's optional FP32 [12] mask: 0 = block missing
+
+
+@dataclass(frozen=True)
+class Failsafe:
+    deadline_ms: int = 5000  # per request, for all twelve embedders together
+    required: tuple[str, ...] = ("E1",)
+    min_other_blocks: int = 6  # besides the required ones
+
+
+FAILSAFE = Failsafe()
 POOL_MASK = "pool_mask"  # ColBERT: which token vectors enter the pooled mean
 CONCATENATED = "concatenated"
 PRESENCE = "presence"

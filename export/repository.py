@@ -30,6 +30,7 @@ ADAPTERS = {
     "token_embedder": "ensemble.serving.token_embedder",
     "custom_embedder": "ensemble.serving.custom_embedder",
     "fusemoe": "ensemble.serving.fusemoe",
+    "failsafe": "ensemble.serving.failsafe",
 }
 WARMUP_TOKENS = 8  # length of the synthetic token sequences used for warm-up
 
@@ -126,6 +127,8 @@ def fusemoe_config() -> mc.ModelConfig:
         if spec.input is Input.TOKENS:
             cfg.input.append(_tensor(mc.ModelInput, spec.block_name + r.TRUNCATED_SUFFIX, BOOL,
                                      [1]))
+    # Optional: the fail-safe entry point marks the blocks it filled with zeros.
+    cfg.input.append(_tensor(mc.ModelInput, r.PRESENCE, FP32, [len(EMBEDDERS)], optional=True))
     cfg.output.append(_tensor(mc.ModelOutput, r.FUSED, FP32, [r.FUSEMOE.output_dim]))
     cfg.output.append(_tensor(mc.ModelOutput, r.EXPERT_WEIGHTS, FP32, [r.FUSEMOE.num_experts]))
     cfg.output.append(_tensor(mc.ModelOutput, r.SELECTED_EXPERTS, INT32, [r.FUSEMOE.top_k]))
@@ -195,12 +198,29 @@ def ensemble_config() -> mc.ModelConfig:
     return cfg
 
 
+def failsafe_config() -> mc.ModelConfig:
+    """BLS entry point: embedders called concurrently under a deadline; missing -> zeros."""
+    f = r.FAILSAFE
+    cfg = _python_model(r.FAILSAFE_MODEL, "failsafe", Batching(), {
+        "deadline_ms": str(f.deadline_ms), "required": ",".join(f.required),
+        "min_other_blocks": str(f.min_other_blocks)})
+    ensemble = ensemble_config()
+    cfg.input.extend(ensemble.input)
+    for out in ensemble.output:
+        if out.name in (r.REDACTIONS, r.FUSED, r.EXPERT_WEIGHTS, r.SELECTED_EXPERTS,
+                        r.TRUNCATED):
+            cfg.output.append(out)
+    cfg.output.append(_tensor(mc.ModelOutput, r.MISSING, BOOL, [len(EMBEDDERS)]))
+    return cfg
+
+
 def all_configs() -> list[tuple[mc.ModelConfig, str | None]]:
     """Every model with the adapter module its ``model.py`` re-exports (None: ensemble)."""
     configs = [preprocess_config()]
     configs += [tokenizer_config(f) for f in TOKENIZER_FAMILIES]
     configs += [embedder_config(e) for e in EMBEDDERS]
     configs.append(fusemoe_config())
+    configs.append(failsafe_config())
     out: list[tuple[mc.ModelConfig, str | None]] = [
         (c, c.parameters["adapter"].string_value) for c in configs]
     out.append((ensemble_config(), None))

@@ -7,6 +7,7 @@ batch are still answered.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ class Adapter:
         self.output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"])
             for o in self.model_config["output"]}
+        # Fault injection for resilience tests, off unless a config sets these parameters.
+        self.fault_delay_s = float(self.params.get("inject_delay_ms", "0")) / 1000.0
+        self.fault_error = self.params.get("inject_error", "") == "true"
         self.setup()
 
     def setup(self) -> None:
@@ -78,6 +82,10 @@ class Adapter:
                 responses[i] = error_response(err)
         if good:
             try:
+                if self.fault_delay_s:
+                    time.sleep(self.fault_delay_s)
+                if self.fault_error:
+                    raise RuntimeError("injected fault (parameter inject_error)")
                 outputs = compute(items)
                 for i, out, names in zip(good, outputs, wanted):
                     responses[i] = pb_utils.InferenceResponse(output_tensors=[

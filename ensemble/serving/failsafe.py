@@ -1,0 +1,144 @@
+"""fused_text_failsafe: the pipeline through BLS, degrading instead of failing.
+
+The twelve embedders are called concurrently under one per-request deadline. E1 and at
+least six other blocks must answer; a block that fails or is late is filled with zeros and
+FuseMoE is told through its presence mask. MISSING says which blocks were filled. With every
+embedder healthy the answer equals fused_text's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from ensemble.serving.base import Adapter, RequestError, error_response
+from export.registry import (
+    ATTENTION_MASK,
+    CLEAN_TEXT,
+    CLEAN_TIMESTAMP,
+    EMBEDDERS,
+    EMBEDDING,
+    EXPERT_WEIGHTS,
+    FLAG,
+    FUSED,
+    FUSEMOE_MODEL,
+    INPUT_IDS,
+    KIND,
+    MISSING,
+    PREPROCESS_MODEL,
+    PRESENCE,
+    REDACTIONS,
+    SELECTED_EXPERTS,
+    TEXT,
+    TIMESTAMP,
+    TOKENIZER_FAMILIES,
+    TRUNCATE,
+    TRUNCATED,
+    TRUNCATED_SUFFIX,
+    Input,
+    tokenizer_family,
+)
+
+
+class StepError(RuntimeError):
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"{model}: {message}")
+        self.model = model
+        self.message = message
+
+
+async def call(model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+               ) -> dict[str, np.ndarray]:
+    request = pb_utils.InferenceRequest(
+        model_name=model, requested_output_names=outputs,
+        inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()])
+    response = await request.async_exec()
+    if response.has_error():
+        raise StepError(model, response.error().message())
+    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy()
+            for name in outputs}
+
+
+class TritonPythonModel(Adapter):
+    def setup(self) -> None:
+        self.deadline_s = float(self.params["deadline_ms"]) / 1000.0
+        self.required = [r for r in self.params["required"].split(",") if r]
+        self.min_others = int(self.params["min_other_blocks"])
+
+    async def execute(self, requests):
+        return list(await asyncio.gather(*(self._answer(r) for r in requests)))
+
+    async def _answer(self, request):
+        try:
+            return await self._run(request)
+        except (RequestError, StepError) as err:
+            return error_response(err)
+
+    async def _run(self, request):
+        start = time.monotonic()
+        given = {}
+        for name in (TEXT, TIMESTAMP, KIND, TRUNCATE):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                given[name] = tensor.as_numpy()
+        if TEXT not in given or TIMESTAMP not in given:
+            raise RequestError(f"{TEXT} and {TIMESTAMP} are required")
+        clean = await call(PREPROCESS_MODEL, {TEXT: given[TEXT], TIMESTAMP: given[TIMESTAMP]},
+                           [CLEAN_TEXT, CLEAN_TIMESTAMP, REDACTIONS])
+        tokens = dict(zip([f.name for f in TOKENIZER_FAMILIES], await asyncio.gather(*(
+            call(f.triton_model, {TEXT: clean[CLEAN_TEXT]}, [INPUT_IDS, ATTENTION_MASK])
+            for f in TOKENIZER_FAMILIES))))
+        rows = clean[CLEAN_TEXT].shape[0]
+
+        async def block(spec):
+            if spec.input is Input.TOKENS:
+                inputs = dict(tokens[tokenizer_family(spec.tokenizer or "").name])
+                if spec.convention.kind_aware and KIND in given:
+                    inputs[KIND] = given[KIND]
+                if TRUNCATE in given:
+                    inputs[TRUNCATE] = given[TRUNCATE]
+                return await call(spec.triton_model, inputs, [EMBEDDING, FLAG])
+            inputs = ({TEXT: clean[CLEAN_TEXT]} if spec.input is Input.TEXT
+                      else {TIMESTAMP: clean[CLEAN_TIMESTAMP]})
+            return await call(spec.triton_model, inputs, [EMBEDDING])
+
+        remaining = max(0.0, self.deadline_s - (time.monotonic() - start))
+        results = await asyncio.gather(*(asyncio.wait_for(block(s), remaining)
+                                          for s in EMBEDDERS), return_exceptions=True)
+        fuse_inputs: dict[str, np.ndarray] = {}
+        present = np.ones((rows, len(EMBEDDERS)), dtype=np.float32)
+        reasons = {}
+        for j, (spec, result) in enumerate(zip(EMBEDDERS, results)):
+            if isinstance(result, StepError) and TRUNCATE in result.message:
+                raise result  # the caller's own choice (TRUNCATE=false), not a fault
+            if isinstance(result, BaseException):
+                present[:, j] = 0.0
+                reasons[spec.id] = ("no answer within the deadline"
+                                    if isinstance(result, asyncio.TimeoutError) else str(result))
+                fuse_inputs[spec.block_name] = np.zeros((rows, spec.dim), dtype=np.float32)
+                flag = np.zeros((rows, 1), dtype=bool)
+            else:
+                fuse_inputs[spec.block_name] = result[EMBEDDING]
+                flag = result.get(FLAG, np.zeros((rows, 1), dtype=bool))
+            if spec.input is Input.TOKENS:
+                fuse_inputs[spec.block_name + TRUNCATED_SUFFIX] = flag
+        missing = [s.id for s, r in zip(EMBEDDERS, results) if isinstance(r, BaseException)]
+        for required in self.required:
+            if required in missing:
+                raise RequestError(f"{required} is required and did not answer: "
+                                   f"{reasons[required]}")
+        others = len(EMBEDDERS) - len(self.required) - len(missing)
+        if others < self.min_others:
+            raise RequestError(f"only {others} embedders besides {', '.join(self.required)} "
+                               f"answered within {self.deadline_s * 1000:.0f} ms; "
+                               f"{self.min_others} are needed (missing: {', '.join(missing)})")
+        fuse_inputs[PRESENCE] = present
+        fused = await call(FUSEMOE_MODEL, fuse_inputs,
+                           [FUSED, EXPERT_WEIGHTS, SELECTED_EXPERTS, TRUNCATED])
+        outputs = fused | {REDACTIONS: clean[REDACTIONS], MISSING: present == 0.0}
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(k, v.astype(self.output_dtypes[k], copy=False))
+            for k, v in outputs.items()])

@@ -1,0 +1,151 @@
+"""Failing, slow and killed embedders: every request gets a vector or an error, in time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from ensemble.server import Ports, TritonServer, stub_models
+from fusedembed_client import FusedEmbedClient
+from tests.server.conftest import free_port
+
+pytestmark = pytest.mark.server
+
+T0 = 1_700_000_000
+DEADLINE_MS = 3000
+FAULTS = {
+    "e07_code": {"inject_error": "true"},
+    "e08_graph": {"inject_delay_ms": str(DEADLINE_MS + 4000)},
+    "fused_text_failsafe": {"deadline_ms": str(DEADLINE_MS)},
+}
+
+
+def _inputs(texts):
+    text = httpclient.InferInput("TEXT", [len(texts), 1], "BYTES")
+    text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+    stamp = httpclient.InferInput("TIMESTAMP", [len(texts), 1], "INT64")
+    stamp.set_data_from_numpy(np.array([[T0]] * len(texts), dtype=np.int64))
+    return [text, stamp]
+
+
+def faulty_repository(source: Path, target: Path) -> Path:
+    """The repository as links, with FAULTS set as parameters of the models' configs."""
+    target.mkdir()
+    for model in source.iterdir():
+        if not model.is_dir():
+            continue
+        if model.name not in FAULTS:
+            (target / model.name).symlink_to(model)
+            continue
+        (target / model.name).mkdir()
+        (target / model.name / "1").symlink_to(model / "1")
+        built = model / "configs" / "built.pbtxt"
+        cfg = text_format.Parse((built if built.is_file() else model / "config.pbtxt")
+                                .read_text(), mc.ModelConfig())
+        for key, value in FAULTS[model.name].items():
+            cfg.parameters[key].string_value = value
+        cfg.ClearField("model_warmup")  # warm-up would meet the fault and fail the load
+        (target / model.name / "configs").mkdir()
+        (target / model.name / "configs" / "built.pbtxt").write_text(
+            text_format.MessageToString(cfg))
+    return target
+
+
+@pytest.fixture(scope="module")
+def fault_server(repository, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    repo = faulty_repository(repository, tmp / "repo")
+    srv = TritonServer(repo, Ports(free_port(), free_port(), free_port()), tmp / "triton.log")
+    srv.start(timeout=600)
+    yield srv
+    srv.stop()
+
+
+def test_failsafe_equals_fused_text_when_every_embedder_is_healthy(server):
+    client = httpclient.InferenceServerClient(server.http_url)
+    texts = ["the fail-safe path", "and the ensemble agree", "on healthy servers"]
+    fused = client.infer("fused_text", _inputs(texts)).as_numpy("FUSED")
+    safe = client.infer("fused_text_failsafe", _inputs(texts))
+    assert not safe.as_numpy("MISSING").any()
+    cosine = np.sum(fused * safe.as_numpy("FUSED"), axis=1)
+    assert np.all(cosine >= 0.9999), cosine
+
+
+def test_failsafe_fills_a_failing_and_a_slow_embedder(fault_server):
+    client = httpclient.InferenceServerClient(fault_server.http_url, network_timeout=120)
+    start = time.monotonic()
+    result = client.infer("fused_text_failsafe", _inputs(["degraded but answered", "twice"]))
+    elapsed = time.monotonic() - start
+    missing = result.as_numpy("MISSING")
+    blocks = [f"E{i}" for i in range(1, 13)]
+    assert [{b for b, m in zip(blocks, row) if m} for row in missing] == [{"E7", "E8"}] * 2
+    fused = result.as_numpy("FUSED")
+    np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-5)
+    assert elapsed < DEADLINE_MS / 1000 + 3.0  # the slow embedder was not waited for
+    with pytest.raises(Exception, match="injected fault"):
+        client.infer("fused_text", _inputs(["the plain ensemble fails with E7"]))
+    assert client.is_server_ready()
+
+
+def test_a_killed_stub_fails_fast_and_comes_back(server):
+    """Under load, kill E12's stub: requests get errors or vectors, none hangs, and the
+    watchdog reloads the model so later requests succeed."""
+    assert server.watchdog is not None
+    pid = next(p for p in _stub_pids(server.pid) if p[1] == "e12_late_interaction")[0]
+    outcomes: list[tuple[str, float]] = []
+    stop = threading.Event()
+
+    def load(worker: int) -> None:
+        client = httpclient.InferenceServerClient(server.http_url, network_timeout=60)
+        i = 0
+        while not stop.is_set():
+            begin = time.monotonic()
+            try:
+                client.infer("fused_text", _inputs([f"load {worker} {i}"]))
+                outcomes.append(("vector", time.monotonic() - begin))
+            except Exception:  # noqa: BLE001 - counted as an error answer
+                outcomes.append(("error", time.monotonic() - begin))
+            i += 1
+
+    workers = [threading.Thread(target=load, args=(w,)) for w in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(2.0)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while "e12_late_interaction" not in server.watchdog.restarts:
+        assert time.monotonic() < deadline, "the watchdog did not reload the dead stub"
+        time.sleep(0.2)
+    time.sleep(3.0)
+    stop.set()
+    for w in workers:
+        w.join()
+    assert outcomes and max(d for _, d in outcomes) < 30.0  # nothing hung
+    assert any(kind == "error" for kind, _ in outcomes)  # the dead stub's requests failed
+    assert "e12_late_interaction" in stub_models(server.pid)
+    with FusedEmbedClient(server.http_url) as client:
+        assert client.embed("after the restart", T0).vector.shape == (1536,)
+
+
+def _stub_pids(server_pid: int) -> list[tuple[int, str]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if ppid == server_pid and argv[0].endswith(b"triton_python_backend_stub"):
+            out.append((int(entry.name), Path(argv[1].decode()).parent.parent.name))
+    return out
