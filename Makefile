@@ -5,7 +5,7 @@ PY            := $(VENV)/bin/python
 PROFILE       ?= pretrained
 STAMP         := $(VENV)/.installed
 
-.PHONY: serve test test-unit build weights sts venv clean lint
+.PHONY: serve test test-unit build weights sts soak venv clean lint
 
 serve: build
 	$(PY) -m ensemble.server
@@ -26,6 +26,10 @@ weights: venv
 # STS Benchmark Spearman of every served block and FUSED (SPLIT=dev|test).
 sts: build
 	$(PY) -m perf.sts --split $(or $(SPLIT),dev)
+
+# Bounded Locust soak on loopback with a memory watch (USERS, MINUTES).
+soak: build
+	$(PY) -m perf.soak --users $(or $(USERS),16) --minutes $(or $(MINUTES),10)
 
 venv: $(STAMP)
 

@@ -101,9 +101,9 @@ def prepare_runtime(run_dir: Path = RUN_DIR) -> Path:
     return target
 
 
-def stub_models(server_pid: int) -> set[str]:
-    """Models with a live Python stub process under this server."""
-    models = set()
+def stub_processes(server_pid: int) -> dict[str, int]:
+    """The live Python stub processes under this server: model name -> pid."""
+    stubs = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -114,8 +114,12 @@ def stub_models(server_pid: int) -> set[str]:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         if ppid == server_pid and argv and argv[0].endswith(b"triton_python_backend_stub"):
-            models.add(Path(argv[1].decode()).parent.parent.name)
-    return models
+            stubs[Path(argv[1].decode()).parent.parent.name] = int(entry.name)
+    return stubs
+
+
+def stub_models(server_pid: int) -> set[str]:
+    return set(stub_processes(server_pid))
 
 
 class StubWatchdog(threading.Thread):

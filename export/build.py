@@ -199,8 +199,9 @@ def build_fusemoe(directory: Path, key: str) -> None:
                 source="FuseMoE seeded initialisation (untrained)")
 
 
-def write_built_config(repo: Path, name: str) -> None:
-    """configs/built.pbtxt: the committed config plus the build's provenance as parameters."""
+def write_built_config(repo: Path, name: str, overrides: dict[str, str] | None = None) -> None:
+    """configs/built.pbtxt: the committed config plus the build's provenance as parameters
+    (and any parameter ``overrides``)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
@@ -214,7 +215,7 @@ def write_built_config(repo: Path, name: str) -> None:
     elif "custom" in info.get("source", ""):
         weights = "custom"
     params = {"weights": weights, "source": info.get("source", ""),
-              "checkpoint_sha256": info.get("sha256", "")}
+              "checkpoint_sha256": info.get("sha256", "")} | (overrides or {})
     for k, v in params.items():
         cfg.parameters[k].string_value = v
     path = repo / name / "configs" / f"{BUILT_CONFIG}.pbtxt"
@@ -225,7 +226,8 @@ def write_built_config(repo: Path, name: str) -> None:
 
 def build(repo: Path, profile: str = "pretrained", force: bool = False,
           checkpoint_dirs: list[Path] | None = None,
-          only: set[str] | None = None, precision: str = "fp32") -> list[str]:
+          only: set[str] | None = None, precision: str = "fp32",
+          pii_scrubbing: bool = True) -> list[str]:
     """Build every missing or outdated model; returns the names of the models built.
 
     ``only`` limits the build to these embedders (ids) and their tokenizers; ``precision``
@@ -244,7 +246,7 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
     families = {e.tokenizer for e in wanted}
     built: list[str] = []
 
-    def step(name: str, key: str, fn) -> None:
+    def step(name: str, key: str, fn, overrides: dict[str, str] | None = None) -> None:
         directory = _vdir(repo, name)
         if force or not _current(directory, key):
             start = time.perf_counter()
@@ -253,10 +255,11 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
             fn(directory)
             built.append(name)
             print(f"built {name:<24} {time.perf_counter() - start:6.1f} s", flush=True)
-        write_built_config(repo, name)
+        write_built_config(repo, name, overrides)
 
     step(PREPROCESS_MODEL, recipe, lambda d: _write_info(
-        d, key=recipe, pretrained=False, source="validation and PII scrubbing (no weights)"))
+        d, key=recipe, pretrained=False, source="validation and PII scrubbing (no weights)"),
+        {"pii_scrubbing": "on" if pii_scrubbing else "off"})
     family_keys: dict[str, str] = {}
     for family in TOKENIZER_FAMILIES:
         if family.name not in families:
@@ -312,12 +315,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding Hugging Face checkpoints (repeatable)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="fp16: half-precision neural embedders (ONNX FP16 graphs)")
+    parser.add_argument("--pii-scrubbing", choices=("on", "off"), default="on",
+                        help="replace PII with typed placeholders before embedding (default on)")
     parser.add_argument("--force", action="store_true", help="rebuild every model")
     parser.add_argument("--repository", type=Path, default=repository.REPOSITORY)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     built = build(args.repository, args.profile, args.force, args.checkpoints,
-                  precision=args.precision)
+                  precision=args.precision, pii_scrubbing=args.pii_scrubbing == "on")
     elapsed = time.perf_counter() - start
     print(f"model repository {args.repository}: {len(built)} models built in {elapsed:.1f} s"
           if built else f"model repository {args.repository}: up to date ({args.profile})")

@@ -209,7 +209,7 @@ CLEAN_TIMESTAMP = "timestamp"  # ... and the validated timestamp
 FLAG = "truncated"  # a token embedder's per-text truncation flag
 FAILSAFE_MODEL = "fused_text_failsafe"
 MISSING = "MISSING"  # BOOL [12]: blocks the fail-safe entry point filled with zeros
-PRESENCE = "PRESENCE"  # FuseMoE's optional FP32 [12] mask: 0 = block missing
+PRESENCE = "presence"  # FuseMoE's optional FP32 [12] mask: 0 = block missing
 
 
 @dataclass(frozen=True)
@@ -221,8 +221,6 @@ class Failsafe:
 
 FAILSAFE = Failsafe()
 POOL_MASK = "pool_mask"  # ColBERT: which token vectors enter the pooled mean
-CONCATENATED = "concatenated"
-PRESENCE = "presence"
 
 
 def embedder(block_id: str) -> Embedder:

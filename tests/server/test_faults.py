@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ensemble.server import Ports, TritonServer, stub_models
+from ensemble.server import Ports, TritonServer, stub_models, stub_processes
 from fusedembed_client import FusedEmbedClient
 from tests.server.conftest import free_port
 
@@ -100,7 +100,7 @@ def test_a_killed_stub_fails_fast_and_comes_back(server):
     """Under load, kill E12's stub: requests get errors or vectors, none hangs, and the
     watchdog reloads the model so later requests succeed."""
     assert server.watchdog is not None
-    pid = next(p for p in _stub_pids(server.pid) if p[1] == "e12_late_interaction")[0]
+    pid = stub_processes(server.pid)["e12_late_interaction"]
     outcomes: list[tuple[str, float]] = []
     stop = threading.Event()
 
@@ -135,17 +135,3 @@ def test_a_killed_stub_fails_fast_and_comes_back(server):
     with FusedEmbedClient(server.http_url) as client:
         assert client.embed("after the restart", T0).vector.shape == (1536,)
 
-
-def _stub_pids(server_pid: int) -> list[tuple[int, str]]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if ppid == server_pid and argv[0].endswith(b"triton_python_backend_stub"):
-            out.append((int(entry.name), Path(argv[1].decode()).parent.parent.name))
-    return out

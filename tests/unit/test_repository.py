@@ -23,7 +23,8 @@ def test_every_model_of_the_registry_has_a_config():
     names = set(_configs())
     expected = {e.triton_model for e in r.EMBEDDERS} | {f.triton_model
                                                         for f in r.TOKENIZER_FAMILIES}
-    assert names == expected | {r.PREPROCESS_MODEL, r.FUSEMOE_MODEL, r.ENSEMBLE_MODEL}
+    assert names == expected | {r.PREPROCESS_MODEL, r.FUSEMOE_MODEL, r.ENSEMBLE_MODEL,
+                                r.FAILSAFE_MODEL}
     assert all((REPOSITORY / n / "config.pbtxt").is_file() for n in names)
 
 
@@ -48,7 +49,8 @@ def test_ensemble_steps_consume_only_what_is_produced():
     available = {i.name for i in ensemble.input}
     for step in ensemble.ensemble_scheduling.step:
         model = configs[step.model_name]
-        assert set(step.input_map) == {i.name for i in model.input}, step.model_name
+        required = {i.name for i in model.input if not i.optional}
+        assert required <= set(step.input_map) <= {i.name for i in model.input}, step.model_name
         assert all(i.optional for i in model.input if i.name in (r.KIND, r.TRUNCATE))
         assert set(step.input_map.values()) <= available, step.model_name
         assert set(step.output_map) <= {o.name for o in model.output}

@@ -1,0 +1,117 @@
+"""Locust users for fused_text: HTTP (KServe v2 JSON) and gRPC (tritonclient), valid and bad.
+
+    locust -f perf/locustfile.py --host http://127.0.0.1:8000 --grpc-url 127.0.0.1:8001
+
+Valid requests must get a 1536-D vector; bad ones (empty text, invalid UTF-8, a timestamp
+out of range, an oversized text) must get an error that names the field. Anything else is
+a failure. Request names say which kind each is, so the statistics keep them apart.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import grpc.experimental.gevent as grpc_gevent
+import numpy as np
+from locust import FastHttpUser, User, between, events, task
+
+# Locust runs every user on one gevent loop: without this, a blocking gRPC call stalls the
+# HTTP users too, and their latencies would measure the load generator, not the server.
+grpc_gevent.init_gevent()
+
+WORDS = ["the", "server", "answers", "many", "requests", "with", "low", "latency", "while", "embedding", "models", "map", "sentences", "to", "vectors", "a", "man", "plays", "guitar", "on", "stage", "two", "dogs", "run", "through", "tall", "grass", "def", "add", "a", "b", "return", "a", "plus", "b", "the", "market", "fell", "sharply", "after", "the", "announcement"]
+T0 = 1_700_000_000
+
+
+def sentence() -> str:
+    return " ".join(random.choices(WORDS, k=random.randint(3, 40)))
+
+
+BAD = {
+    "bad-empty": ("   ", T0, "empty or whitespace-only"),
+    "bad-utf8": (b"\xff\xfe broken", T0, "not valid UTF-8"),
+    "bad-timestamp": ("fine text", 9_999_999_999, "outside the accepted range"),
+    "bad-oversize": ("x" * 70_000, T0, "bytes exceed the limit"),
+}
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser):
+    parser.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC host:port")
+
+
+def _json_body(text: str, stamp: int) -> dict:
+    return {"inputs": [
+        {"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [text]},
+        {"name": "TIMESTAMP", "shape": [1, 1], "datatype": "INT64", "data": [stamp]}],
+        "outputs": [{"name": "FUSED"}]}
+
+
+class HttpUser(FastHttpUser):
+    wait_time = between(0.0, 0.2)
+    weight = 1
+
+    @task(8)
+    def valid(self) -> None:
+        with self.client.post("/v2/models/fused_text/infer", json=_json_body(sentence(), T0),
+                              name="http valid", catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(f"{r.status_code}: {r.text[:200]}")
+            elif len(r.json()["outputs"][0]["data"]) != 1536:
+                r.failure("FUSED is not 1536-D")
+
+    @task(2)
+    def bad(self) -> None:
+        name = random.choice([k for k in BAD if k != "bad-utf8"])  # JSON carries only text
+        text, stamp, message = BAD[name]
+        with self.client.post("/v2/models/fused_text/infer", json=_json_body(text, stamp),
+                              name=f"http {name}", catch_response=True) as r:
+            if r.status_code == 200 or message not in r.text:
+                r.failure(f"expected an error naming the field, got {r.status_code}")
+            else:
+                r.success()
+
+
+class GrpcUser(User):
+    wait_time = between(0.0, 0.2)
+    weight = 1
+
+    def on_start(self) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self.mod = grpcclient
+        self.client = grpcclient.InferenceServerClient(self.environment.parsed_options.grpc_url)
+
+    def _infer(self, name: str, text, stamp: int, expect_error: str | None) -> None:
+        mod = self.mod
+        raw = text if isinstance(text, bytes) else text.encode()
+        inputs = [mod.InferInput("TEXT", [1, 1], "BYTES"),
+                  mod.InferInput("TIMESTAMP", [1, 1], "INT64")]
+        inputs[0].set_data_from_numpy(np.array([[raw]], dtype=np.object_))
+        inputs[1].set_data_from_numpy(np.array([[stamp]], dtype=np.int64))
+        start = time.perf_counter()
+        exception = None
+        try:
+            result = self.client.infer("fused_text", inputs, client_timeout=60,
+                                       outputs=[mod.InferRequestedOutput("FUSED")])
+            if expect_error is not None:
+                exception = AssertionError("a bad request got a vector")
+            elif result.as_numpy("FUSED").shape != (1, 1536):
+                exception = AssertionError("FUSED is not 1536-D")
+        except Exception as err:  # noqa: BLE001 - judged below
+            if expect_error is None or expect_error not in str(err):
+                exception = err
+        events.request.fire(request_type="grpc", name=name,
+                            response_time=(time.perf_counter() - start) * 1000,
+                            response_length=0, exception=exception, context={})
+
+    @task(8)
+    def valid(self) -> None:
+        self._infer("grpc valid", sentence(), T0, None)
+
+    @task(2)
+    def bad(self) -> None:
+        name = random.choice(list(BAD))
+        text, stamp, message = BAD[name]
+        self._infer(f"grpc {name}", text, stamp, message)

@@ -1,0 +1,151 @@
+"""Soak: a bounded Locust run against the real server on loopback, with a memory watch.
+
+    python -m perf.soak [--users 16] [--minutes 10]
+
+Starts tritonserver on free loopback ports, runs perf/locustfile.py headless (HTTP and gRPC
+users, valid and bad requests), samples the resident memory of the server and of every
+Python stub, and writes perf/reports/soak.md (+ .json, + soak-memory.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ensemble.server import Ports, TritonServer, stub_processes
+from perf.sts import REPORTS, ROOT, _free_port
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def processes(server: TritonServer) -> dict[str, int]:
+    """tritonserver and each Python stub (named by its model), by pid."""
+    return {"tritonserver": server.pid} | stub_processes(server.pid)
+
+
+def sample(server: TritonServer) -> dict[str, float]:
+    memory = {}
+    for name, pid in processes(server).items():
+        try:
+            memory[name] = rss_mib(pid)
+        except OSError:
+            continue
+    return memory
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    work = ROOT / ".run" / "soak"
+    work.mkdir(parents=True, exist_ok=True)
+    server = TritonServer(ports=Ports(_free_port(), _free_port(), _free_port()),
+                          log_path=work / "tritonserver.log")
+    print("starting tritonserver ...", flush=True)
+    server.start()
+    samples: list[tuple[float, dict[str, float]]] = []
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def watch() -> None:
+        while not stop.is_set():
+            samples.append((time.monotonic() - start, sample(server)))
+            stop.wait(15.0)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        watcher.start()
+        seconds = int(args.minutes * 60)
+        print(f"locust: {args.users} users for {seconds} s ...", flush=True)
+        subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "perf" / "locustfile.py"),
+                        "--headless", "-u", str(args.users), "-r", str(max(1, args.users // 4)),
+                        "-t", f"{seconds}s", "--host", f"http://{server.http_url}",
+                        "--grpc-url", server.grpc_url, "--csv", str(work / "locust"),
+                        "--only-summary", "--stop-timeout", "30"], check=False)
+        stop.set()
+        watcher.join()
+        samples.append((time.monotonic() - start, sample(server)))
+        restarts = list(server.watchdog.restarts) if server.watchdog else []
+    finally:
+        server.stop()
+    with open(work / "locust_stats.csv") as f:
+        stats = list(csv.DictReader(f))
+    path = write_report(args, stats, samples, restarts)
+    valid_failures = sum(int(r["Failure Count"]) for r in stats if "valid" in r["Name"])
+    print(f"report: {path}")
+    return 0 if valid_failures == 0 else 1
+
+
+def write_report(args, stats: list[dict], samples, restarts: list[str]) -> Path:
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    first, last = samples[0][1], samples[-1][1]
+    warm = next((m for t, m in samples if t >= 60.0), last)  # arenas grow in the first minute
+    lines = ["# Soak: bounded Locust run on loopback", "",
+             (f"Command: `python -m perf.soak --users {args.users} --minutes {args.minutes:g}`. "
+             f"Machine: {platform.machine()}, 2 cores (shared by server and load generator), "
+             f"Python {platform.python_version()}. HTTP and gRPC users, 80% valid requests, "
+             "20% bad ones (empty text, invalid UTF-8, timestamp out of range, oversized text) "
+             "that must be refused with an error naming the field."), "",
+             "| request | count | failures | median ms | p95 ms | p99 ms | req/s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in stats:
+        lines.append(f"| {r['Type']} {r['Name']} | {r['Request Count']} | {r['Failure Count']} "
+                     f"| {r['50%']} | {r['95%']} | {r['99%']} | {float(r['Requests/s']):.1f} |")
+    lines += ["", ("A failure is a valid request without a vector, or a bad request without the "
+              f"expected error. Stub restarts by the watchdog: {restarts or 'none'}."), "",
+              "## Memory (resident, MiB)", "",
+              ("| process | at start | after 1 min | at end | change, whole run | change after "
+              "minute 1 |"), "|---|---|---|---|---|---|"]
+    for name in sorted(first):
+        if name in last and name in warm:
+            lines.append(f"| {name} | {first[name]:.0f} | {warm[name]:.0f} | {last[name]:.0f} | "
+                         f"{last[name] - first[name]:+.0f} | {last[name] - warm[name]:+.0f} |")
+    t0, t1, t2 = (sum(m.values()) for m in (first, warm, last))
+    lines.append(f"| **all** | {t0:.0f} | {t1:.0f} | {t2:.0f} | {t2 - t0:+.0f} | {t2 - t1:+.0f} |")
+    lines += ["", "![memory](soak-memory.png)"]
+    path = REPORTS / "soak.md"
+    path.write_text("\n".join(lines) + "\n")
+    (REPORTS / "soak.json").write_text(json.dumps(
+        {"stats": stats, "memory_mib": [{"t": t, "rss": m} for t, m in samples],
+         "restarts": restarts}, indent=1) + "\n")
+    plot(samples, REPORTS / "soak-memory.png")
+    return path
+
+
+def plot(samples, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = sorted(samples[0][1])
+    ax.plot([t / 60 for t, _ in samples], [sum(m.values()) for _, m in samples], label="all")
+    for name in ("tritonserver", "fusemoe"):
+        if name in names:
+            ax.plot([t / 60 for t, _ in samples], [m.get(name, 0) for _, m in samples],
+                    label=name)
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("resident memory (MiB)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
