@@ -83,6 +83,9 @@ class GrpcUser(User):
         self.mod = grpcclient
         self.client = grpcclient.InferenceServerClient(self.environment.parsed_options.grpc_url)
 
+    def on_stop(self) -> None:
+        self.client.close()  # not left to __del__ at interpreter exit (hangs under gevent)
+
     def _infer(self, name: str, text, stamp: int, expect_error: str | None) -> None:
         mod = self.mod
         raw = text if isinstance(text, bytes) else text.encode()
