@@ -172,7 +172,7 @@ class TokenEmbedder:
             if threads:
                 torch.set_num_threads(threads)
             dtype = torch.float16 if info.get("precision") == "fp16" else torch.float32
-            self.module = architecture(spec).load_module(spec, directory / TORCH_DIR, dtype)
+            self.module = architecture(spec).pretrained_module(spec, directory / TORCH_DIR, dtype)
             self.inputs = [INPUT_IDS, ATTENTION_MASK]
         self.projection = None
         if spec.pooling is Pooling.SPLADE_MAX:

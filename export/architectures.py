@@ -129,26 +129,17 @@ class Architecture:
     def wrap(self, spec: Embedder, model: nn.Module) -> nn.Module:
         return MeanPooled(model)
 
-    def load_module(self, spec: Embedder, directory: Path,
-                    dtype: torch.dtype = torch.float32) -> nn.Module:
-        """The pooled module from a Hugging Face-format folder (config.json + safetensors)."""
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(directory)
-        config._attn_implementation = "eager"
-        model = self._model_type().from_pretrained(directory, config=config, dtype=dtype,
-                                                   use_safetensors=True, **self.model_kwargs)
-        return self.wrap(spec, model).eval()
-
     def pretrained_config(self, checkpoint: Path):
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(checkpoint)
 
-    def pretrained_module(self, spec: Embedder, checkpoint: Path) -> nn.Module:
-        """The pooled module from a source checkpoint in Hugging Face format.
+    def pretrained_module(self, spec: Embedder, checkpoint: Path,
+                          dtype: torch.dtype = torch.float32) -> nn.Module:
+        """The pooled module from a folder in Hugging Face format: a source checkpoint, or
+        the one a build saved for a model served by PyTorch.
 
-        Every weight of the module must come from the checkpoint: a missing or mis-shaped
+        Every weight of the module must come from the folder: a missing or mis-shaped
         tensor (which transformers would re-initialise with a warning) is an error.
         """
         from export.artifacts import ArtifactError
@@ -156,8 +147,8 @@ class Architecture:
         config = self.pretrained_config(checkpoint)
         config._attn_implementation = "eager"
         model, info = self._model_type().from_pretrained(
-            checkpoint, config=config, use_safetensors=True, output_loading_info=True,
-            **self.model_kwargs)
+            checkpoint, config=config, dtype=dtype, use_safetensors=True,
+            output_loading_info=True, **self.model_kwargs)
         bad = list(info.get("missing_keys", [])) + [str(k) for k in info.get("mismatched_keys", [])]
         if bad:
             raise ArtifactError(f"{checkpoint}: weights missing or of another shape for "
@@ -217,10 +208,10 @@ class BertColbert(Bert):
 
     extra_inputs = (POOL_MASK,)
 
-    def pretrained_module(self, spec, checkpoint):
+    def pretrained_module(self, spec, checkpoint, dtype=torch.float32):
         from safetensors import safe_open
 
-        module = super().pretrained_module(spec, checkpoint)
+        module = super().pretrained_module(spec, checkpoint, dtype)
         with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
             module.linear.weight.data.copy_(f.get_tensor("linear.weight"))
         return module
