@@ -141,6 +141,8 @@ class StubWatchdog(threading.Thread):
         while not self.stopped.wait(self.interval_s):
             try:
                 dead = self.python_models - stub_models(self.server.pid)
+                if not dead:
+                    continue  # the repository index is asked only when a stub is gone
                 for model in sorted(dead & self.server.ready_models()):
                     self.server.reload(model)
                     self.restarts.append(model)
