@@ -31,7 +31,6 @@ from export.layout import (
 )
 from export.registry import (
     ATTENTION_MASK,
-    EMBEDDERS,
     INPUT_IDS,
     POOL_MASK,
     Embedder,
@@ -257,6 +256,3 @@ class CustomEmbedder:
         assert self.hdc is not None
         return self.hdc.encode(texts)
 
-
-def embedders_by_input(kind: Input) -> list[Embedder]:
-    return [e for e in EMBEDDERS if e.input is kind]
