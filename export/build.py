@@ -25,7 +25,14 @@ from pathlib import Path
 from export import checkpoints as checkpoints_mod
 from export import repository
 from export.checkpoints import Checkpoint
-from export.layout import BUILD_INFO, ONNX_FILE, SPLADE_STEM, SPLADE_VERSION, TORCH_DIR
+from export.layout import (
+    BUILD_INFO,
+    ONNX_FILE,
+    SPLADE_STEM,
+    SPLADE_VERSION,
+    TOKENIZER_FILE,
+    TORCH_DIR,
+)
 from export.registry import (
     EMBEDDERS,
     FUSEMOE_MODEL,
@@ -82,7 +89,7 @@ def build_tokenizer(family: TokenizerFamily, directory: Path, key: str,
     from export.tokenizer_build import build_tiny
 
     if checkpoint is None:
-        tok = build_tiny(family, directory / "tokenizer.json")
+        tok = build_tiny(family, directory / TOKENIZER_FILE)
         source = f"tiny {family.name} (offline, fixed corpus)"
     else:
         from transformers import AutoTokenizer
@@ -90,18 +97,23 @@ def build_tokenizer(family: TokenizerFamily, directory: Path, key: str,
         tok = AutoTokenizer.from_pretrained(checkpoint.path).backend_tokenizer
         tok.no_padding()
         tok.enable_truncation(max_length=family.max_length)
-        tok.save(str(directory / "tokenizer.json"))
+        tok.save(str(directory / TOKENIZER_FILE))
         source = f"tokenizer of {checkpoint.path.name} ({checkpoint.origin})"
     _write_info(directory, key=key, pretrained=checkpoint is not None, source=source,
                 vocab_size=tok.get_vocab_size())
 
 
-def tokenizer_ids(family: TokenizerFamily, repo: Path):
+def built_tokenizer(family: TokenizerFamily, repo: Path):
+    """The family's tokenizer as this build saved it."""
     from tokenizers import Tokenizer
 
+    return Tokenizer.from_file(str(_vdir(repo, family.triton_model) / TOKENIZER_FILE))
+
+
+def tokenizer_ids(family: TokenizerFamily, repo: Path):
     from export.architectures import TokenizerIds
 
-    tok = Tokenizer.from_file(str(_vdir(repo, family.triton_model) / "tokenizer.json"))
+    tok = built_tokenizer(family, repo)
     specials = {"roberta-bpe": ("<s>", "</s>"), "clip-bpe": ("<|startoftext|>", "<|endoftext|>")}
     bos, eos = specials.get(family.name, (None, None))
     return TokenizerIds(tok.get_vocab_size(), tok.token_to_id(family.pad_token),
@@ -113,11 +125,8 @@ def convention_ids(spec: Embedder, repo: Path) -> dict:
     """The embedder's text convention as token ids of its family's tokenizer."""
     import string
 
-    from tokenizers import Tokenizer
-
     c = spec.convention
-    family = tokenizer_family(spec.tokenizer or "")
-    tok = Tokenizer.from_file(str(_vdir(repo, family.triton_model) / "tokenizer.json"))
+    tok = built_tokenizer(tokenizer_family(spec.tokenizer or ""), repo)
 
     def ids(prefix: str, marker: str | None) -> list[int]:
         out = tok.encode(prefix, add_special_tokens=False).ids if prefix else []
