@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 # The order of the REDACTIONS output of the ensemble (a contract with clients).
 TYPES = ("EMAIL", "PHONE", "SSN", "CARD", "API_KEY", "BEARER_TOKEN", "IP")
 
@@ -86,3 +88,12 @@ def scrub(text: str) -> Scrubbed:
 
         text = rule.pattern.sub(replace, text)
     return Scrubbed(text, counts)
+
+
+def scrub_texts(texts: list[str], enabled: bool = True) -> tuple[list[str], np.ndarray]:
+    """The texts with PII replaced (when ``enabled``) and the counts [N, len(TYPES)] int32."""
+    if not enabled:
+        return list(texts), np.zeros((len(texts), len(TYPES)), dtype=np.int32)
+    results = [scrub(t) for t in texts]
+    counts = np.array([r.vector() for r in results], dtype=np.int32).reshape(-1, len(TYPES))
+    return [r.text for r in results], counts

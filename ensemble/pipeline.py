@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ensemble import fusemoe
-from ensemble.pii import TYPES, scrub
+from ensemble.pii import scrub_texts
 from ensemble.stages import CustomEmbedder, FamilyTokenizer, TokenEmbedder, version_dir
 from ensemble.validation import Validator
 from export.registry import (
@@ -72,12 +72,7 @@ class Pipeline:
         raw = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)
         texts = self.validator.texts(raw)
         stamps = self.validator.timestamps(np.asarray(timestamps))
-        if self.validator.limits.pii_scrubbing:
-            results = [scrub(t) for t in texts]
-            texts = [r.text for r in results]
-            redactions = np.array([r.vector() for r in results], dtype=np.int32)
-        else:
-            redactions = np.zeros((len(texts), len(TYPES)), dtype=np.int32)
+        texts, redactions = scrub_texts(texts, self.validator.limits.pii_scrubbing)
         blocks, cut = self.blocks(texts, stamps, kinds)
         x = torch.from_numpy(np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1))
         with torch.inference_mode():

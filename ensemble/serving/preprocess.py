@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ensemble.pii import TYPES, scrub
+from ensemble.pii import scrub_texts
 from ensemble.serving.base import Adapter, RequestError, input_array
 from ensemble.validation import InvalidInput, Validator
 from export.registry import CLEAN_TEXT, CLEAN_TIMESTAMP, REDACTIONS, TEXT, TIMESTAMP, Limits
@@ -13,9 +13,9 @@ from export.registry import CLEAN_TEXT, CLEAN_TIMESTAMP, REDACTIONS, TEXT, TIMES
 class TritonPythonModel(Adapter):
     def setup(self) -> None:
         p = self.params
-        self.scrub = p.get("pii_scrubbing", "on") != "off"
         self.validator = Validator(Limits(int(p["max_text_bytes"]), int(p["min_timestamp"]),
-                                          int(p["max_timestamp"]), self.scrub))
+                                          int(p["max_timestamp"]),
+                                          p.get("pii_scrubbing", "on") != "off"))
 
     def execute(self, requests):
         return self.run_batched(requests, self._read, self._clean)
@@ -33,16 +33,9 @@ class TritonPythonModel(Adapter):
     def _clean(self, items: list[tuple[list[str], np.ndarray]]) -> list[dict[str, np.ndarray]]:
         outputs = []
         for texts, stamps in items:
-            if self.scrub:
-                results = [scrub(t) for t in texts]
-                clean = [r.text for r in results]
-                counts = np.array([r.vector() for r in results], dtype=np.int32)
-            else:
-                clean, counts = texts, np.zeros((len(texts), len(TYPES)), dtype=np.int32)
+            clean, counts = scrub_texts(texts, self.validator.limits.pii_scrubbing)
             outputs.append({
                 CLEAN_TEXT: np.array([[t.encode("utf-8")] for t in clean], dtype=np.object_),
                 CLEAN_TIMESTAMP: stamps.reshape(-1, 1),
                 REDACTIONS: counts})
         return outputs
-
-
