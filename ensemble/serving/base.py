@@ -67,6 +67,12 @@ class Adapter:
     def setup(self) -> None:
         raise NotImplementedError
 
+    def response(self, outputs: dict[str, np.ndarray], names: set[str] | None = None) -> Any:
+        """A response holding ``outputs`` (only ``names`` when given) in the config's dtypes."""
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(k, v.astype(self.output_dtypes[k], copy=False))
+            for k, v in outputs.items() if names is None or k in names])
+
     def run_batched(self, requests: Sequence[Any], read: Callable[[Any], Any],
                     compute: Callable[[list[Any]], list[dict[str, np.ndarray]]]) -> list[Any]:
         """Read every request (bad ones answered with their error), compute the good ones
@@ -88,9 +94,7 @@ class Adapter:
                     raise RuntimeError("injected fault (parameter inject_error)")
                 outputs = compute(items)
                 for i, out, names in zip(good, outputs, wanted):
-                    responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                        pb_utils.Tensor(k, v.astype(self.output_dtypes[k], copy=False))
-                        for k, v in out.items() if k in names])
+                    responses[i] = self.response(out, names)
             except Exception as err:  # noqa: BLE001 - every request must get an answer
                 for i in good:
                     responses[i] = error_response(RuntimeError(f"{self.name}: {err}"))

@@ -138,7 +138,4 @@ class TritonPythonModel(Adapter):
         fuse_inputs[PRESENCE] = present
         fused = await call(FUSEMOE_MODEL, fuse_inputs,
                            [FUSED, EXPERT_WEIGHTS, SELECTED_EXPERTS, TRUNCATED])
-        outputs = fused | {REDACTIONS: clean[REDACTIONS], MISSING: present == 0.0}
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor(k, v.astype(self.output_dtypes[k], copy=False))
-            for k, v in outputs.items()])
+        return self.response(fused | {REDACTIONS: clean[REDACTIONS], MISSING: present == 0.0})
