@@ -5,19 +5,29 @@ PY            := $(VENV)/bin/python
 PROFILE       ?= pretrained
 STAMP         := $(VENV)/.installed
 
-.PHONY: serve test test-unit build weights sts soak venv clean lint
+FUSEMOE       ?= latest
 
-serve: build
+.PHONY: serve test test-unit build train weights sts soak venv clean lint
+
+serve: train
 	$(PY) -m ensemble.server
 
-test: build
+test: train
 	$(PY) -m pytest -m "not gpu" --timeout=900
 
 test-unit: venv
-	$(PY) -m pytest -m "not server and not gpu"
+	$(PY) -m pytest -m "not server and not trained and not gpu"
 
 build: venv
-	$(PY) -m export.build --profile $(PROFILE)
+	$(PY) -m export.build --profile $(PROFILE) --fusemoe $(FUSEMOE)
+
+# Train FuseMoE for the built blocks when no checkpoint for them exists (once, ~15 min on
+# 2 CPU cores), then build again so the fusemoe model serves it. FUSEMOE=seeded skips it.
+train: build
+ifneq ($(FUSEMOE),seeded)
+	$(PY) -m ensemble.train --if-missing
+	$(PY) -m export.build --profile $(PROFILE) --fusemoe $(FUSEMOE)
+endif
 
 # Fetch (when the hub is reachable) and verify pretrained checkpoints, then rebuild.
 weights: venv

@@ -11,6 +11,7 @@ selected it. Inference never drops a row (no capacity limit outside training).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,41 +51,82 @@ class FuseMoE(nn.Module):
         self.gate_fc2 = nn.Linear(cfg.gate_hidden, cfg.num_experts)
         self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.num_experts))
 
-    def gate(self, x: torch.Tensor, temperature: float | None = None,
-             log_priors: torch.Tensor | None = None) -> torch.Tensor:
-        """Gate probabilities [B, num_experts] (before top-k)."""
+    def gate(self, x: torch.Tensor, temperature: torch.Tensor | float | None = None,
+             noise_std: float = 0.0) -> torch.Tensor:
+        """Gate probabilities [B, num_experts] before top-k; ``temperature`` is a scalar or
+        one value per row; ``noise_std`` adds Gaussian noise to the logits (training only)."""
         z = self.gate_fc2(nn.functional.gelu(self.gate_fc1(self.norm(x))))
-        if log_priors is not None:
-            z = z + log_priors
+        if noise_std:
+            z = z + noise_std * torch.randn_like(z)
         t = self.cfg.temperature if temperature is None else temperature
+        if isinstance(t, torch.Tensor):
+            t = t.reshape(-1, 1).to(z.dtype)
         return torch.softmax(z / t, dim=-1)
 
     def forward(self, x: torch.Tensor, presence: torch.Tensor | None = None,
-                top_k: int | None = None, temperature: float | None = None) -> FusionOutput:
-        """x: [B, 8320] concatenated blocks; presence: [B, 12] (1 = block present).
+                top_k: torch.Tensor | int | None = None,
+                temperature: torch.Tensor | float | None = None,
+                focus: torch.Tensor | None = None, noise_std: float = 0.0,
+                capacity_factor: float | None = None) -> FusionOutput:
+        """x: [B, 8320] concatenated blocks. Optional, per row: presence [B, 12] (0 = block
+        missing: zeroed whatever x holds), focus [B, 12] (non-negative multipliers of the
+        blocks before gating), top_k [B] (1..num_experts), temperature [B].
 
-        A missing block is zeroed whatever the input holds there.
+        ``noise_std`` and ``capacity_factor`` are for training: inference never drops a row.
+        ``selected_experts`` has as many columns as the largest top-k; a row with a smaller
+        top-k is padded with -1.
         """
-        if presence is not None:
-            x = x * self._expand_presence(presence.to(x.dtype))
-        k = self.cfg.top_k if top_k is None else top_k
-        probs = self.gate(x, temperature)
-        kept, idx = torch.topk(probs, k, dim=-1)  # descending
+        scale = presence
+        if focus is not None:
+            scale = focus if scale is None else scale * focus
+        if scale is not None:
+            x = x * self._expand_blocks(scale.to(x.dtype))
+        rows_k = self._per_row_k(top_k, x.shape[0], x.device)
+        probs = self.gate(x, temperature, noise_std)
+        kmax = int(rows_k.max())
+        kept, idx = torch.topk(probs, kmax, dim=-1)  # descending
+        valid = torch.arange(kmax, device=x.device) < rows_k.unsqueeze(1)
+        kept = torch.where(valid, kept, torch.zeros_like(kept))
         kept = kept / kept.sum(dim=-1, keepdim=True)
+        routed = valid
+        if capacity_factor is not None:
+            valid = valid & self._within_capacity(idx, kept, valid, capacity_factor)
         out = x.new_zeros(x.shape[0], self.cfg.output_dim)
         for e, expert in enumerate(self.experts):
-            rows, slot = torch.nonzero(idx == e, as_tuple=True)
+            rows, slot = torch.nonzero((idx == e) & valid, as_tuple=True)
             if rows.numel() == 0:
                 continue
             out.index_add_(0, rows, expert(x[rows]) * kept[rows, slot].unsqueeze(-1))
         fused = nn.functional.normalize(out, p=2.0, dim=-1)
-        return FusionOutput(fused, probs, idx.to(torch.int32))
+        selected = torch.where(routed, idx, torch.full_like(idx, -1))
+        return FusionOutput(fused, probs, selected.to(torch.int32))
 
-    def _expand_presence(self, presence: torch.Tensor) -> torch.Tensor:
+    def _per_row_k(self, top_k: torch.Tensor | int | None, rows: int,
+                   device: torch.device) -> torch.Tensor:
+        k = self.cfg.top_k if top_k is None else top_k
+        if isinstance(k, torch.Tensor):
+            return k.reshape(-1).to(device=device, dtype=torch.long)
+        return torch.full((rows,), int(k), dtype=torch.long, device=device)
+
+    def _within_capacity(self, idx: torch.Tensor, kept: torch.Tensor, valid: torch.Tensor,
+                         factor: float) -> torch.Tensor:
+        """Training only: each expert takes at most factor * assignments / experts rows, by
+        descending gate weight; the assignments over capacity are dropped."""
+        capacity = math.ceil(factor * int(valid.sum()) / self.cfg.num_experts)
+        keep = torch.zeros_like(valid)
+        for e in range(self.cfg.num_experts):
+            rows, slot = torch.nonzero((idx == e) & valid, as_tuple=True)
+            if rows.numel() > capacity:
+                best = torch.topk(kept[rows, slot].detach(), capacity).indices
+                rows, slot = rows[best], slot[best]
+            keep[rows, slot] = True
+        return keep
+
+    def _expand_blocks(self, per_block: torch.Tensor) -> torch.Tensor:
         from export.registry import EMBEDDERS
 
-        dims = torch.tensor([e.dim for e in EMBEDDERS], device=presence.device)
-        return torch.repeat_interleave(presence, dims, dim=-1)
+        dims = torch.tensor([e.dim for e in EMBEDDERS], device=per_block.device)
+        return torch.repeat_interleave(per_block, dims, dim=-1)
 
 
 def seeded(cfg: FuseMoEConfig = FUSEMOE) -> FuseMoE:
@@ -119,3 +161,14 @@ def load(directory: Path, cfg: FuseMoEConfig = FUSEMOE) -> tuple[FuseMoE, Manife
     except RuntimeError as err:
         raise ArtifactError(f"{data}: weights do not fit FuseMoE {cfg}: {err}") from err
     return model.eval(), manifest
+
+
+def install(checkpoint: Path, directory: Path) -> tuple[Path, Manifest]:
+    """Copy a verified checkpoint (weights + manifest) into a model version folder."""
+    import shutil
+
+    data, _manifest = verified(checkpoint, WEIGHTS_STEM)
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(data, directory / data.name)
+    shutil.copyfile(manifest_path(checkpoint, WEIGHTS_STEM), manifest_path(directory, WEIGHTS_STEM))
+    return verified(directory, WEIGHTS_STEM)

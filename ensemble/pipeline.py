@@ -15,7 +15,7 @@ import torch
 from ensemble import fusemoe
 from ensemble.pii import scrub_texts
 from ensemble.stages import CustomEmbedder, FamilyTokenizer, TokenEmbedder, version_dir
-from ensemble.validation import Validator
+from ensemble.validation import GateControls, Validator
 from export.registry import (
     EMBEDDERS,
     FUSEMOE_MODEL,
@@ -66,16 +66,34 @@ class Pipeline:
                 out[spec.id] = stage.embed_times(timestamps)
         return out, cut
 
-    def embed(self, texts: list[str], timestamps: np.ndarray,
-              kinds: list[Kind] | None = None) -> PipelineOutput:
-        """What fused_text answers: validation, PII scrubbing, twelve blocks, FuseMoE."""
+    def encode(self, texts: list[str], timestamps: np.ndarray, kinds: list[Kind] | None = None,
+               ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Validation, PII scrubbing and the twelve blocks: (blocks, truncated, redactions)."""
         raw = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)
         texts = self.validator.texts(raw)
         stamps = self.validator.timestamps(np.asarray(timestamps))
         texts, redactions = scrub_texts(texts, self.validator.limits.pii_scrubbing)
         blocks, cut = self.blocks(texts, stamps, kinds)
+        return blocks, cut, redactions
+
+    def embed(self, texts: list[str], timestamps: np.ndarray,
+              kinds: list[Kind] | None = None, **controls: np.ndarray) -> PipelineOutput:
+        """What fused_text answers: validation, PII scrubbing, twelve blocks, FuseMoE.
+
+        ``controls``: the optional gate inputs (top_k, temperature, focus, presence) as
+        ``Validator.controls`` takes them.
+        """
+        blocks, cut, redactions = self.encode(texts, timestamps, kinds)
+        gate = self.validator.controls(len(texts), **controls)
+        return self.fuse(blocks, cut, redactions, gate)
+
+    def fuse(self, blocks: dict[str, np.ndarray], cut: np.ndarray, redactions: np.ndarray,
+             gate: GateControls) -> PipelineOutput:
         x = torch.from_numpy(np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1))
         with torch.inference_mode():
-            fused = self.fusemoe(x)
+            fused = self.fusemoe(x, presence=torch.from_numpy(gate.presence).float(),
+                                 top_k=torch.from_numpy(gate.top_k),
+                                 temperature=torch.from_numpy(gate.temperature),
+                                 focus=torch.from_numpy(gate.focus))
         return PipelineOutput(fused.fused.numpy(), fused.expert_weights.numpy(),
                               fused.selected_experts.numpy(), blocks, cut, redactions)

@@ -7,7 +7,18 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from export.registry import LIMITS, TEXT, TIMESTAMP, Limits
+from export.registry import (
+    EMBEDDERS,
+    FOCUS,
+    FUSEMOE,
+    LIMITS,
+    PRESENCE,
+    TEMPERATURE,
+    TEXT,
+    TIMESTAMP,
+    TOP_K,
+    Limits,
+)
 
 
 class InvalidInput(ValueError):
@@ -16,6 +27,22 @@ class InvalidInput(ValueError):
 
 def _date(ts: int) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class GateControls:
+    """Per-item gate settings, validated: what FuseMoE's forward takes."""
+
+    top_k: np.ndarray  # [B] int64, 1..num_experts
+    temperature: np.ndarray  # [B] float32
+    focus: np.ndarray  # [B, 12] float32, >= 0
+    presence: np.ndarray  # [B, 12] bool
+
+
+def _rows(name: str, value: np.ndarray, rows: int, width: int) -> np.ndarray:
+    if value.shape[0] != rows:
+        raise InvalidInput(f"{name}: {value.shape[0]} rows for {rows} texts")
+    return value.reshape(rows, width)
 
 
 @dataclass(frozen=True)
@@ -47,3 +74,31 @@ class Validator:
             raise InvalidInput(f"{TIMESTAMP}[{i}]: {int(stamps[i])} is outside the accepted range "
                                f"[{lo}, {hi}] Unix seconds ({_date(lo)} to {_date(hi)} UTC)")
         return stamps
+
+    def controls(self, rows: int, top_k: np.ndarray | None = None,
+                 temperature: np.ndarray | None = None, focus: np.ndarray | None = None,
+                 presence: np.ndarray | None = None) -> GateControls:
+        """The optional gate inputs of ``rows`` items, defaults filled in."""
+        lim, blocks, experts = self.limits, len(EMBEDDERS), FUSEMOE.num_experts
+        k = (np.full(rows, FUSEMOE.top_k, dtype=np.int64) if top_k is None
+             else _rows(TOP_K, np.asarray(top_k), rows, 1).reshape(-1).astype(np.int64))
+        for i in np.nonzero((k < 1) | (k > experts))[0][:1]:
+            raise InvalidInput(f"{TOP_K}[{i}]: {int(k[i])} is outside 1..{experts}")
+        t = (np.full(rows, FUSEMOE.temperature, dtype=np.float32) if temperature is None
+             else _rows(TEMPERATURE, np.asarray(temperature), rows, 1).reshape(-1))
+        bad = ~np.isfinite(t) | (t < lim.min_temperature) | (t > lim.max_temperature)
+        for i in np.nonzero(bad)[0][:1]:
+            raise InvalidInput(f"{TEMPERATURE}[{i}]: {float(t[i])} is outside "
+                               f"[{lim.min_temperature}, {lim.max_temperature}]")
+        f = (np.ones((rows, blocks), dtype=np.float32) if focus is None
+             else _rows(FOCUS, np.asarray(focus), rows, blocks).astype(np.float32))
+        bad_f = ~np.isfinite(f) | (f < 0) | (f > lim.max_focus)
+        for i, j in np.argwhere(bad_f)[:1]:
+            raise InvalidInput(f"{FOCUS}[{i}][{j}] ({EMBEDDERS[j].id}): {float(f[i, j])} is "
+                               f"outside [0, {lim.max_focus}]")
+        p = (np.ones((rows, blocks), dtype=bool) if presence is None
+             else _rows(PRESENCE, np.asarray(presence), rows, blocks).astype(bool))
+        for i in np.nonzero(~((f > 0) & p).any(axis=1))[0][:1]:
+            raise InvalidInput(f"{FOCUS}[{i}] / {PRESENCE}[{i}]: no block left to fuse; at "
+                               f"least one present block needs a focus above 0")
+        return GateControls(k, t.astype(np.float32), f, p)

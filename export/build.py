@@ -24,6 +24,7 @@ from pathlib import Path
 
 from export import checkpoints as checkpoints_mod
 from export import repository
+from export.artifacts import sha256_file
 from export.checkpoints import Checkpoint
 from export.layout import (
     BUILD_INFO,
@@ -52,15 +53,56 @@ _HERE = Path(__file__).resolve().parent
 RECIPE_SOURCES = [_HERE / n for n in (
     "registry.py", "architectures.py", "onnx_export.py", "tokenizer_build.py",
     "custom_encoders.py", "artifacts.py", "layout.py", "build.py", "data/tiny_corpus.txt")]
-RECIPE_SOURCES.append(_HERE.parent / "ensemble" / "fusemoe.py")
+# FuseMoE's own recipe: a change there rebuilds only the fusemoe model.
+FUSEMOE_SOURCES = [_HERE.parent / "ensemble" / "fusemoe.py", _HERE / "artifacts.py",
+                   _HERE / "registry.py"]
+TRAINED_CHECKPOINTS = _HERE.parent / "checkpoints" / "fusemoe"
 SPLADE_SEED = 30_522
 
 
-def recipe_hash() -> str:
+def recipe_hash(sources: list[Path] = RECIPE_SOURCES) -> str:
     digest = hashlib.sha256()
-    for path in RECIPE_SOURCES:
+    for path in sources:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def embedder_fingerprints(repo: Path) -> dict[str, str]:
+    """Per block, a digest of the artifacts it depends on (its model and its tokenizer): a
+    FuseMoE checkpoint is only valid for the blocks it was trained on."""
+    def digest(directory: Path) -> str:
+        h = hashlib.sha256()
+        for f in sorted(directory.rglob("*")):
+            if (f.is_file() and f.name not in (BUILD_INFO, "model.py")
+                    and "__pycache__" not in f.parts):
+                h.update(f.relative_to(directory).as_posix().encode())
+                h.update(sha256_file(f).encode())
+        return h.hexdigest()[:16]
+
+    out = {}
+    for spec in EMBEDDERS:
+        out[spec.id] = digest(_vdir(repo, spec.triton_model))
+        if spec.tokenizer:
+            out[spec.id] += ":" + digest(_vdir(repo, tokenizer_family(spec.tokenizer).triton_model))
+    return out
+
+
+def trained_checkpoint(repo: Path, root: Path = TRAINED_CHECKPOINTS) -> Path | None:
+    """The newest trained FuseMoE checkpoint under ``root`` made for this build's blocks."""
+    from export.artifacts import Manifest, manifest_path
+
+    fingerprints = embedder_fingerprints(repo)
+    found = []
+    for directory in root.iterdir() if root.is_dir() else []:
+        path = manifest_path(directory, "fusemoe")
+        if path.is_file():
+            manifest = Manifest.read(path)
+            if manifest.extra.get("embedder_fingerprints") == fingerprints:
+                found.append((manifest.extra.get("created", ""), directory))
+            else:
+                print(f"note: {directory} was trained on other blocks than this build's; "
+                      "not used")
+    return max(found)[1] if found else None
 
 
 def _vdir(repo: Path, triton_model: str) -> Path:
@@ -199,13 +241,19 @@ def build_custom(spec: Embedder, directory: Path, key: str) -> None:
                 source="custom deterministic encoder (no weights)")
 
 
-def build_fusemoe(directory: Path, key: str) -> None:
+def build_fusemoe(directory: Path, key: str, checkpoint: Path | None) -> None:
+    """Version 1 of fusemoe: a trained checkpoint (verified, copied) or the seeded init."""
     from ensemble import fusemoe
 
-    fusemoe.save(fusemoe.seeded(), directory, fusemoe.SEEDED_VERSION,
-                 extra={"init": "seeded", "trained": False})
-    _write_info(directory, key=key, pretrained=False,
-                source="FuseMoE seeded initialisation (untrained)")
+    if checkpoint is None:
+        fusemoe.save(fusemoe.seeded(), directory, fusemoe.SEEDED_VERSION,
+                     extra={"init": "seeded", "trained": False})
+        _write_info(directory, key=key, pretrained=False,
+                    source="FuseMoE seeded initialisation (untrained)")
+        return
+    _, manifest = fusemoe.install(checkpoint, directory)
+    _write_info(directory, key=key, pretrained=True, sha256=manifest.sha256,
+                source=f"FuseMoE {manifest.version} (trained)", checkpoint=str(checkpoint))
 
 
 def write_built_config(repo: Path, name: str, overrides: dict[str, str] | None = None) -> None:
@@ -218,7 +266,7 @@ def write_built_config(repo: Path, name: str, overrides: dict[str, str] | None =
     info = json.loads((_vdir(repo, name) / BUILD_INFO).read_text())
     weights = "pretrained" if info.get("pretrained") else "tiny"
     if name == FUSEMOE_MODEL:
-        weights = "seeded"
+        weights = "trained" if info.get("pretrained") else "seeded"
     elif name == PREPROCESS_MODEL:
         weights = "none"
     elif "custom" in info.get("source", ""):
@@ -236,11 +284,13 @@ def write_built_config(repo: Path, name: str, overrides: dict[str, str] | None =
 def build(repo: Path, profile: str = "pretrained", force: bool = False,
           checkpoint_dirs: list[Path] | None = None,
           only: set[str] | None = None, precision: str = "fp32",
-          pii_scrubbing: bool = True) -> list[str]:
+          pii_scrubbing: bool = True, fusemoe_checkpoint: str = "latest") -> list[str]:
     """Build every missing or outdated model; returns the names of the models built.
 
     ``only`` limits the build to these embedders (ids) and their tokenizers; ``precision``
-    ``fp16`` exports the neural embedders in half precision.
+    ``fp16`` exports the neural embedders in half precision. ``fusemoe_checkpoint``:
+    ``latest`` (the newest trained checkpoint made for these blocks, else the seeded init),
+    ``seeded``, or a checkpoint folder.
     """
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
@@ -292,8 +342,20 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
         else:
             step(spec.triton_model, recipe, lambda d, s=spec: build_custom(s, d, recipe))
     if only is None:
-        step(FUSEMOE_MODEL, recipe, lambda d: build_fusemoe(d, recipe))
+        trained = trained_checkpoint(repo) if fusemoe_checkpoint == "latest" else (
+            None if fusemoe_checkpoint == "seeded" else Path(fusemoe_checkpoint))
+        weights = sha256_file(trained / "fusemoe.safetensors") if trained else "seeded"
+        key = f"{recipe_hash(FUSEMOE_SOURCES)}:{weights}"
+        remove_rollouts(repo)
+        step(FUSEMOE_MODEL, key, lambda d: build_fusemoe(d, key, trained))
     return built
+
+
+def remove_rollouts(repo: Path) -> None:
+    """Versions above 1 come from hot swaps of a running server; a build starts over."""
+    for child in (repo / FUSEMOE_MODEL).iterdir():
+        if child.is_dir() and child.name.isdigit() and child.name != "1":
+            shutil.rmtree(child)
 
 
 def _check_same_vocabulary(family: TokenizerFamily, found: list[Checkpoint]) -> None:
@@ -326,12 +388,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="fp16: half-precision neural embedders (ONNX FP16 graphs)")
     parser.add_argument("--pii-scrubbing", choices=("on", "off"), default="on",
                         help="replace PII with typed placeholders before embedding (default on)")
+    parser.add_argument("--fusemoe", default="latest", metavar="latest|seeded|DIR",
+                        help="FuseMoE weights: the newest trained checkpoint under "
+                             "checkpoints/fusemoe made for these blocks (default), the seeded "
+                             "init, or a checkpoint folder")
     parser.add_argument("--force", action="store_true", help="rebuild every model")
     parser.add_argument("--repository", type=Path, default=repository.REPOSITORY)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     built = build(args.repository, args.profile, args.force, args.checkpoints,
-                  precision=args.precision, pii_scrubbing=args.pii_scrubbing == "on")
+                  precision=args.precision, pii_scrubbing=args.pii_scrubbing == "on",
+                  fusemoe_checkpoint=args.fusemoe)
     elapsed = time.perf_counter() - start
     print(f"model repository {args.repository}: {len(built)} models built in {elapsed:.1f} s"
           if built else f"model repository {args.repository}: up to date ({args.profile})")

@@ -175,6 +175,11 @@ class Limits:
     min_timestamp: int = -2_208_988_800  # 1900-01-01T00:00:00Z
     max_timestamp: int = 4_102_444_800  # 2100-01-01T00:00:00Z
     pii_scrubbing: bool = True
+    # Gate controls (optional inputs): TEMPERATURE in [min, max], TOP_K in 1..experts,
+    # FOCUS multipliers in [0, max_focus].
+    min_temperature: float = 0.05
+    max_temperature: float = 20.0
+    max_focus: float = 100.0
 
 
 LIMITS = Limits()
@@ -192,7 +197,14 @@ REDACTIONS = "REDACTIONS"  # INT32 [7]: PII redactions per type (ensemble/pii.py
 TRUNCATED = "TRUNCATED"  # BOOL [12]: which blocks saw a truncated text
 FUSED = "FUSED"
 EXPERT_WEIGHTS = "EXPERT_WEIGHTS"
-SELECTED_EXPERTS = "SELECTED_EXPERTS"
+SELECTED_EXPERTS = "SELECTED_EXPERTS"  # INT32 [k]: by descending weight, -1 past a row's k
+FUSION_VERSION = "FUSION_VERSION"  # BYTES [1]: the FuseMoE checkpoint that produced FUSED
+# Optional gate controls, per item (defaults: FuseMoEConfig and "every block, weight 1").
+TEMPERATURE = "TEMPERATURE"  # FP32 [1]: softmax temperature of the gate
+TOP_K = "TOP_K"  # INT32 [1]: experts mixed per item, 1..num_experts
+FOCUS = "FOCUS"  # FP32 [12]: non-negative multipliers of E1..E12 before gating
+PRESENCE = "PRESENCE"  # BOOL [12]: false marks a block missing (zeros, as in the fail-safe)
+GATE_CONTROLS = (TEMPERATURE, TOP_K, FOCUS, PRESENCE)
 
 # Internal tensor names, named on purpose (never exporter node names).
 INPUT_IDS = "input_ids"
@@ -209,7 +221,6 @@ CLEAN_TIMESTAMP = "timestamp"  # ... and the validated timestamp
 FLAG = "truncated"  # a token embedder's per-text truncation flag
 FAILSAFE_MODEL = "fused_text_failsafe"
 MISSING = "MISSING"  # BOOL [12]: blocks the fail-safe entry point filled with zeros
-PRESENCE = "presence"  # FuseMoE's optional FP32 [12] mask: 0 = block missing
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,16 @@ def embedder_config(spec: Embedder) -> mc.ModelConfig:
     return cfg
 
 
+def gate_control_inputs() -> list[mc.ModelInput]:
+    """Optional per-item gate controls (defaults in the registry); the fail-safe also marks
+    the blocks it filled with zeros through PRESENCE."""
+    blocks = len(EMBEDDERS)
+    return [_tensor(mc.ModelInput, r.TEMPERATURE, FP32, [1], optional=True),
+            _tensor(mc.ModelInput, r.TOP_K, INT32, [1], optional=True),
+            _tensor(mc.ModelInput, r.FOCUS, FP32, [blocks], optional=True),
+            _tensor(mc.ModelInput, r.PRESENCE, BOOL, [blocks], optional=True)]
+
+
 def fusemoe_config() -> mc.ModelConfig:
     cfg = _python_model(r.FUSEMOE_MODEL, "fusemoe", r.FUSEMOE.batching, {})
     for spec in EMBEDDERS:
@@ -127,12 +137,13 @@ def fusemoe_config() -> mc.ModelConfig:
         if spec.input is Input.TOKENS:
             cfg.input.append(_tensor(mc.ModelInput, spec.block_name + r.TRUNCATED_SUFFIX, BOOL,
                                      [1]))
-    # Optional: the fail-safe entry point marks the blocks it filled with zeros.
-    cfg.input.append(_tensor(mc.ModelInput, r.PRESENCE, FP32, [len(EMBEDDERS)], optional=True))
+    cfg.input.extend(gate_control_inputs())
     cfg.output.append(_tensor(mc.ModelOutput, r.FUSED, FP32, [r.FUSEMOE.output_dim]))
     cfg.output.append(_tensor(mc.ModelOutput, r.EXPERT_WEIGHTS, FP32, [r.FUSEMOE.num_experts]))
-    cfg.output.append(_tensor(mc.ModelOutput, r.SELECTED_EXPERTS, INT32, [r.FUSEMOE.top_k]))
+    # As many columns as the request's largest TOP_K.
+    cfg.output.append(_tensor(mc.ModelOutput, r.SELECTED_EXPERTS, INT32, [-1]))
     cfg.output.append(_tensor(mc.ModelOutput, r.TRUNCATED, BOOL, [len(EMBEDDERS)]))
+    cfg.output.append(_tensor(mc.ModelOutput, r.FUSION_VERSION, BYTES, [1]))
     for spec in EMBEDDERS:
         cfg.output.append(_tensor(mc.ModelOutput, spec.block_name + r.BLOCK_SUFFIX, FP32,
                                   [spec.dim]))
@@ -149,6 +160,7 @@ def ensemble_config() -> mc.ModelConfig:
     cfg.input.append(_tensor(mc.ModelInput, r.KIND, BYTES, [1], optional=True))
     # Optional, default true: false makes a text over a model's token limit an error.
     cfg.input.append(_tensor(mc.ModelInput, r.TRUNCATE, BOOL, [1], optional=True))
+    cfg.input.extend(gate_control_inputs())
     preprocess = preprocess_config()
     cfg.output.append(_tensor(mc.ModelOutput, r.REDACTIONS, INT32, list(preprocess.output[2].dims)))
     fusemoe = fusemoe_config()
@@ -192,6 +204,7 @@ def ensemble_config() -> mc.ModelConfig:
     fuse_inputs = {s.block_name: f"{s.triton_model}.{r.EMBEDDING}" for s in EMBEDDERS}
     fuse_inputs |= {s.block_name + r.TRUNCATED_SUFFIX: f"{s.triton_model}.{r.FLAG}"
                     for s in EMBEDDERS if s.input is Input.TOKENS}
+    fuse_inputs |= {name: name for name in r.GATE_CONTROLS}
     steps.append(mc.ModelEnsembling.Step(
         model_name=r.FUSEMOE_MODEL, model_version=-1, input_map=fuse_inputs,
         output_map=public))
@@ -208,7 +221,7 @@ def failsafe_config() -> mc.ModelConfig:
     cfg.input.extend(ensemble.input)
     for out in ensemble.output:
         if out.name in (r.REDACTIONS, r.FUSED, r.EXPERT_WEIGHTS, r.SELECTED_EXPERTS,
-                        r.TRUNCATED):
+                        r.TRUNCATED, r.FUSION_VERSION):
             cfg.output.append(out)
     cfg.output.append(_tensor(mc.ModelOutput, r.MISSING, BOOL, [len(EMBEDDERS)]))
     return cfg

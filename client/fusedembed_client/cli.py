@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from fusedembed_client.client import FusedEmbedClient, FusedEmbedError
+from fusedembed_client.client import FusedEmbedClient, FusedEmbedError, GateControls
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="also return this embedder's block (repeatable)")
     embed.add_argument("--no-truncate", action="store_true",
                        help="refuse a text over any model's token limit instead of cutting it")
+    embed.add_argument("--top-k", type=int, help="experts mixed, 1..8 (server default 2)")
+    embed.add_argument("--temperature", type=float, help="gate temperature, 0.05..20 (default 1)")
+    embed.add_argument("--focus", action="append", default=[], metavar="E<n>=W",
+                       help="multiply a block by W >= 0 before gating (repeatable)")
+    embed.add_argument("--missing", action="append", default=[], metavar="E<n>",
+                       help="fuse without this block (repeatable)")
     embed.add_argument("--json", action="store_true", help="print the whole result as JSON")
     info = sub.add_parser("info", help="show each model and whether its weights are pretrained")
     info.add_argument("--url", default=os.environ.get("FUSEDEMBED_URL"))
@@ -48,6 +54,16 @@ def _info(client: FusedEmbedClient) -> int:
     return 0
 
 
+def _gate(args: argparse.Namespace) -> GateControls:
+    focus = {}
+    for item in args.focus:
+        block, sep, weight = item.partition("=")
+        if not sep:
+            raise ValueError(f"--focus {item!r}: expected E<n>=W")
+        focus[block] = float(weight)
+    return GateControls(args.top_k, args.temperature, focus or None, tuple(args.missing))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -55,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "info":
                 return _info(client)
             result = client.embed(args.text, args.timestamp, args.kind, args.block,
-                                  not args.no_truncate)
+                                  not args.no_truncate, _gate(args))
     except (FusedEmbedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -67,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"FUSED: {v.shape[0]}-D, L2 norm {np.linalg.norm(v):.6f}")
     print(f"  first values: {head} ...")
     print(f"SELECTED_EXPERTS: {result.selected_experts.tolist()}")
+    print(f"FUSION_VERSION: {result.fusion_version}")
     print("EXPERT_WEIGHTS: [" + ", ".join(f"{w:.4f}" for w in result.expert_weights) + "]")
     if result.truncated:
         print(f"TRUNCATED: {', '.join(result.truncated)}")

@@ -12,7 +12,8 @@ import numpy as np
 MODEL = "fused_text"
 MAX_BATCH = 32  # the ensemble's max_batch_size; larger batches are sent in chunks
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
-OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "TRUNCATED", "REDACTIONS")
+OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "TRUNCATED", "REDACTIONS",
+           "FUSION_VERSION")
 REDACTION_TYPES = ("EMAIL", "PHONE", "SSN", "CARD", "API_KEY", "BEARER_TOKEN", "IP")
 BLOCKS = tuple(f"E{i}" for i in range(1, 13))
 KINDS = ("query", "passage")
@@ -30,14 +31,48 @@ class Embedding:
     truncated: tuple[str, ...] = ()  # blocks whose model saw the text cut to its token limit
     redactions: dict[str, int] = field(default_factory=dict)  # PII replaced, per type
     blocks: dict[str, np.ndarray] = field(default_factory=dict)  # E1 ... E12 when asked
+    fusion_version: str = ""  # the FuseMoE checkpoint that produced the vector
 
     def to_dict(self) -> dict[str, Any]:
         out = {"dim": int(self.vector.shape[0]), "vector": self.vector.tolist(),
+               "fusion_version": self.fusion_version,
                "expert_weights": self.expert_weights.tolist(),
                "selected_experts": self.selected_experts.tolist(),
                "truncated": list(self.truncated), "redactions": self.redactions}
         if self.blocks:
             out["blocks"] = {k: v.tolist() for k, v in self.blocks.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class GateControls:
+    """Optional FuseMoE steering; None (and no missing blocks) keeps the server's defaults.
+
+    ``top_k``: experts mixed, 1..8 (server default 2); ``temperature``: gate softmax
+    temperature, 0.05..20 (default 1); ``focus``: multipliers >= 0 of blocks before gating,
+    by block id ({"E11": 2.0}; unnamed blocks keep 1); ``missing``: blocks to leave out.
+    """
+
+    top_k: int | None = None
+    temperature: float | None = None
+    focus: dict[str, float] | None = None
+    missing: tuple[str, ...] = ()
+
+    def tensors(self) -> dict[str, tuple[str, np.ndarray]]:
+        """The optional inputs to send, as (Triton dtype, one row)."""
+        for name in [*(self.focus or {}), *self.missing]:
+            if name not in BLOCKS:
+                raise ValueError(f"unknown block {name!r}; blocks are E1 ... E12")
+        out: dict[str, tuple[str, np.ndarray]] = {}
+        if self.top_k is not None:
+            out["TOP_K"] = ("INT32", np.array([self.top_k], dtype=np.int32))
+        if self.temperature is not None:
+            out["TEMPERATURE"] = ("FP32", np.array([self.temperature], dtype=np.float32))
+        if self.focus:
+            out["FOCUS"] = ("FP32", np.array([self.focus.get(b, 1.0) for b in BLOCKS],
+                                             dtype=np.float32))
+        if self.missing:
+            out["PRESENCE"] = ("BOOL", np.array([b not in self.missing for b in BLOCKS]))
         return out
 
 
@@ -87,18 +122,20 @@ class FusedEmbedClient:
             return False
 
     def embed(self, text: str, timestamp: int | None = None, kind: str = "passage",
-              blocks: Sequence[str] = (), truncate: bool = True) -> Embedding:
+              blocks: Sequence[str] = (), truncate: bool = True,
+              gate: GateControls | None = None) -> Embedding:
         return self.embed_batch([text], None if timestamp is None else [timestamp], kind,
-                                blocks, truncate)[0]
+                                blocks, truncate, gate)[0]
 
     def embed_batch(self, texts: Sequence[str], timestamps: Sequence[int] | None = None,
                     kind: str = "passage", blocks: Sequence[str] = (),
-                    truncate: bool = True) -> list[Embedding]:
+                    truncate: bool = True, gate: GateControls | None = None) -> list[Embedding]:
         """Embed many texts; sent in requests of at most 32 items.
 
         ``kind`` is "passage" (default) or "query" (E1 and E12 encode them differently);
         ``blocks`` names embedder blocks (``"E11"``, ...) to return besides FUSED;
-        ``truncate=False`` makes a text over any model's token limit an error.
+        ``truncate=False`` makes a text over any model's token limit an error;
+        ``gate`` steers FuseMoE for every text of the call (server defaults otherwise).
         """
         if timestamps is None:
             timestamps = [int(time.time())] * len(texts)
@@ -109,11 +146,12 @@ class FusedEmbedClient:
         unknown = [b for b in blocks if b not in BLOCKS]
         if unknown:
             raise ValueError(f"unknown block {unknown[0]!r}; blocks are E1 ... E12")
+        gate = gate or GateControls()
         out: list[Embedding] = []
         for start in range(0, len(texts), MAX_BATCH):
             out += self._infer(texts[start:start + MAX_BATCH],
                                timestamps[start:start + MAX_BATCH], kind, tuple(blocks),
-                               truncate)
+                               truncate, gate)
         return out
 
     def models(self) -> list[ModelInfo]:
@@ -138,7 +176,8 @@ class FusedEmbedClient:
         return self._client.get_model_config(name, as_json=True)["config"]
 
     def _infer(self, texts: Sequence[str], timestamps: Sequence[int], kind: str,
-               blocks: tuple[str, ...], truncate: bool) -> list[Embedding]:
+               blocks: tuple[str, ...], truncate: bool, gate: GateControls,
+               ) -> list[Embedding]:
         tc = self._tc
         text = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
         stamp = np.array([[int(s)] for s in timestamps], dtype=np.int64)
@@ -154,6 +193,10 @@ class FusedEmbedClient:
             flags = np.zeros((len(texts), 1), dtype=bool)
             inputs.append(tc.InferInput("TRUNCATE", list(flags.shape), "BOOL"))
             inputs[-1].set_data_from_numpy(flags)
+        for name, (dtype, row) in gate.tensors().items():
+            value = np.tile(row, (len(texts), 1))
+            inputs.append(tc.InferInput(name, list(value.shape), dtype))
+            inputs[-1].set_data_from_numpy(value)
         outputs = [tc.InferRequestedOutput(name) for name in (*OUTPUTS, *blocks)]
         kwargs: dict[str, Any] = {"outputs": outputs}
         if self.protocol == "grpc":
@@ -162,10 +205,12 @@ class FusedEmbedClient:
             result = self._client.infer(self.model, inputs, **kwargs)
         except Exception as err:  # tritonclient raises InferenceServerException
             raise FusedEmbedError(f"{self.model} at {self.url} ({self.protocol}): {err}") from err
-        fused, weights, selected, cut, redacted = (result.as_numpy(name) for name in OUTPUTS)
+        fused, weights, selected, cut, redacted, version = (result.as_numpy(name)
+                                                            for name in OUTPUTS)
         block_arrays = {b: result.as_numpy(b) for b in blocks}
-        return [Embedding(fused[i], weights[i], selected[i],
+        return [Embedding(fused[i], weights[i], selected[i][selected[i] >= 0],
                           tuple(b for b, c in zip(BLOCKS, cut[i]) if c),
                           {t: int(n) for t, n in zip(REDACTION_TYPES, redacted[i]) if n},
-                          {b: a[i] for b, a in block_arrays.items()})
+                          {b: a[i] for b, a in block_arrays.items()},
+                          version[i][0].decode("utf-8"))
                 for i in range(len(texts))]

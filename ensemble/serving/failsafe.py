@@ -25,6 +25,8 @@ from export.registry import (
     FLAG,
     FUSED,
     FUSEMOE_MODEL,
+    FUSION_VERSION,
+    GATE_CONTROLS,
     INPUT_IDS,
     KIND,
     MISSING,
@@ -80,7 +82,7 @@ class TritonPythonModel(Adapter):
     async def _run(self, request):
         start = time.monotonic()
         given = {}
-        for name in (TEXT, TIMESTAMP, KIND, TRUNCATE):
+        for name in (TEXT, TIMESTAMP, KIND, TRUNCATE, *GATE_CONTROLS):
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 given[name] = tensor.as_numpy()
@@ -109,13 +111,13 @@ class TritonPythonModel(Adapter):
         results = await asyncio.gather(*(asyncio.wait_for(block(s), remaining)
                                           for s in EMBEDDERS), return_exceptions=True)
         fuse_inputs: dict[str, np.ndarray] = {}
-        present = np.ones((rows, len(EMBEDDERS)), dtype=np.float32)
+        present = np.ones((rows, len(EMBEDDERS)), dtype=bool)
         reasons = {}
         for j, (spec, result) in enumerate(zip(EMBEDDERS, results)):
             if isinstance(result, StepError) and TRUNCATE in result.message:
                 raise result  # the caller's own choice (TRUNCATE=false), not a fault
             if isinstance(result, BaseException):
-                present[:, j] = 0.0
+                present[:, j] = False
                 reasons[spec.id] = ("no answer within the deadline"
                                     if isinstance(result, asyncio.TimeoutError) else str(result))
                 fuse_inputs[spec.block_name] = np.zeros((rows, spec.dim), dtype=np.float32)
@@ -135,7 +137,18 @@ class TritonPythonModel(Adapter):
             raise RequestError(f"only {others} embedders besides {', '.join(self.required)} "
                                f"answered within {self.deadline_s * 1000:.0f} ms; "
                                f"{self.min_others} are needed (missing: {', '.join(missing)})")
-        fuse_inputs[PRESENCE] = present
+        # The caller's own gate controls go through; a block that did not answer is missing
+        # whatever the caller's PRESENCE says.
+        for name in GATE_CONTROLS:
+            if name in given:
+                fuse_inputs[name] = given[name]
+        if PRESENCE in given:
+            if given[PRESENCE].shape != present.shape:
+                raise RequestError(f"{PRESENCE}: {given[PRESENCE].shape[0]} rows for {rows} "
+                                   f"texts")
+            fuse_inputs[PRESENCE] = given[PRESENCE].astype(bool) & present
+        else:
+            fuse_inputs[PRESENCE] = present
         fused = await call(FUSEMOE_MODEL, fuse_inputs,
-                           [FUSED, EXPERT_WEIGHTS, SELECTED_EXPERTS, TRUNCATED])
-        return self.response(fused | {REDACTIONS: clean[REDACTIONS], MISSING: present == 0.0})
+                           [FUSED, EXPERT_WEIGHTS, SELECTED_EXPERTS, TRUNCATED, FUSION_VERSION])
+        return self.response(fused | {REDACTIONS: clean[REDACTIONS], MISSING: ~present})

@@ -1,4 +1,9 @@
-"""FuseMoE model: the twelve blocks of many requests fused in one batched forward."""
+"""FuseMoE model: the twelve blocks of many requests fused in one batched forward.
+
+Optional per-item gate controls (TEMPERATURE, TOP_K, FOCUS, PRESENCE) are validated here;
+a bad value answers its own request with an error and the rest of the batch is fused.
+FUSION_VERSION names the checkpoint (its manifest version) that produced each answer.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,19 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from ensemble import fusemoe
-from ensemble.serving.base import Adapter, input_array, split_rows
+from ensemble.serving.base import Adapter, RequestError, input_array, split_rows
+from ensemble.validation import GateControls, InvalidInput, Validator
 from export.registry import (
     BLOCK_SUFFIX,
     EMBEDDERS,
     EXPERT_WEIGHTS,
+    FOCUS,
     FUSED,
+    FUSION_VERSION,
     PRESENCE,
     SELECTED_EXPERTS,
+    TEMPERATURE,
+    TOP_K,
     TRUNCATED,
     TRUNCATED_SUFFIX,
     Input,
@@ -24,42 +34,57 @@ from export.registry import (
 OFFSETS = [block_offsets()[e.id] for e in EMBEDDERS]
 
 
+def _optional(request, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
 class TritonPythonModel(Adapter):
     def setup(self) -> None:
         threads = int(self.params.get("threads", "0"))
         if threads:
             torch.set_num_threads(threads)
         self.model, self.manifest = fusemoe.load(self.directory)
+        self.validator = Validator()
 
     def execute(self, requests):
         return self.run_batched(requests, self._read, self._fuse)
 
-    @staticmethod
-    def _read(request) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _read(self, request) -> tuple[np.ndarray, np.ndarray, GateControls]:
         blocks = np.concatenate([input_array(request, e.block_name) for e in EMBEDDERS], axis=1)
         cut = np.zeros((blocks.shape[0], len(EMBEDDERS)), dtype=bool)
         for j, e in enumerate(EMBEDDERS):
             if e.input is Input.TOKENS:
                 cut[:, j] = input_array(request, e.block_name + TRUNCATED_SUFFIX).reshape(-1)
-        presence = pb_utils.get_input_tensor_by_name(request, PRESENCE)
-        present = (np.ones((blocks.shape[0], len(EMBEDDERS)), dtype=np.float32)
-                   if presence is None else presence.as_numpy().astype(np.float32))
-        return blocks, cut, present
+        try:
+            controls = self.validator.controls(
+                blocks.shape[0], _optional(request, TOP_K), _optional(request, TEMPERATURE),
+                _optional(request, FOCUS), _optional(request, PRESENCE))
+        except InvalidInput as err:
+            raise RequestError(str(err)) from err
+        return blocks, cut, controls
 
-    def _fuse(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    def _fuse(self, items: list[tuple[np.ndarray, np.ndarray, GateControls]],
               ) -> list[dict[str, np.ndarray]]:
         per_request = [blocks for blocks, _, _ in items]
+
+        def joined(field: str) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate([getattr(c, field) for _, _, c in items]))
+
         x = torch.from_numpy(np.concatenate(per_request).astype(np.float32, copy=False))
-        present = torch.from_numpy(np.concatenate([p for _, _, p in items]))
         with torch.inference_mode():
-            out = self.model(x, present)
+            out = self.model(x, presence=joined("presence").float(), top_k=joined("top_k"),
+                             temperature=joined("temperature"), focus=joined("focus"))
         counts = [len(p) for p in per_request]
+        version = self.manifest.version.encode("utf-8")
         results = []
-        for f, w, s, (blocks, cut, _) in zip(split_rows(out.fused.numpy(), counts),
-                                          split_rows(out.expert_weights.numpy(), counts),
-                                          split_rows(out.selected_experts.numpy(), counts),
-                                          items):
-            result = {FUSED: f, EXPERT_WEIGHTS: w, SELECTED_EXPERTS: s, TRUNCATED: cut}
+        for f, w, s, (blocks, cut, controls) in zip(split_rows(out.fused.numpy(), counts),
+                                                    split_rows(out.expert_weights.numpy(), counts),
+                                                    split_rows(out.selected_experts.numpy(), counts),
+                                                    items):
+            result = {FUSED: f, EXPERT_WEIGHTS: w, SELECTED_EXPERTS: s[:, :controls.top_k.max()],
+                      TRUNCATED: cut,
+                      FUSION_VERSION: np.full((len(f), 1), version, dtype=np.object_)}
             for e, (start, end) in zip(EMBEDDERS, OFFSETS):
                 result[e.block_name + BLOCK_SUFFIX] = blocks[:, start:end]
             results.append(result)  # the base adapter sends only the requested outputs

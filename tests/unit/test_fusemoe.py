@@ -93,3 +93,81 @@ def test_weights_of_another_shape_are_a_load_error(tmp_path):
     with pytest.raises(ArtifactError, match="do not fit"):
         fusemoe.load(tmp_path, FuseMoEConfig(gate_hidden=16, expert_hidden=48, output_dim=24))
 
+
+
+def _reference_row(model: fusemoe.FuseMoE, row: torch.Tensor, k: int, t: float,
+                   scale: torch.Tensor) -> torch.Tensor:
+    """One item by the definition: blocks scaled, softmax(z / t), top-k renormalised."""
+    row = row * model._expand_blocks(scale[None])[0]
+    probs = model.gate(row[None], t)[0]
+    top = torch.argsort(probs, descending=True)[:k]
+    w = probs[top] / probs[top].sum()
+    mixed = sum(w[j] * model.experts[int(e)](row[None])[0] for j, e in enumerate(top))
+    return torch.nn.functional.normalize(mixed, dim=-1)
+
+
+def test_per_item_controls_equal_the_definition_item_by_item():
+    model = fusemoe.seeded(SMALL)
+    x = _inputs(6, seed=5)
+    k = torch.tensor([1, 2, 3, 8, 2, 5])
+    t = torch.tensor([1.0, 0.1, 4.0, 1.0, 20.0, 0.5])
+    g = torch.Generator().manual_seed(1)
+    focus = torch.rand(6, 12, generator=g) * 3
+    presence = torch.ones(6, 12)
+    presence[2, [0, 5]] = 0
+    with torch.no_grad():
+        out = model(x, presence=presence, top_k=k, temperature=t, focus=focus)
+        ref = torch.stack([_reference_row(model, x[i], int(k[i]), float(t[i]),
+                                          focus[i] * presence[i]) for i in range(6)])
+    torch.testing.assert_close(out.fused, ref, atol=1e-5, rtol=1e-5)
+    # selected_experts: as many columns as the largest k, -1 past each row's k
+    assert out.selected_experts.shape == (6, 8)
+    for i in range(6):
+        assert (out.selected_experts[i, :k[i]] >= 0).all()
+        assert (out.selected_experts[i, k[i]:] == -1).all()
+
+
+def test_temperature_sharpens_and_flattens_the_gate():
+    model = fusemoe.seeded(SMALL)
+    x = _inputs(4)
+    with torch.no_grad():
+        cold = model(x, temperature=0.05).expert_weights
+        hot = model(x, temperature=20.0).expert_weights
+    assert (cold.max(-1).values > hot.max(-1).values).all()
+    assert (_entropy(hot) > _entropy(cold)).all()
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+
+def test_capacity_drops_assignments_over_capacity_in_training_only():
+    model = fusemoe.seeded(SMALL)
+    # All rows identical: every row routes to the same two experts.
+    x = _inputs(1).repeat(40, 1)
+    with torch.no_grad():
+        capped = model(x, capacity_factor=1.25)
+        free = model(x)
+    capacity = -(-1.25 * 40 * 2 // 8)  # ceil: 13 rows per expert
+    dropped = capped.fused.norm(dim=-1) == 0
+    assert int((~dropped).sum()) == capacity  # the rest lost both experts
+    torch.testing.assert_close(free.fused.norm(dim=-1), torch.ones(40))  # inference: none lost
+
+
+def test_gate_noise_changes_routing_only_when_asked():
+    model = fusemoe.seeded(SMALL)
+    x = _inputs(64, seed=2)
+    with torch.no_grad():
+        base = model(x).selected_experts
+        again = model(x).selected_experts
+        noisy = model(x, noise_std=2.0).selected_experts
+    assert torch.equal(base, again)
+    assert not torch.equal(base, noisy)
+
+
+def test_install_copies_a_verified_checkpoint(tmp_path):
+    src, dst = tmp_path / "ckpt", tmp_path / "repo" / "2"
+    fusemoe.save(fusemoe.seeded(SMALL), src, "trained-test")
+    _, manifest = fusemoe.install(src, dst)
+    assert manifest.version == "trained-test"
+    assert fusemoe.load(dst, SMALL)[1].sha256 == manifest.sha256

@@ -33,11 +33,14 @@ def test_ensemble_contract():
     assert cfg.max_batch_size >= 32
     assert [(i.name, i.data_type, list(i.dims), i.optional) for i in cfg.input] == [
         ("TEXT", mc.TYPE_STRING, [1], False), ("TIMESTAMP", mc.TYPE_INT64, [1], False),
-        ("KIND", mc.TYPE_STRING, [1], True), ("TRUNCATE", mc.TYPE_BOOL, [1], True)]
+        ("KIND", mc.TYPE_STRING, [1], True), ("TRUNCATE", mc.TYPE_BOOL, [1], True),
+        ("TEMPERATURE", mc.TYPE_FP32, [1], True), ("TOP_K", mc.TYPE_INT32, [1], True),
+        ("FOCUS", mc.TYPE_FP32, [12], True), ("PRESENCE", mc.TYPE_BOOL, [12], True)]
     assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
         ("REDACTIONS", mc.TYPE_INT32, [7]),
         ("FUSED", mc.TYPE_FP32, [1536]), ("EXPERT_WEIGHTS", mc.TYPE_FP32, [8]),
-        ("SELECTED_EXPERTS", mc.TYPE_INT32, [2]), ("TRUNCATED", mc.TYPE_BOOL, [12]),
+        ("SELECTED_EXPERTS", mc.TYPE_INT32, [-1]), ("TRUNCATED", mc.TYPE_BOOL, [12]),
+        ("FUSION_VERSION", mc.TYPE_STRING, [1]),
         *[(e.block_name, mc.TYPE_FP32, [e.dim]) for e in r.EMBEDDERS]]
     # Off: Triton's cache key ignores the requested outputs (see export/repository.py).
     assert not cfg.response_cache.enable
@@ -51,7 +54,8 @@ def test_ensemble_steps_consume_only_what_is_produced():
         model = configs[step.model_name]
         required = {i.name for i in model.input if not i.optional}
         assert required <= set(step.input_map) <= {i.name for i in model.input}, step.model_name
-        assert all(i.optional for i in model.input if i.name in (r.KIND, r.TRUNCATE))
+        assert all(i.optional for i in model.input
+                   if i.name in (r.KIND, r.TRUNCATE, *r.GATE_CONTROLS))
         assert set(step.input_map.values()) <= available, step.model_name
         assert set(step.output_map) <= {o.name for o in model.output}
         available |= set(step.output_map.values())

@@ -1,0 +1,129 @@
+"""Fusion quality: STS-B Spearman of FUSED, trained vs seeded init vs the best pretrained block.
+
+    python -m perf.fusion_quality --split test [--checkpoint DIR]
+
+Blocks come from the built repository through the in-process pipeline (the stages the
+server runs; tests/server checks they agree), every sentence with the same timestamp as
+``perf.sts`` sends. FUSED is computed from the same blocks with each FuseMoE checkpoint.
+Writes perf/reports/fusion-quality-<split>.md and .json. The test split is for reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ensemble import fusemoe
+from export.registry import EMBEDDERS
+from perf.sts import DATA, REPORTS, ROOT, load_split, spearman_of_cosines
+
+GOAL = 0.02  # the trained FUSED must come within this of the best pretrained block
+
+
+def blocks_of(repository: Path, texts: list[str], batch: int = 32) -> np.ndarray:
+    from ensemble.pipeline import Pipeline
+
+    pipeline = Pipeline(repository)
+    out = []
+    for start in range(0, len(texts), batch):
+        chunk = texts[start:start + batch]
+        blocks, _, _ = pipeline.encode(chunk, np.zeros(len(chunk), dtype=np.int64))
+        out.append(np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1))
+        print(f"\r  blocks {min(start + batch, len(texts))}/{len(texts)} sentences", end="",
+              flush=True)
+    print()
+    return np.concatenate(out)
+
+
+def fused(model: fusemoe.FuseMoE, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate([model(torch.from_numpy(x[i:i + batch])).fused.numpy()
+                               for i in range(0, len(x), batch)])
+
+
+def pretrained_blocks(repository: Path) -> dict[str, str]:
+    out = {}
+    for e in EMBEDDERS:
+        info = json.loads((repository / e.triton_model / "1" / "build.json").read_text())
+        if info.get("pretrained"):
+            out[e.id] = info["source"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from export.build import trained_checkpoint
+    from export.repository import REPOSITORY
+
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", choices=("dev", "test"), default="dev")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="trained checkpoint (default: the newest made for these blocks)")
+    parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    args = parser.parse_args(argv)
+    checkpoint = args.checkpoint or trained_checkpoint(args.repository)
+    if checkpoint is None:
+        raise SystemExit("no trained FuseMoE checkpoint for the built blocks: run `make train`")
+    start = time.perf_counter()
+    pairs = load_split(DATA, args.split)
+    unique = sorted(set(pairs.first + pairs.second))
+    index = {t: i for i, t in enumerate(unique)}
+    x = blocks_of(args.repository, unique)
+    first = np.array([index[t] for t in pairs.first])
+    second = np.array([index[t] for t in pairs.second])
+
+    trained, manifest = fusemoe.load(checkpoint)
+    scores: dict[str, float | None] = {
+        f"FUSED trained ({manifest.version})": spearman_of_cosines(
+            *(fused(trained, x)[i] for i in (first, second)), pairs.gold)}
+    del trained
+    seeded = fused(fusemoe.seeded(), x)
+    scores[f"FUSED seeded init ({fusemoe.SEEDED_VERSION})"] = spearman_of_cosines(
+        seeded[first], seeded[second], pairs.gold)
+    offsets = np.cumsum([0] + [e.dim for e in EMBEDDERS])
+    pretrained = pretrained_blocks(args.repository)
+    block_scores = {}
+    for j, e in enumerate(EMBEDDERS):
+        b = x[:, offsets[j]:offsets[j + 1]]
+        block_scores[e.id] = spearman_of_cosines(b[first], b[second], pairs.gold)
+    best_id = max(pretrained, key=lambda b: block_scores[b] or -1.0) if pretrained else None
+    trained_score = next(iter(scores.values()))
+    best = block_scores[best_id] if best_id else None
+    verdict = (None if best is None or trained_score is None
+               else trained_score >= best - GOAL)
+
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Fusion quality on STS-B {args.split}: cosine Spearman", "",
+             (f"Command: `python -m perf.fusion_quality --split {args.split}`. {len(pairs.gold)} "
+              f"pairs, {len(unique)} sentences, {time.perf_counter() - start:.0f} s. Blocks from "
+              "the built repository (in-process pipeline, the stages the server runs), one "
+              "timestamp for every sentence."), "",
+             "| output | Spearman |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in scores.items()]
+    for e in EMBEDDERS:
+        s = block_scores[e.id]
+        kind = f"pretrained: {pretrained[e.id]}" if e.id in pretrained else "tiny or custom"
+        lines.append(f"| {e.id} ({kind}) | {'constant' if s is None else f'{s:.4f}'} |")
+    if best_id:
+        lines += ["", (f"Best pretrained block: {best_id} {best:.4f}. Goal: trained FUSED within "
+                       f"{GOAL} of it or better: {'met' if verdict else 'NOT met'} "
+                       f"({trained_score - best:+.4f}).")]
+    path = REPORTS / f"fusion-quality-{args.split}.md"
+    path.write_text("\n".join(lines) + "\n")
+    (REPORTS / f"fusion-quality-{args.split}.json").write_text(json.dumps(
+        {"split": args.split, "pairs": len(pairs.gold), "fused": scores, "blocks": block_scores,
+         "best_pretrained_block": best_id, "goal_met": verdict,
+         "checkpoint": manifest.version}, indent=2) + "\n")
+    print("\n".join(lines))
+    print(f"report: {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The alignment suite passes with the trained FuseMoE and fails with the seeded init."""
+
+from __future__ import annotations
+
+import pytest
+
+from ensemble import alignment, fusemoe
+from export.build import trained_checkpoint
+
+pytestmark = pytest.mark.trained
+
+
+@pytest.fixture(scope="module")
+def suite(repository):
+    from ensemble.pipeline import Pipeline
+
+    pairs = alignment.load_pairs()
+    texts, x = alignment.suite_blocks(Pipeline(repository), pairs)
+    return pairs, texts, x
+
+
+def test_the_suite_has_enough_pairs_of_each_kind():
+    pairs = alignment.load_pairs()
+    positives = [p for p in pairs if p.positive]
+    assert len(positives) >= 20 and len(pairs) - len(positives) >= 20
+    assert {p.kind for p in positives} == {"paraphrase", "code"}
+
+
+def test_the_trained_checkpoint_separates_the_pairs(repository, suite):
+    checkpoint = trained_checkpoint(repository)
+    if checkpoint is None:
+        pytest.fail("no trained FuseMoE checkpoint for the built blocks: run `make train`")
+    model, manifest = fusemoe.load(checkpoint)
+    result = alignment.score(model, *suite[1:], suite[0])
+    bad = [(p.kind, p.first, round(float(c), 3))
+           for p, c, ok in zip(result.pairs, result.cosines, result.correct) if not ok]
+    assert result.passed, f"{manifest.version}: {result.share:.0%} separated; wrong: {bad}"
+
+
+def test_the_seeded_initialisation_fails_the_suite(suite):
+    result = alignment.score(fusemoe.seeded(), *suite[1:], suite[0])
+    assert not result.passed, f"seeded init separated {result.share:.0%} of the pairs"
