@@ -51,14 +51,14 @@ WEIGHT_SOURCES = ("paraphrase", "code")  # the pairs that set the teacher's bloc
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 300
+    steps: int = 100
     pairs_per_step: int = 128  # a batch holds 2x this many rows
     lr: float = 3e-5  # experts: they start at the teacher's map (see initialise)
     gate_lr: float = 1e-5
     warmup_steps: int = 20
     weight_decay: float = 0.01
     similarity_weight: float = 1.0
-    contrastive_weight: float = 0.2
+    contrastive_weight: float = 0.1
     contrastive_temperature: float = 0.05
     load_balance_coef: float = 0.01
     capacity_factor: float = 1.25
@@ -69,7 +69,7 @@ class TrainConfig:
     augmented_pairs: int = 800
     holdout: float = 0.1  # share of pairs kept out of training to measure generalisation
     seed: int = 7
-    eval_every: int = 25
+    eval_every: int = 10
 
 
 @dataclass
@@ -106,8 +106,10 @@ def training_data(cfg: TrainConfig) -> Data:
                 [p.source for p in pairs], description)
 
 
-def features(data: Data, repo: Path = REPOSITORY, batch: int = 32) -> tuple[np.ndarray, str]:
-    """[N, 8320] blocks of every text, computed once per corpus and build, then cached."""
+def features(data: Data, repo: Path = REPOSITORY, batch: int = 32,
+             ) -> tuple[np.ndarray, str, bool]:
+    """[N, 8320] blocks of every text, computed once per corpus and build, then cached;
+    with the cache key and whether the cache answered."""
     from ensemble.pipeline import Pipeline
 
     h = hashlib.sha256(json.dumps({"texts": data.texts, "stamps": data.stamps.tolist(),
@@ -115,7 +117,7 @@ def features(data: Data, repo: Path = REPOSITORY, batch: int = 32) -> tuple[np.n
     key = h.hexdigest()[:16]
     path = CACHE / f"features-{key}.npy"
     if path.is_file():
-        return np.load(path), key
+        return np.load(path), key, True
     pipeline = Pipeline(repo)
     out = np.zeros((len(data.texts), FUSEMOE.input_dim), dtype=np.float32)
     start = time.perf_counter()
@@ -128,7 +130,7 @@ def features(data: Data, repo: Path = REPOSITORY, batch: int = 32) -> tuple[np.n
     print()
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
-    return out, key
+    return out, key, False
 
 
 def _split_blocks(x: torch.Tensor) -> list[torch.Tensor]:
@@ -394,15 +396,28 @@ def plot(hist: History, directory: Path) -> list[Path]:
 
 
 def write_report(cfg: TrainConfig, data: Data, metrics: dict, version: str, seconds: float,
-                 directory: Path = REPORT) -> Path:
+                 blocks_seconds: float, cached: bool, directory: Path = REPORT) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     w = metrics["teacher_block_weights"]
     lines = [
         f"# FuseMoE training: {version}", "",
         (f"Command: `python -m ensemble.train` (`make train`). Wall time {seconds / 60:.1f} min "
-         f"on this machine, of which {metrics['train_seconds'] / 60:.1f} min training; "
-         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-         f"{'CUDA' if torch.cuda.is_available() else 'CPU'}."), "",
+         f"on this machine: blocks of the corpus {blocks_seconds / 60:.1f} min"
+         f"{' (from the cache of an earlier run)' if cached else ''}, training "
+         f"{metrics['train_seconds'] / 60:.1f} min; torch {torch.__version__}, "
+         f"{torch.get_num_threads()} threads, {metrics['device']}."), "",
+        "## Method", "",
+        ("Teacher: per-block cosines of centred, normalised blocks, weighted by each block's "
+         "d' (paraphrase and text <-> code pairs against random pairs; clipped at 0, squared, "
+         "normalised). Start (`initialise`): every expert is the same random linear map of "
+         "the weighted, centred blocks (SiLU in its linear range), so fused cosines start at "
+         "the teacher's (step 0 below); the gate's first layer sees centred input. Loss per "
+         "batch of 128 pairs: similarity preservation (MSE of all fused cosines in the batch "
+         "against the teacher) + contrastive InfoNCE on the positives (weight "
+         f"{cfg.contrastive_weight}, temperature {cfg.contrastive_temperature}) + switch "
+         f"load balance ({cfg.load_balance_coef}); capacity factor {cfg.capacity_factor} and "
+         f"gate noise (std {cfg.gate_noise_std}) in training only. A quarter of each batch "
+         f"are masked views (each block missing with probability {cfg.block_drop})."), "",
         "## Data", "",
         f"{data.description['texts']} texts; pairs: "
         + ", ".join(f"{k} {v}" for k, v in data.description["pairs"].items())
@@ -446,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     data = training_data(cfg)
     print(f"{len(data.texts)} texts, {len(data.pairs)} pairs: {data.description['pairs']}")
-    x, key = features(data, args.repository)
+    blocks_start = time.perf_counter()
+    x, key, cached = features(data, args.repository)
+    blocks_seconds = time.perf_counter() - blocks_start
     model, hist, metrics = train(cfg, x, data)
     version = version_name(cfg, key)
     directory = args.out / version
@@ -456,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         "embedder_fingerprints": embedder_fingerprints(args.repository),
         "created": datetime.now(UTC).isoformat(timespec="seconds")})
     plot(hist, args.report)
-    path = write_report(cfg, data, metrics, version, time.perf_counter() - start, args.report)
+    path = write_report(cfg, data, metrics, version, time.perf_counter() - start,
+                        blocks_seconds, cached, args.report)
     print(f"checkpoint: {directory} (sha256 {manifest.sha256[:12]}...)")
     print(f"report: {path}")
     return 0

@@ -106,7 +106,11 @@ def model_weights(url: str) -> dict[str, str]:
     from fusedembed_client import FusedEmbedClient
 
     with FusedEmbedClient(url, "grpc") as client:
-        return {m.block: f"{m.weights} ({m.source})" for m in client.models() if m.block}
+        weights = {}
+        for m in client.models():
+            if m.block or m.name == "fusemoe":
+                weights[m.block or "FUSED"] = f"{m.weights} ({m.source})"
+        return weights
 
 
 def write_report(split: str, scores: dict[str, float | None], weights: dict[str, str], n: int,
@@ -125,8 +129,9 @@ def write_report(split: str, scores: dict[str, float | None], weights: dict[str,
         lines.append(f"| {name} | {source} | {shown} | {published} |")
     lines += ["", ("Tiny blocks have random weights: their scores only show how much a random "
               "encoder keeps of word overlap. E2-E4 encode the timestamp alone; every text is "
-              "sent with the same timestamp, so their cosines are constant. FUSED uses the "
-              "untrained seeded FuseMoE unless `fusedembed info` says otherwise.")]
+              "sent with the same timestamp, so their cosines are constant. FUSED is the "
+              "FuseMoE checkpoint named in its row (perf/reports/fusion-quality-test.md "
+              "compares it with the seeded initialisation).")]
     path = REPORTS / f"sts-{split}.md"
     path.write_text("\n".join(lines) + "\n")
     (REPORTS / f"sts-{split}.json").write_text(json.dumps(
