@@ -1,0 +1,94 @@
+"""Training pieces: the corpus never reads STS-B test; the start reproduces the teacher."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble import corpus, fusemoe, train
+from export.registry import EMBEDDERS, FuseMoEConfig
+
+SMALL = FuseMoEConfig(gate_hidden=32, expert_hidden=1024, output_dim=512)
+
+
+def test_the_test_split_is_refused():
+    with pytest.raises(ValueError, match="reports only"):
+        corpus.sentences("test")
+
+
+def test_code_pairs_are_deterministic_and_the_code_has_no_docstring():
+    a, b = corpus.code_pairs(50, seed=1), corpus.code_pairs(50, seed=1)
+    assert a == b and len(a) == 50
+    for p in a:
+        assert p.first not in p.second  # the summary was cut out of the source
+        assert p.second.startswith(("def ", "async def "))
+        assert len(p.second) <= corpus.MAX_CODE_CHARS
+
+
+def test_augmented_views_drop_words_and_keep_order_mostly():
+    import random
+
+    text = "one two three four five six seven eight nine ten"
+    view = corpus.augmented(text, random.Random(0))
+    assert view != text and set(view.split()) <= set(text.split())
+
+
+def _blocks(n: int, seed: int = 0, topics: int = 10) -> torch.Tensor:
+    """Unit blocks with a shared direction per block, as real embedders produce, and texts
+    in topics (so similarities spread from unrelated to close)."""
+    g = torch.Generator().manual_seed(seed)
+    topic = torch.arange(n) % topics
+    parts = []
+    for e in EMBEDDERS:
+        common = torch.randn(e.dim, generator=g)
+        centres = torch.randn(topics, e.dim, generator=g)
+        parts.append(torch.nn.functional.normalize(
+            common + centres[topic] + 0.7 * torch.randn(n, e.dim, generator=g), dim=-1))
+    return torch.cat(parts, dim=-1)
+
+
+def test_the_start_of_training_reproduces_the_teacher_similarity():
+    x = _blocks(200)
+    means = [b.mean(0) for b in train._split_blocks(x)]
+    weights = torch.rand(len(EMBEDDERS), generator=torch.Generator().manual_seed(1))
+    weights /= weights.sum()
+    teacher = train.teacher_vectors(x, means, weights)
+    model = fusemoe.seeded(SMALL)
+    train.initialise(model, x, means, weights, seed=3)
+    with torch.no_grad():
+        fused = model(x).fused
+    iu = torch.triu_indices(200, 200, 1)
+    t = (teacher @ teacher.T)[iu[0], iu[1]]
+    f = (fused @ fused.T)[iu[0], iu[1]]
+    corr = float(np.corrcoef(t.numpy(), f.numpy())[0, 1])
+    assert corr > 0.95, corr
+    # upcycled: every expert starts identical
+    first = model.experts[0].state_dict()
+    for expert in model.experts[1:]:
+        assert all(torch.equal(first[k], v) for k, v in expert.state_dict().items())
+
+
+def test_block_weights_favour_the_block_that_separates_positive_pairs():
+    x = _blocks(300, seed=4, topics=1)
+    # Pairs (i, i + 150): make block E11 of the partner a near copy, the rest unrelated.
+    e11 = next(j for j, e in enumerate(EMBEDDERS) if e.id == "E11")
+    parts = train._split_blocks(x.clone())
+    parts[e11][150:] = parts[e11][:150] + 0.05 * torch.randn(150, parts[e11].shape[1])
+    x = torch.cat(parts, dim=-1)
+    pairs = np.stack([np.arange(150), np.arange(150) + 150], axis=1)
+    means = [b.mean(0) for b in train._split_blocks(x)]
+    w = train.block_weights(x, pairs, means, seed=0)
+    assert int(torch.argmax(w)) == e11 and float(w[e11]) > 0.9
+    torch.testing.assert_close(w.sum(), torch.tensor(1.0))
+
+
+def test_load_balance_is_one_when_uniform_and_eight_when_collapsed():
+    b = 64
+    uniform = fusemoe.FusionOutput(torch.zeros(b, 4), torch.full((b, 8), 1 / 8),
+                                   torch.arange(2 * b).reshape(b, 2) % 8)
+    assert abs(float(train.load_balance(uniform, 8)) - 1.0) < 1e-6
+    probs = torch.zeros(b, 8)
+    probs[:, 0] = 1.0
+    collapsed = fusemoe.FusionOutput(torch.zeros(b, 4), probs, torch.zeros(b, 1, dtype=torch.int32))
+    assert abs(float(train.load_balance(collapsed, 8)) - 8.0) < 1e-6
