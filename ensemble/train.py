@@ -125,9 +125,14 @@ def features(data: Data, repo: Path = REPOSITORY, batch: int = 32,
         blocks, _, _ = pipeline.encode(data.texts[i:i + batch], data.stamps[i:i + batch])
         out[i:i + batch] = np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1)
         done = min(i + batch, len(data.texts))
-        print(f"\r  blocks {done}/{len(data.texts)} texts, {time.perf_counter() - start:.0f} s",
-              end="", flush=True)
-    print()
+        if sys.stdout.isatty():
+            print(f"\r  blocks {done}/{len(data.texts)} texts, "
+                  f"{time.perf_counter() - start:.0f} s", end="", flush=True)
+        elif done % (20 * batch) == 0 or done == len(data.texts):
+            print(f"  blocks {done}/{len(data.texts)} texts, "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+    if sys.stdout.isatty():
+        print()
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
     return out, key, False
