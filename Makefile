@@ -7,7 +7,7 @@ STAMP         := $(VENV)/.installed
 
 FUSEMOE       ?= latest
 
-.PHONY: serve test test-unit build train weights sts soak venv clean lint
+.PHONY: serve test test-unit build train weights sts soak bench venv clean lint
 
 serve: train
 	$(PY) -m ensemble.server
@@ -36,6 +36,11 @@ weights: venv
 # STS Benchmark Spearman of every served block and FUSED (SPLIT=dev|test).
 sts: build
 	$(PY) -m perf.sts --split $(or $(SPLIT),dev)
+
+# perf_analyzer (installed into .run/perf-tools) against fused_text, and Race B against the
+# naive in-process pipeline: perf/reports/bench.md, perf/results/summary.json.
+bench: train
+	$(PY) -m perf.bench
 
 # Bounded Locust soak on loopback with a memory watch (USERS, MINUTES).
 soak: build
