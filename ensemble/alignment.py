@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from ensemble import fusemoe
-from export.registry import EMBEDDERS
 
 PAIRS_FILE = Path(__file__).resolve().parent / "data" / "alignment_pairs.json"
 THRESHOLD = 0.5
@@ -67,8 +66,7 @@ def load_pairs(path: Path = PAIRS_FILE) -> list[AlignmentPair]:
 def suite_blocks(pipeline, pairs: list[AlignmentPair]) -> tuple[list[str], torch.Tensor]:
     """The unique texts of the suite and their [N, 8320] blocks."""
     texts = sorted({t for p in pairs for t in (p.first, p.second)})
-    blocks, _, _ = pipeline.encode(texts, np.full(len(texts), TIMESTAMP))
-    return texts, torch.from_numpy(np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1))
+    return texts, torch.from_numpy(pipeline.block_matrix(texts, np.full(len(texts), TIMESTAMP)))
 
 
 def score(model: fusemoe.FuseMoE, texts: list[str], x: torch.Tensor,

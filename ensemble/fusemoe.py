@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ensemble.validation import GateControls
 from export.artifacts import ArtifactError, Manifest, manifest_path, sha256_file, verified
+from export.layout import FUSEMOE_STEM
 from export.registry import FUSEMOE, FuseMoEConfig
 
-WEIGHTS_STEM = "fusemoe"
+WEIGHTS_STEM = FUSEMOE_STEM
 SEEDED_VERSION = "seeded-init-1"
 
 
@@ -127,6 +129,16 @@ class FuseMoE(nn.Module):
 
         dims = torch.tensor([e.dim for e in EMBEDDERS], device=per_block.device)
         return torch.repeat_interleave(per_block, dims, dim=-1)
+
+
+def fuse(model: FuseMoE, x: torch.Tensor, controls: GateControls) -> FusionOutput:
+    """Inference with validated per-item gate controls (what the served model and the
+    reference pipeline both run)."""
+    with torch.inference_mode():
+        return model(x, presence=torch.from_numpy(controls.presence).float(),
+                     top_k=torch.from_numpy(controls.top_k),
+                     temperature=torch.from_numpy(controls.temperature),
+                     focus=torch.from_numpy(controls.focus))
 
 
 def seeded(cfg: FuseMoEConfig = FUSEMOE) -> FuseMoE:

@@ -6,6 +6,8 @@ encoders, FuseMoE) one after another over a batch of requests.
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,11 @@ class PipelineOutput:
     blocks: dict[str, np.ndarray]  # E1 ... E12, each [B, dim]
     truncated: np.ndarray  # [B, 12] bool: which blocks saw a truncated text
     redactions: np.ndarray  # [B, 7] int32: PII redactions per type
+
+
+def concat_blocks(blocks: dict[str, np.ndarray]) -> np.ndarray:
+    """E1 ... E12 side by side: FuseMoE's [B, 8320] input."""
+    return np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1)
 
 
 class Pipeline:
@@ -76,6 +83,23 @@ class Pipeline:
         blocks, cut = self.blocks(texts, stamps, kinds)
         return blocks, cut, redactions
 
+    def block_matrix(self, texts: list[str], timestamps: np.ndarray, batch: int = 32,
+                     ) -> np.ndarray:
+        """[N, 8320] concatenated blocks of many texts, ``batch`` at a time, with progress
+        (a line per 640 texts when stdout is not a terminal)."""
+        out = np.zeros((len(texts), sum(e.dim for e in EMBEDDERS)), dtype=np.float32)
+        start, tty = time.perf_counter(), sys.stdout.isatty()
+        for i in range(0, len(texts), batch):
+            blocks, _, _ = self.encode(texts[i:i + batch], timestamps[i:i + batch])
+            out[i:i + batch] = concat_blocks(blocks)
+            done = min(i + batch, len(texts))
+            if tty or done % (20 * batch) == 0 or done == len(texts):
+                print(f"{chr(13) if tty else ''}  blocks {done}/{len(texts)} texts, "
+                      f"{time.perf_counter() - start:.0f} s", end="" if tty else "\n", flush=True)
+        if tty:
+            print()
+        return out
+
     def embed(self, texts: list[str], timestamps: np.ndarray,
               kinds: list[Kind] | None = None, **controls: np.ndarray) -> PipelineOutput:
         """What fused_text answers: validation, PII scrubbing, twelve blocks, FuseMoE.
@@ -89,11 +113,6 @@ class Pipeline:
 
     def fuse(self, blocks: dict[str, np.ndarray], cut: np.ndarray, redactions: np.ndarray,
              gate: GateControls) -> PipelineOutput:
-        x = torch.from_numpy(np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1))
-        with torch.inference_mode():
-            fused = self.fusemoe(x, presence=torch.from_numpy(gate.presence).float(),
-                                 top_k=torch.from_numpy(gate.top_k),
-                                 temperature=torch.from_numpy(gate.temperature),
-                                 focus=torch.from_numpy(gate.focus))
+        fused = fusemoe.fuse(self.fusemoe, torch.from_numpy(concat_blocks(blocks)), gate)
         return PipelineOutput(fused.fused.numpy(), fused.expert_weights.numpy(),
                               fused.selected_experts.numpy(), blocks, cut, redactions)

@@ -38,6 +38,12 @@ class GateControls:
     focus: np.ndarray  # [B, 12] float32, >= 0
     presence: np.ndarray  # [B, 12] bool
 
+    @classmethod
+    def concat(cls, parts: list[GateControls]) -> GateControls:
+        """The controls of many requests, row after row (one batched forward)."""
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("top_k", "temperature", "focus", "presence")))
+
 
 def _rows(name: str, value: np.ndarray, rows: int, width: int) -> np.ndarray:
     if value.shape[0] != rows:

@@ -24,10 +24,11 @@ from pathlib import Path
 
 from export import checkpoints as checkpoints_mod
 from export import repository
-from export.artifacts import sha256_file
+from export.artifacts import Manifest, manifest_path, sha256_file
 from export.checkpoints import Checkpoint
 from export.layout import (
     BUILD_INFO,
+    FUSEMOE_STEM,
     ONNX_FILE,
     SPLADE_STEM,
     SPLADE_VERSION,
@@ -89,12 +90,10 @@ def embedder_fingerprints(repo: Path) -> dict[str, str]:
 
 def trained_checkpoint(repo: Path, root: Path = TRAINED_CHECKPOINTS) -> Path | None:
     """The newest trained FuseMoE checkpoint under ``root`` made for this build's blocks."""
-    from export.artifacts import Manifest, manifest_path
-
     fingerprints = embedder_fingerprints(repo)
     found = []
     for directory in root.iterdir() if root.is_dir() else []:
-        path = manifest_path(directory, "fusemoe")
+        path = manifest_path(directory, FUSEMOE_STEM)
         if path.is_file():
             manifest = Manifest.read(path)
             if manifest.extra.get("embedder_fingerprints") == fingerprints:
@@ -344,7 +343,9 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
     if only is None:
         trained = trained_checkpoint(repo) if fusemoe_checkpoint == "latest" else (
             None if fusemoe_checkpoint == "seeded" else Path(fusemoe_checkpoint))
-        weights = sha256_file(trained / "fusemoe.safetensors") if trained else "seeded"
+        # The manifest's sha256 names the weights; the install verifies the file against it.
+        weights = (Manifest.read(manifest_path(trained, FUSEMOE_STEM)).sha256 if trained
+                   else "seeded")
         key = f"{recipe_hash(FUSEMOE_SOURCES)}:{weights}"
         remove_rollouts(repo)
         step(FUSEMOE_MODEL, key, lambda d: build_fusemoe(d, key, trained))

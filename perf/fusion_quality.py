@@ -29,16 +29,7 @@ GOAL = 0.02  # the trained FUSED must come within this of the best pretrained bl
 def blocks_of(repository: Path, texts: list[str], batch: int = 32) -> np.ndarray:
     from ensemble.pipeline import Pipeline
 
-    pipeline = Pipeline(repository)
-    out = []
-    for start in range(0, len(texts), batch):
-        chunk = texts[start:start + batch]
-        blocks, _, _ = pipeline.encode(chunk, np.zeros(len(chunk), dtype=np.int64))
-        out.append(np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1))
-        print(f"\r  blocks {min(start + batch, len(texts))}/{len(texts)} sentences", end="",
-              flush=True)
-    print()
-    return np.concatenate(out)
+    return Pipeline(repository).block_matrix(texts, np.zeros(len(texts), dtype=np.int64), batch)
 
 
 def fused(model: fusemoe.FuseMoE, x: np.ndarray, batch: int = 256) -> np.ndarray:

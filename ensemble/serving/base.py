@@ -38,9 +38,14 @@ def input_array(request: Any, name: str) -> np.ndarray:
     return tensor.as_numpy()
 
 
-def optional_texts(request: Any, name: str) -> list[str] | None:
+def optional_array(request: Any, name: str) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else decode_texts(name, tensor.as_numpy())
+    return None if tensor is None else tensor.as_numpy()
+
+
+def optional_texts(request: Any, name: str) -> list[str] | None:
+    array = optional_array(request, name)
+    return None if array is None else decode_texts(name, array)
 
 
 def error_response(err: Exception) -> Any:

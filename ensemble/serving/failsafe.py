@@ -14,7 +14,7 @@ import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ensemble.serving.base import Adapter, RequestError, error_response
+from ensemble.serving.base import Adapter, RequestError, error_response, optional_array
 from export.registry import (
     ATTENTION_MASK,
     CLEAN_TEXT,
@@ -83,9 +83,9 @@ class TritonPythonModel(Adapter):
         start = time.monotonic()
         given = {}
         for name in (TEXT, TIMESTAMP, KIND, TRUNCATE, *GATE_CONTROLS):
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is not None:
-                given[name] = tensor.as_numpy()
+            value = optional_array(request, name)
+            if value is not None:
+                given[name] = value
         if TEXT not in given or TIMESTAMP not in given:
             raise RequestError(f"{TEXT} and {TIMESTAMP} are required")
         clean = await call(PREPROCESS_MODEL, {TEXT: given[TEXT], TIMESTAMP: given[TIMESTAMP]},

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import triton_python_backend_utils as pb_utils
 
 from ensemble import fusemoe
-from ensemble.serving.base import Adapter, RequestError, input_array, split_rows
+from ensemble.serving.base import (
+    Adapter,
+    RequestError,
+    input_array,
+    optional_array,
+    split_rows,
+)
 from ensemble.validation import GateControls, InvalidInput, Validator
 from export.registry import (
     BLOCK_SUFFIX,
@@ -34,11 +39,6 @@ from export.registry import (
 OFFSETS = [block_offsets()[e.id] for e in EMBEDDERS]
 
 
-def _optional(request, name: str) -> np.ndarray | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
-
-
 class TritonPythonModel(Adapter):
     def setup(self) -> None:
         threads = int(self.params.get("threads", "0"))
@@ -58,8 +58,8 @@ class TritonPythonModel(Adapter):
                 cut[:, j] = input_array(request, e.block_name + TRUNCATED_SUFFIX).reshape(-1)
         try:
             controls = self.validator.controls(
-                blocks.shape[0], _optional(request, TOP_K), _optional(request, TEMPERATURE),
-                _optional(request, FOCUS), _optional(request, PRESENCE))
+                blocks.shape[0], optional_array(request, TOP_K), optional_array(request, TEMPERATURE),
+                optional_array(request, FOCUS), optional_array(request, PRESENCE))
         except InvalidInput as err:
             raise RequestError(str(err)) from err
         return blocks, cut, controls
@@ -67,14 +67,8 @@ class TritonPythonModel(Adapter):
     def _fuse(self, items: list[tuple[np.ndarray, np.ndarray, GateControls]],
               ) -> list[dict[str, np.ndarray]]:
         per_request = [blocks for blocks, _, _ in items]
-
-        def joined(field: str) -> torch.Tensor:
-            return torch.from_numpy(np.concatenate([getattr(c, field) for _, _, c in items]))
-
         x = torch.from_numpy(np.concatenate(per_request).astype(np.float32, copy=False))
-        with torch.inference_mode():
-            out = self.model(x, presence=joined("presence").float(), top_k=joined("top_k"),
-                             temperature=joined("temperature"), focus=joined("focus"))
+        out = fusemoe.fuse(self.model, x, GateControls.concat([c for _, _, c in items]))
         counts = [len(p) for p in per_request]
         version = self.manifest.version.encode("utf-8")
         results = []

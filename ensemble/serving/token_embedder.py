@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 
-from ensemble.serving.base import Adapter, RequestError, input_array, optional_texts, split_rows
+from ensemble.serving.base import (
+    Adapter,
+    RequestError,
+    input_array,
+    optional_array,
+    optional_texts,
+    split_rows,
+)
 from ensemble.stages import TokenBatch, TokenEmbedder, merge
 from export.registry import (
     ATTENTION_MASK,
@@ -36,8 +42,8 @@ def read_kinds(request, rows: int) -> list[Kind]:
 
 
 def truncation_allowed(request) -> bool:
-    tensor = pb_utils.get_input_tensor_by_name(request, TRUNCATE)
-    return True if tensor is None else bool(np.all(tensor.as_numpy()))
+    flags = optional_array(request, TRUNCATE)
+    return True if flags is None else bool(np.all(flags))
 
 
 class TritonPythonModel(Adapter):

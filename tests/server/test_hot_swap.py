@@ -16,7 +16,7 @@ from ensemble import fusemoe, rollout
 from ensemble.server import Ports, TritonServer
 from export.artifacts import Manifest, manifest_path
 from export.build import embedder_fingerprints
-from export.registry import EMBEDDERS, FUSEMOE, FUSEMOE_MODEL
+from export.registry import FUSEMOE, FUSEMOE_MODEL
 from fusedembed_client import FusedEmbedClient, FusedEmbedError
 from tests.server.conftest import free_port
 
@@ -126,8 +126,7 @@ def test_a_new_version_goes_live_with_zero_failed_requests(swap_server, reposito
     # The new answers are checkpoint B's fusion of the same blocks.
     with FusedEmbedClient(swap_server.http_url) as client:
         served = client.embed_batch(TEXTS, [T0] * len(TEXTS))
-    blocks, _, _ = reference.encode(TEXTS, np.full(len(TEXTS), T0))
-    x = torch.from_numpy(np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1))
+    x = torch.from_numpy(reference.block_matrix(TEXTS, np.full(len(TEXTS), T0)))
     with torch.inference_mode():
         expected = model_b(x).fused.numpy()
     cosine = np.sum(np.stack([e.vector for e in served]) * expected, axis=1)
