@@ -36,14 +36,12 @@ def versions(repo: Path) -> list[int]:
     return sorted(int(p.name) for p in model.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def stage(checkpoint: Path, repo: Path = REPOSITORY, check_blocks: bool = True) -> int:
+def stage(checkpoint: Path, repo: Path = REPOSITORY) -> int:
     """Copy a verified checkpoint into the next version folder; returns that version."""
     _, manifest = verified(checkpoint, fusemoe.WEIGHTS_STEM)
-    if check_blocks:
-        trained_on = manifest.extra.get("embedder_fingerprints")
-        if trained_on != embedder_fingerprints(repo):
-            raise RolloutError(f"{checkpoint}: trained on other blocks than {repo} serves "
-                               "(embedder_fingerprints differ); retrain with `make train`")
+    if manifest.extra.get("embedder_fingerprints") != embedder_fingerprints(repo):
+        raise RolloutError(f"{checkpoint}: trained on other blocks than {repo} serves "
+                           "(embedder_fingerprints differ); retrain with `make train`")
     current = versions(repo)
     version = (current[-1] if current else 0) + 1
     target = repo / FUSEMOE_MODEL / str(version)
@@ -81,8 +79,8 @@ def served_versions(url: str) -> list[str]:
 
 
 def rollout(checkpoint: Path, url: str, repo: Path = REPOSITORY, key: str | None = None,
-            check_blocks: bool = True) -> int:
-    version = stage(checkpoint, repo, check_blocks)
+            ) -> int:
+    version = stage(checkpoint, repo)
     try:
         load(url, key)
     except Exception:

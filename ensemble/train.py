@@ -118,21 +118,7 @@ def features(data: Data, repo: Path = REPOSITORY, batch: int = 32,
     path = CACHE / f"features-{key}.npy"
     if path.is_file():
         return np.load(path), key, True
-    pipeline = Pipeline(repo)
-    out = np.zeros((len(data.texts), FUSEMOE.input_dim), dtype=np.float32)
-    start = time.perf_counter()
-    for i in range(0, len(data.texts), batch):
-        blocks, _, _ = pipeline.encode(data.texts[i:i + batch], data.stamps[i:i + batch])
-        out[i:i + batch] = np.concatenate([blocks[e.id] for e in EMBEDDERS], axis=1)
-        done = min(i + batch, len(data.texts))
-        if sys.stdout.isatty():
-            print(f"\r  blocks {done}/{len(data.texts)} texts, "
-                  f"{time.perf_counter() - start:.0f} s", end="", flush=True)
-        elif done % (20 * batch) == 0 or done == len(data.texts):
-            print(f"  blocks {done}/{len(data.texts)} texts, "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
-    if sys.stdout.isatty():
-        print()
+    out = Pipeline(repo).block_matrix(data.texts, data.stamps, batch)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
     return out, key, False
@@ -143,7 +129,7 @@ def _split_blocks(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def centred_blocks(x: torch.Tensor, means: list[torch.Tensor]) -> torch.Tensor:
-    """Each block centred by its corpus mean and normalised: [N, 12, ...] as a list."""
+    """Each block centred by its corpus mean and normalised, side by side: [N, 8320]."""
     return torch.cat([torch.nn.functional.normalize(b - m, dim=-1)
                       for b, m in zip(_split_blocks(x), means)], dim=-1)
 
@@ -169,12 +155,8 @@ def block_weights(x: torch.Tensor, pairs: np.ndarray, means: list[torch.Tensor],
 def teacher_vectors(x: torch.Tensor, means: list[torch.Tensor], weights: torch.Tensor,
                     ) -> torch.Tensor:
     """Vectors whose dot products are the teacher similarity sum_b w_b cos_b."""
-    return torch.cat([torch.nn.functional.normalize(b - m, dim=-1) * w.sqrt()
-                      for b, m, w in zip(_split_blocks(x), means, weights)], dim=-1)
-
-
-def expand_mask(mask: torch.Tensor) -> torch.Tensor:
-    return torch.repeat_interleave(mask, torch.tensor(BLOCK_DIMS), dim=-1)
+    scale = torch.repeat_interleave(weights.sqrt(), torch.tensor(BLOCK_DIMS, device=x.device))
+    return centred_blocks(x, means) * scale
 
 
 def load_balance(out: fusemoe.FusionOutput, num_experts: int) -> torch.Tensor:
@@ -306,7 +288,7 @@ def train(cfg: TrainConfig, x_np: np.ndarray, data: Data, log=print,
                 f"contrastive {hist.contrastive[-1]:.3f}, balance {hist.balance[-1]:.3f})")
             record(step + 1)
     model.eval().cpu()
-    metrics = {"device": str(device),"held_out_teacher_correlation": hist.eval_teacher_corr[-1],
+    metrics = {"device": str(device), "held_out_teacher_correlation": hist.eval_teacher_corr[-1],
                "held_out_positive_over_random": hist.eval_pair_accuracy[-1],
                "expert_share": hist.utilisation[-1],
                "teacher_block_weights": dict(zip([e.id for e in EMBEDDERS],
