@@ -7,7 +7,7 @@ STAMP         := $(VENV)/.installed
 
 FUSEMOE       ?= latest
 
-.PHONY: serve test test-unit build train weights sts soak bench venv clean lint
+.PHONY: serve test test-unit build train weights sts soak bench tune venv clean lint
 
 serve: train
 	$(PY) -m ensemble.server
@@ -37,10 +37,16 @@ weights: venv
 sts: build
 	$(PY) -m perf.sts --split $(or $(SPLIT),dev)
 
-# perf_analyzer (installed into .run/perf-tools) against fused_text, and Race B against the
-# naive in-process pipeline: perf/reports/bench.md, perf/results/summary.json.
+# Race A (E11 alone vs infinity-emb vs sentence-transformers), Race B (fused_text vs the
+# naive in-process pipeline), perf_analyzer, the response cache and Locust, ~15 min:
+# perf/reports/bench.md, perf/results/summary.json. perf_analyzer goes to .run/perf-tools,
+# infinity-emb to .run/infinity-venv.
 bench: train
 	$(PY) -m perf.bench
+
+# Each serving knob against the defaults, one at a time (~15 min): perf/reports/tuning.md.
+tune: train
+	$(PY) -m perf.tune
 
 # Bounded Locust soak on loopback with a memory watch (USERS, MINUTES).
 soak: build

@@ -7,6 +7,8 @@ this repository serves), copied into the next version folder of the ``fusemoe`` 
 loaded through Triton's model repository API with the admin key header. Triton loads the
 new version while the current one keeps answering, then retires the old one (version
 policy: latest). Every answer carries FUSION_VERSION, the manifest version that produced it.
+The cached entry point (fused_text_cached) then gets a new version too: Triton's cache key
+holds the model version, so no answer of the old FuseMoE is served from the cache afterwards.
 A later ``make build`` starts over from version 1.
 """
 
@@ -24,15 +26,15 @@ from ensemble.server import REPOSITORY, admin_headers, admin_key
 from export.artifacts import verified
 from export.build import embedder_fingerprints
 from export.layout import BUILD_INFO
-from export.registry import FUSEMOE_MODEL
+from export.registry import CACHED_MODEL, FUSEMOE_MODEL
 
 
 class RolloutError(RuntimeError):
     pass
 
 
-def versions(repo: Path) -> list[int]:
-    model = repo / FUSEMOE_MODEL
+def versions(repo: Path, name: str = FUSEMOE_MODEL) -> list[int]:
+    model = repo / name
     return sorted(int(p.name) for p in model.iterdir() if p.is_dir() and p.name.isdigit())
 
 
@@ -56,14 +58,24 @@ def stage(checkpoint: Path, repo: Path = REPOSITORY) -> int:
     return version
 
 
-def load(url: str, key: str | None, timeout_s: float = 300.0) -> None:
-    """Ask the server to load fusemoe again (it picks up the newest version)."""
+def stage_cached(repo: Path) -> int:
+    """The next (empty) version folder of the cached ensemble; returns that version."""
+    version = versions(repo, CACHED_MODEL)[-1] + 1
+    folder = repo / CACHED_MODEL / str(version)
+    folder.mkdir()
+    (folder / ".keep").write_text("")
+    return version
+
+
+def load(url: str, key: str | None, model: str = FUSEMOE_MODEL,
+         timeout_s: float = 300.0) -> None:
+    """Ask the server to load ``model`` again (it picks up the newest version)."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url, network_timeout=timeout_s,
                                               connection_timeout=timeout_s)
     try:
-        client.load_model(FUSEMOE_MODEL, headers=admin_headers("http", key) if key else None)
+        client.load_model(model, headers=admin_headers("http", key) if key else None)
     finally:
         client.close()
 
@@ -85,6 +97,12 @@ def rollout(checkpoint: Path, url: str, repo: Path = REPOSITORY, key: str | None
         load(url, key)
     except Exception:
         shutil.rmtree(repo / FUSEMOE_MODEL / str(version), ignore_errors=True)
+        raise
+    cached = stage_cached(repo)
+    try:
+        load(url, key, CACHED_MODEL)
+    except Exception:
+        shutil.rmtree(repo / CACHED_MODEL / str(cached), ignore_errors=True)
         raise
     return version
 

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
 RUN_DIR = ROOT / ".run"
-CACHE_BYTES = 256 * 1024 * 1024  # response cache (no model enables it yet; see README)
+CACHE_BYTES = 256 * 1024 * 1024  # local response cache of fused_text_cached
 # The model-repository (load/unload) and shared-memory APIs need this header with the admin
 # key, over HTTP and gRPC, unless FUSEDEMBED_OPEN_ADMIN=1 opens them explicitly.
 ADMIN_HEADER = "fusedembed-admin-key"

@@ -32,13 +32,19 @@ from export.layout import (
 from export.registry import (
     ATTENTION_MASK,
     INPUT_IDS,
+    LIBRARY_DEFAULTS,
     POOL_MASK,
     Embedder,
     Input,
     Kind,
     Pooling,
+    Runtime,
     TokenizerFamily,
 )
+
+# Runtime.graph_optimization -> onnxruntime.GraphOptimizationLevel member.
+GRAPH_OPTIMIZATION = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                      "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
 def version_dir(repository: Path, triton_model: str) -> Path:
@@ -79,6 +85,14 @@ class FamilyTokenizer:
         ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), -1)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(ids.shape)
         return TokenBatch(ids, mask)
+
+
+def length_bucket(lengths: np.ndarray, buckets: tuple[int, ...]) -> list[int]:
+    """Per row, the index of the smallest bucket edge holding its length (len(buckets) past
+    the last edge); all 0 without buckets."""
+    if not buckets:
+        return [0] * len(lengths)
+    return np.searchsorted(np.asarray(buckets), lengths, side="left").tolist()
 
 
 def merge(batches: list[TokenBatch], pad_id: int) -> TokenBatch:
@@ -144,8 +158,10 @@ class Convention:
 class TokenEmbedder:
     """A neural embedder: tokens in, pooled unit vectors out (ONNX Runtime or PyTorch)."""
 
-    def __init__(self, spec: Embedder, directory: Path, threads: int = 0) -> None:
+    def __init__(self, spec: Embedder, directory: Path,
+                 runtime: Runtime = LIBRARY_DEFAULTS) -> None:
         self.spec = spec
+        self.length_buckets = runtime.length_buckets
         info = read_build_info(directory)
         self.info = info
         self.pad_id = int(info["pad_token_id"])
@@ -156,7 +172,9 @@ class TokenEmbedder:
             import onnxruntime as ort
 
             options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
+            options.intra_op_num_threads = runtime.threads
+            options.graph_optimization_level = getattr(
+                ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[runtime.graph_optimization])
             # Many models share few cores: idle threads must sleep, not spin.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(str(directory / ONNX_FILE), options,
@@ -168,8 +186,8 @@ class TokenEmbedder:
 
             from export.architectures import architecture
 
-            if threads:
-                torch.set_num_threads(threads)
+            if runtime.threads:
+                torch.set_num_threads(runtime.threads)
             dtype = torch.float16 if info.get("precision") == "fp16" else torch.float32
             self.module = architecture(spec).pretrained_module(spec, directory / TORCH_DIR, dtype)
             self.inputs = [INPUT_IDS, ATTENTION_MASK]
@@ -194,10 +212,13 @@ class TokenEmbedder:
         if rows == 0:
             return out, cut
         kinds = kinds or [Kind.PASSAGE] * rows
-        for kind in set(kinds):
-            idx = np.array([i for i, k in enumerate(kinds) if k == kind])
+        bucket = length_bucket(batch.attention_mask.sum(axis=1), self.length_buckets)
+        for group in sorted(set(zip(kinds, bucket))):
+            idx = np.array([i for i, g in enumerate(zip(kinds, bucket)) if g == group])
+            # truncate() trims the group to its longest row: a short text is not padded
+            # to the longest text of the whole batch.
             part = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx])
-            out[idx], cut[idx] = self._embed_kind(part, kind)
+            out[idx], cut[idx] = self._embed_kind(part, group[0])
         return out, cut
 
     def token_counts(self, batch: TokenBatch, kind: Kind) -> np.ndarray:

@@ -36,6 +36,7 @@ from export.layout import (
     TORCH_DIR,
 )
 from export.registry import (
+    CACHED_MODEL,
     EMBEDDERS,
     FUSEMOE_MODEL,
     PREPROCESS_MODEL,
@@ -354,9 +355,10 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
 
 def remove_rollouts(repo: Path) -> None:
     """Versions above 1 come from hot swaps of a running server; a build starts over."""
-    for child in (repo / FUSEMOE_MODEL).iterdir():
-        if child.is_dir() and child.name.isdigit() and child.name != "1":
-            shutil.rmtree(child)
+    for model in (FUSEMOE_MODEL, CACHED_MODEL):
+        for child in (repo / model).iterdir():
+            if child.is_dir() and child.name.isdigit() and child.name != "1":
+                shutil.rmtree(child)
 
 
 def _check_same_vocabulary(family: TokenizerFamily, found: list[Checkpoint]) -> None:

@@ -60,6 +60,45 @@ class Batching:
     max_queue_delay_us: int = 2000
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How a neural model runs inside its Triton instance (written as config parameters).
+
+    The defaults are the winners of ``make tune`` on a 2-core machine
+    (perf/reports/tuning.md); on bigger machines change them in the built configs
+    (``model_repository/<model>/configs/built.pbtxt``: ``instance_group.count`` and the
+    ``threads`` / ``graph_optimization`` / ``length_buckets`` parameters) or here.
+    """
+
+    # Intra-op threads per instance (ONNX Runtime / torch); 0 = the library default (all cores).
+    threads: int = 1
+    instances: int = 1
+    # ONNX Runtime graph optimisation level: disabled | basic | extended | all.
+    graph_optimization: str = "extended"
+    # A batch is split by token count into these buckets, each padded only to its own
+    # longest row; empty = one padded batch (padding to the longest row of the batch).
+    length_buckets: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96, 128, 256, 512)
+
+    def parameters(self) -> dict[str, str]:
+        return {"threads": str(self.threads), "graph_optimization": self.graph_optimization,
+                "length_buckets": ",".join(map(str, self.length_buckets))}
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> Runtime:
+        """What a model's config parameters ask for; a missing one is the library default."""
+        buckets = params.get("length_buckets", "")
+        return cls(threads=int(params.get("threads", "0")),
+                   graph_optimization=params.get("graph_optimization", "all"),
+                   length_buckets=tuple(int(b) for b in buckets.split(",") if b))
+
+
+# What running a model by hand gets: every core, full graph optimisation, one padded batch.
+LIBRARY_DEFAULTS = Runtime(threads=0, length_buckets=())
+
+
+RUNTIME = Runtime()
+
+
 class Kind(str, enum.Enum):
     """What a text is for: E1 and E12 encode queries and passages differently."""
 
@@ -187,6 +226,12 @@ PREPROCESS_MODEL = "preprocess"
 FUSEMOE_MODEL = "fusemoe"
 ENSEMBLE_MODEL = "fused_text"
 ENSEMBLE_MAX_BATCH_SIZE = 32
+# fused_text with Triton's response cache: FUSED only. Triton 2.51's cache key is the model,
+# its version and the inputs, not the requested outputs, so a cached entry point must have
+# a single output (a cached FUSED-only answer would otherwise reach a request for E11). A
+# hot swap loads a new version of it too, so no answer of the old FuseMoE is served from
+# the cache afterwards.
+CACHED_MODEL = "fused_text_cached"
 
 # Public tensor names of the ensemble (a contract with every client).
 TEXT = "TEXT"

@@ -45,10 +45,11 @@ def _dynamic_batching(b: Batching) -> mc.ModelDynamicBatching:
 
 
 def _python_model(name: str, adapter: str, batching: Batching,
-                  params: dict[str, str]) -> mc.ModelConfig:
+                  params: dict[str, str], instances: int = 1) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=batching.max_batch_size)
     cfg.dynamic_batching.CopyFrom(_dynamic_batching(batching))
-    cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
+    cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU,
+                                                    count=instances))
     for key, value in ({"adapter": ADAPTERS[adapter]} | params).items():
         cfg.parameters[key].string_value = value
     return cfg
@@ -97,7 +98,7 @@ def tokenizer_config(family: r.TokenizerFamily) -> mc.ModelConfig:
 def embedder_config(spec: Embedder) -> mc.ModelConfig:
     if spec.input is Input.TOKENS:
         cfg = _python_model(spec.triton_model, "token_embedder", spec.batching,
-                            {"block_id": spec.id})
+                            {"block_id": spec.id} | r.RUNTIME.parameters(), r.RUNTIME.instances)
         # Ragged: requests with different sequence lengths batch together; the adapter pads.
         for name in (r.INPUT_IDS, r.ATTENTION_MASK):
             cfg.input.append(_tensor(mc.ModelInput, name, INT64, [-1], allow_ragged_batch=True))
@@ -130,7 +131,8 @@ def gate_control_inputs() -> list[mc.ModelInput]:
 
 
 def fusemoe_config() -> mc.ModelConfig:
-    cfg = _python_model(r.FUSEMOE_MODEL, "fusemoe", r.FUSEMOE.batching, {})
+    cfg = _python_model(r.FUSEMOE_MODEL, "fusemoe", r.FUSEMOE.batching,
+                        {"threads": str(r.RUNTIME.threads)})
     for spec in EMBEDDERS:
         cfg.input.append(_tensor(mc.ModelInput, spec.block_name, FP32, [spec.dim]))
     for spec in EMBEDDERS:
@@ -151,8 +153,10 @@ def fusemoe_config() -> mc.ModelConfig:
     return cfg
 
 
-def ensemble_config() -> mc.ModelConfig:
-    cfg = mc.ModelConfig(name=r.ENSEMBLE_MODEL, platform="ensemble",
+def ensemble_config(name: str = r.ENSEMBLE_MODEL) -> mc.ModelConfig:
+    """fused_text, or with ``name`` = CACHED_MODEL the same wiring with FUSED as the only
+    output and the response cache on."""
+    cfg = mc.ModelConfig(name=name, platform="ensemble",
                          max_batch_size=r.ENSEMBLE_MAX_BATCH_SIZE)
     cfg.input.append(_tensor(mc.ModelInput, r.TEXT, BYTES, [1]))
     cfg.input.append(_tensor(mc.ModelInput, r.TIMESTAMP, INT64, [1]))
@@ -171,14 +175,20 @@ def ensemble_config() -> mc.ModelConfig:
         cfg.output.append(_tensor(mc.ModelOutput, public[out.name], out.data_type,
                                   list(out.dims)))
     # No response cache here: Triton 2.51's cache key leaves out the requested outputs, so a
-    # cached FUSED-only answer would be returned to a later request for E11.
+    # cached FUSED-only answer would be returned to a later request for E11 (CACHED_MODEL).
+    if name == r.CACHED_MODEL:
+        del cfg.output[:]
+        cfg.output.append(_tensor(mc.ModelOutput, r.FUSED, FP32, [r.FUSEMOE.output_dim]))
+        cfg.response_cache.enable = True
+        public = {r.FUSED: r.FUSED}
 
     steps = cfg.ensemble_scheduling.step
     text, stamp = f"{r.PREPROCESS_MODEL}.{r.CLEAN_TEXT}", f"{r.PREPROCESS_MODEL}.{r.CLEAN_TIMESTAMP}"
     steps.append(mc.ModelEnsembling.Step(
         model_name=r.PREPROCESS_MODEL, model_version=-1,
         input_map={r.TEXT: r.TEXT, r.TIMESTAMP: r.TIMESTAMP},
-        output_map={r.CLEAN_TEXT: text, r.CLEAN_TIMESTAMP: stamp, r.REDACTIONS: r.REDACTIONS}))
+        output_map={r.CLEAN_TEXT: text, r.CLEAN_TIMESTAMP: stamp}
+        | ({r.REDACTIONS: r.REDACTIONS} if name == r.ENSEMBLE_MODEL else {})))
     for family in TOKENIZER_FAMILIES:
         steps.append(mc.ModelEnsembling.Step(
             model_name=family.triton_model, model_version=-1,
@@ -211,6 +221,24 @@ def ensemble_config() -> mc.ModelConfig:
     return cfg
 
 
+def single_embedder_config(spec: Embedder, name: str) -> mc.ModelConfig:
+    """An ensemble serving one neural embedder on its own: TEXT -> its tokenizer -> EMBEDDING.
+    Not part of the committed repository (Race A of perf/race_a.py writes it)."""
+    tok = r.tokenizer_family(spec.tokenizer or "").triton_model
+    cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=r.ENSEMBLE_MAX_BATCH_SIZE)
+    cfg.input.append(_tensor(mc.ModelInput, r.TEXT, BYTES, [1]))
+    cfg.output.append(_tensor(mc.ModelOutput, r.EMBEDDING, FP32, [spec.dim]))
+    steps = cfg.ensemble_scheduling.step
+    steps.append(mc.ModelEnsembling.Step(
+        model_name=tok, model_version=-1, input_map={r.TEXT: r.TEXT},
+        output_map={r.INPUT_IDS: r.INPUT_IDS, r.ATTENTION_MASK: r.ATTENTION_MASK}))
+    steps.append(mc.ModelEnsembling.Step(
+        model_name=spec.triton_model, model_version=-1,
+        input_map={r.INPUT_IDS: r.INPUT_IDS, r.ATTENTION_MASK: r.ATTENTION_MASK},
+        output_map={r.EMBEDDING: r.EMBEDDING}))
+    return cfg
+
+
 def failsafe_config() -> mc.ModelConfig:
     """BLS entry point: embedders called concurrently under a deadline; missing -> zeros."""
     f = r.FAILSAFE
@@ -237,6 +265,7 @@ def all_configs() -> list[tuple[mc.ModelConfig, str | None]]:
     out: list[tuple[mc.ModelConfig, str | None]] = [
         (c, c.parameters["adapter"].string_value) for c in configs]
     out.append((ensemble_config(), None))
+    out.append((ensemble_config(r.CACHED_MODEL), None))
     return out
 
 

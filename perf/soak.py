@@ -10,16 +10,15 @@ Python stub, and writes perf/reports/soak.md (+ .json, + soak-memory.png).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 from ensemble.server import Ports, TritonServer, stub_processes
+from perf import tools
 from perf.sts import REPORTS, ROOT, _free_port
 
 
@@ -70,28 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         watcher.start()
         seconds = int(args.minutes * 60)
-        print(f"locust: {args.users} users for {seconds} s ...", flush=True)
-        locust = subprocess.Popen(
-            [sys.executable, "-m", "locust", "-f", str(ROOT / "perf" / "locustfile.py"),
-             "--headless", "-u", str(args.users), "-r", str(max(1, args.users // 4)),
-             "-t", f"{seconds}s", "--host", f"http://{server.http_url}",
-             "--grpc-url", server.grpc_url, "--csv", str(work / "locust"),
-             "--only-summary", "--stop-timeout", "30"])
-        try:
-            locust.wait(timeout=seconds + 120)
-        except subprocess.TimeoutExpired:
-            # Its statistics are written; a gRPC channel closed at interpreter exit under
-            # gevent can hang the process.
-            locust.kill()
-            locust.wait()
+        stats = tools.locust(server.http_url, server.grpc_url, args.users, seconds,
+                             work / "locust")
         stop.set()
         watcher.join()
         samples.append((time.monotonic() - start, sample(server)))
         restarts = list(server.watchdog.restarts) if server.watchdog else []
     finally:
         server.stop()
-    with open(work / "locust_stats.csv") as f:
-        stats = list(csv.DictReader(f))
     path = write_report(args, stats, samples, restarts)
     valid_failures = sum(int(r["Failure Count"]) for r in stats if "valid" in r["Name"])
     print(f"report: {path}")

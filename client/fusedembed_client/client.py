@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 
 MODEL = "fused_text"
+# The same pipeline behind Triton's response cache; it answers FUSED only (a repeated
+# request never reaches the embedders), so the Embedding's other fields stay empty.
+CACHED_MODEL = "fused_text_cached"
 MAX_BATCH = 32  # the ensemble's max_batch_size; larger batches are sent in chunks
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "TRUNCATED", "REDACTIONS",
@@ -146,6 +149,8 @@ class FusedEmbedClient:
         unknown = [b for b in blocks if b not in BLOCKS]
         if unknown:
             raise ValueError(f"unknown block {unknown[0]!r}; blocks are E1 ... E12")
+        if blocks and self.model == CACHED_MODEL:
+            raise ValueError(f"{CACHED_MODEL} answers FUSED only; ask {MODEL} for blocks")
         gate = gate or GateControls()
         out: list[Embedding] = []
         for start in range(0, len(texts), MAX_BATCH):
@@ -197,7 +202,8 @@ class FusedEmbedClient:
             value = np.tile(row, (len(texts), 1))
             inputs.append(tc.InferInput(name, list(value.shape), dtype))
             inputs[-1].set_data_from_numpy(value)
-        outputs = [tc.InferRequestedOutput(name) for name in (*OUTPUTS, *blocks)]
+        names = ("FUSED",) if self.model == CACHED_MODEL else (*OUTPUTS, *blocks)
+        outputs = [tc.InferRequestedOutput(name) for name in names]
         kwargs: dict[str, Any] = {"outputs": outputs}
         if self.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout_s
@@ -205,6 +211,9 @@ class FusedEmbedClient:
             result = self._client.infer(self.model, inputs, **kwargs)
         except Exception as err:  # tritonclient raises InferenceServerException
             raise FusedEmbedError(f"{self.model} at {self.url} ({self.protocol}): {err}") from err
+        if self.model == CACHED_MODEL:
+            empty = np.zeros(0, dtype=np.float32)
+            return [Embedding(v, empty, empty.astype(np.int32)) for v in result.as_numpy("FUSED")]
         fused, weights, selected, cut, redacted, version = (result.as_numpy(name)
                                                             for name in OUTPUTS)
         block_arrays = {b: result.as_numpy(b) for b in blocks}

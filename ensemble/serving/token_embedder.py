@@ -22,6 +22,7 @@ from export.registry import (
     TEXT,
     TRUNCATE,
     Kind,
+    Runtime,
     embedder,
 )
 
@@ -48,8 +49,8 @@ def truncation_allowed(request) -> bool:
 
 class TritonPythonModel(Adapter):
     def setup(self) -> None:
-        threads = int(self.params.get("threads", "0"))
-        self.embedder = TokenEmbedder(embedder(self.params["block_id"]), self.directory, threads)
+        self.embedder = TokenEmbedder(embedder(self.params["block_id"]), self.directory,
+                                      Runtime.from_parameters(self.params))
 
     def execute(self, requests):
         return self.run_batched(requests, self._read, self._embed)

@@ -16,7 +16,7 @@ from ensemble import fusemoe, rollout
 from ensemble.server import Ports, TritonServer
 from export.artifacts import Manifest, manifest_path
 from export.build import embedder_fingerprints
-from export.registry import FUSEMOE, FUSEMOE_MODEL
+from export.registry import CACHED_MODEL, FUSEMOE, FUSEMOE_MODEL
 from fusedembed_client import FusedEmbedClient, FusedEmbedError
 from tests.server.conftest import free_port
 
@@ -28,17 +28,19 @@ TEXTS = ["rolling out new fusion weights", "while traffic keeps flowing",
 
 
 def swap_repository(source: Path, target: Path) -> Path:
-    """The repository as links, with a fusemoe folder of its own to add versions to."""
+    """The repository as links, with fusemoe and fused_text_cached folders of their own to
+    add versions to."""
     target.mkdir()
     for model in source.iterdir():
         if not model.is_dir():
             continue
-        if model.name != FUSEMOE_MODEL:
+        if model.name not in (FUSEMOE_MODEL, CACHED_MODEL):
             (target / model.name).symlink_to(model)
             continue
         (target / model.name).mkdir()
         for child in ("config.pbtxt", "configs", "1"):
-            (target / model.name / child).symlink_to(model / child)
+            if (model / child).exists():
+                (target / model.name / child).symlink_to(model / child)
     return target
 
 
@@ -105,6 +107,8 @@ def test_a_new_version_goes_live_with_zero_failed_requests(swap_server, reposito
     fusemoe.save(model_b, tmp_path / "b", new,
                  extra={"embedder_fingerprints": embedder_fingerprints(repository)})
 
+    with FusedEmbedClient(swap_server.http_url, model=CACHED_MODEL) as cached:
+        cached.embed_batch(TEXTS, [T0] * len(TEXTS))  # old answers now in the cache
     with Traffic(swap_server) as traffic:
         traffic.wait(lambda: all(len(v) >= 3 for v in traffic.versions), 120)
         start = time.monotonic()
@@ -131,6 +135,12 @@ def test_a_new_version_goes_live_with_zero_failed_requests(swap_server, reposito
         expected = model_b(x).fused.numpy()
     cosine = np.sum(np.stack([e.vector for e in served]) * expected, axis=1)
     assert np.all(cosine >= 0.9999), cosine
+    # The cached entry point moved to a new version with the swap: no old answer is served.
+    with FusedEmbedClient(swap_server.http_url, model=CACHED_MODEL) as cached:
+        repeat = cached.embed_batch(TEXTS, [T0] * len(TEXTS))
+    cosine = np.sum(np.stack([e.vector for e in repeat]) * expected, axis=1)
+    assert np.all(cosine >= 0.9999), cosine
+    assert rollout.versions(repo, CACHED_MODEL) == [1, 2]
 
 
 def test_a_checkpoint_trained_on_other_blocks_is_refused(swap_server, tmp_path):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble.stages import TokenBatch, TokenEmbedder, truncate, version_dir
+from ensemble.stages import TokenBatch, TokenEmbedder, length_bucket, truncate, version_dir
 from export.architectures import architecture
 from export.build import tokenizer_ids
 from export.onnx_export import example_inputs
-from export.registry import EMBEDDERS, Input, tokenizer_family
+from export.registry import EMBEDDERS, Input, Runtime, embedder, tokenizer_family
 
 NEURAL = [e for e in EMBEDDERS if e.input is Input.TOKENS]
 
@@ -49,3 +49,25 @@ def test_truncation_keeps_the_closing_token_like_the_tokenizer(repository):
     ref = tok.encode(texts)
     np.testing.assert_array_equal(cut.input_ids, ref.input_ids)
     np.testing.assert_array_equal(cut.attention_mask, ref.attention_mask)
+
+
+def test_length_buckets_group_rows_by_their_token_count():
+    lengths = np.array([3, 16, 17, 40, 600])
+    assert length_bucket(lengths, (16, 32, 64)) == [0, 0, 1, 2, 3]
+    assert length_bucket(lengths, ()) == [0] * 5
+
+
+@pytest.mark.parametrize("block", ["E1", "E5", "E11"])
+def test_length_buckets_and_threads_leave_the_vectors_unchanged(block, repository):
+    """Bucketing pads each group only to its own longest row: same vectors, less padding."""
+    spec = embedder(block)
+    ids = tokenizer_ids(tokenizer_family(spec.tokenizer), repository)
+    directory = version_dir(repository, spec.triton_model)
+    plain = TokenEmbedder(spec, directory)
+    tuned = TokenEmbedder(spec, directory, Runtime(threads=1, length_buckets=(8, 16, 32)))
+    lengths = np.array([3, 40, 7, 12, 30, 8, 17, 5, 25])
+    mask = (np.arange(40)[None, :] < lengths[:, None]).astype(np.int64)
+    tokens = np.random.default_rng(5).integers(5, ids.vocab_size, size=mask.shape)
+    batch = TokenBatch(np.where(mask == 1, tokens, ids.pad).astype(np.int64), mask)
+    assert len(set(length_bucket(lengths, tuned.length_buckets))) == 4
+    np.testing.assert_allclose(tuned.embed(batch), plain.embed(batch), atol=1e-5)

@@ -1,5 +1,6 @@
 """The committed config.pbtxt / model.py files are exactly what the registry generates."""
 
+import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -24,7 +25,7 @@ def test_every_model_of_the_registry_has_a_config():
     expected = {e.triton_model for e in r.EMBEDDERS} | {f.triton_model
                                                         for f in r.TOKENIZER_FAMILIES}
     assert names == expected | {r.PREPROCESS_MODEL, r.FUSEMOE_MODEL, r.ENSEMBLE_MODEL,
-                                r.FAILSAFE_MODEL}
+                                r.CACHED_MODEL, r.FAILSAFE_MODEL}
     assert all((REPOSITORY / n / "config.pbtxt").is_file() for n in names)
 
 
@@ -46,9 +47,35 @@ def test_ensemble_contract():
     assert not cfg.response_cache.enable
 
 
-def test_ensemble_steps_consume_only_what_is_produced():
+def test_the_cached_entry_point_has_one_output_and_the_cache_on():
+    """Triton's cache key leaves out the requested outputs: with FUSED as the only output,
+    no cached answer can lack what a later request asks for."""
     configs = _configs()
-    ensemble = configs[r.ENSEMBLE_MODEL]
+    cached, plain = configs[r.CACHED_MODEL], configs[r.ENSEMBLE_MODEL]
+    assert cached.response_cache.enable
+    assert [o.name for o in cached.output] == [r.FUSED]
+    assert list(cached.input) == list(plain.input)
+    assert [s.model_name for s in cached.ensemble_scheduling.step] == [
+        s.model_name for s in plain.ensemble_scheduling.step]
+    assert cached.ensemble_scheduling.step[-1].output_map == {r.FUSED: r.FUSED}
+
+
+def test_neural_models_carry_the_runtime_defaults():
+    configs = _configs()
+    for e in r.EMBEDDERS:
+        cfg = configs[e.triton_model]
+        if e.input is not r.Input.TOKENS:
+            continue
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
+        assert r.Runtime.from_parameters(params) == r.RUNTIME, e.triton_model
+        assert cfg.instance_group[0].count == r.RUNTIME.instances
+    assert configs[r.FUSEMOE_MODEL].parameters["threads"].string_value == str(r.RUNTIME.threads)
+
+
+@pytest.mark.parametrize("name", [r.ENSEMBLE_MODEL, r.CACHED_MODEL])
+def test_ensemble_steps_consume_only_what_is_produced(name):
+    configs = _configs()
+    ensemble = configs[name]
     available = {i.name for i in ensemble.input}
     for step in ensemble.ensemble_scheduling.step:
         model = configs[step.model_name]
