@@ -61,8 +61,13 @@ def closed_loop(make_send: Callable[[], Send], texts: list[str], batch: int, cli
     deadline = [0.0]
 
     def client(i: int) -> None:
-        send = make_send()
-        send(texts[:batch])  # connection and warm-up, not measured
+        try:
+            send = make_send()
+            send(texts[:batch])  # connection and warm-up, not measured
+        except Exception as err:  # noqa: BLE001 - reported below; the others go on
+            errors.append(repr(err))
+            start_gate.wait()
+            return
         start_gate.wait()
         n = i * 97
         while time.perf_counter() < deadline[0]:
@@ -89,6 +94,9 @@ def closed_loop(make_send: Callable[[], Send], texts: list[str], batch: int, cli
     for t in threads:
         t.join()
     wall = time.perf_counter() - begin
+    if not latencies:
+        raise SystemExit(f"no answer in {seconds} s at batch {batch}, concurrency {clients}: "
+                         f"{errors[:3]}")
     lat = np.array(latencies) * 1000
     return {"batch": batch, "concurrency": clients, "items_per_s": done[0] / wall,
             "requests": len(latencies), "errors": len(errors),
