@@ -1,0 +1,48 @@
+"""The closed-loop load generator of Race A and the cache loops (our own logic, no server)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from perf.race_a import closed_loop
+
+TEXTS = [f"text {i}" for i in range(50)]
+
+
+def fake_send(delay_s: float = 0.002, dim: int = 4):
+    def make():
+        def send(chunk):
+            time.sleep(delay_s)
+            return np.zeros((len(chunk), dim), dtype=np.float32)
+        return send
+    return make
+
+
+def test_every_client_sends_whole_batches_until_the_deadline():
+    row = closed_loop(fake_send(), TEXTS, 8, 3, 0.3, dim=4)
+    assert row["errors"] == 0 and row["requests"] > 0
+    assert row["items_per_s"] == pytest.approx(row["requests"] * 8 / 0.3, rel=0.3)
+    assert 2.0 <= row["p50_ms"] <= row["p95_ms"] < 500
+
+
+def test_wrong_answers_are_errors_and_no_answer_at_all_stops():
+    row_dim = closed_loop(fake_send(dim=5), TEXTS, 2, 1, 0.05, dim=5)
+    assert row_dim["errors"] == 0
+    with pytest.raises(SystemExit, match="no answer"):
+        closed_loop(fake_send(dim=3), TEXTS, 2, 2, 0.05, dim=4)
+
+
+def test_a_client_that_cannot_warm_up_does_not_hang_the_others():
+    calls = []
+
+    def make():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("refused")
+        return fake_send()()
+
+    row = closed_loop(make, TEXTS, 1, 2, 0.1, dim=4)
+    assert row["errors"] == 1 and row["requests"] > 0
