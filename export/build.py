@@ -20,7 +20,11 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from export import checkpoints as checkpoints_mod
 from export import repository
@@ -259,9 +263,6 @@ def build_fusemoe(directory: Path, key: str, checkpoint: Path | None) -> None:
 def write_built_config(repo: Path, name: str, overrides: dict[str, str] | None = None) -> None:
     """configs/built.pbtxt: the committed config plus the build's provenance as parameters
     (and any parameter ``overrides``)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
     cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
     info = json.loads((_vdir(repo, name) / BUILD_INFO).read_text())
     weights = "pretrained" if info.get("pretrained") else "tiny"
@@ -279,6 +280,36 @@ def write_built_config(repo: Path, name: str, overrides: dict[str, str] | None =
     path.parent.mkdir(exist_ok=True)
     path.write_text("# Written by export/build.py for this build: do not edit.\n"
                     + text_format.MessageToString(cfg))
+
+
+def linked_repository(source: Path, target: Path, edit: Callable[[mc.ModelConfig], None],
+                      note: str, models: set[str] | None = None) -> Path:
+    """``source`` (only ``models`` of it when given) as links in a new folder ``target``; a
+    model whose config ``edit`` changes gets a folder of its own whose
+    ``configs/built.pbtxt`` is the edited one (headed by ``# note``), its other entries
+    (weights, version folders) still links. For test and benchmark servers."""
+    from google.protobuf import text_format
+
+    target.mkdir(parents=True)
+    for model in sorted(p for p in source.iterdir() if p.is_dir()):
+        if models is not None and model.name not in models:
+            continue
+        built = model / "configs" / f"{BUILT_CONFIG}.pbtxt"
+        cfg = text_format.Parse((built if built.is_file() else model / "config.pbtxt")
+                                .read_text(), mc.ModelConfig())
+        original = mc.ModelConfig()
+        original.CopyFrom(cfg)
+        edit(cfg)
+        if cfg == original:
+            (target / model.name).symlink_to(model)
+            continue
+        (target / model.name / "configs").mkdir(parents=True)
+        for child in model.iterdir():
+            if child.name != "configs":
+                (target / model.name / child.name).symlink_to(child)
+        (target / model.name / "configs" / built.name).write_text(
+            f"# {note}\n" + text_format.MessageToString(cfg))
+    return target
 
 
 def build(repo: Path, profile: str = "pretrained", force: bool = False,

@@ -25,12 +25,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ensemble.stages import GRAPH_OPTIMIZATION
 from export import registry as r
-from export.build import BUILT_CONFIG
+from export.build import linked_repository
 from export.repository import REPOSITORY
 from perf import bench
 
@@ -92,23 +91,8 @@ def variant_repository(variant: Variant, target: Path, source: Path = REPOSITORY
     config changed by ``variant``."""
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for model in sorted(p for p in source.iterdir() if p.is_dir()):
-        if models is not None and model.name not in models:
-            continue
-        built = model / "configs" / f"{BUILT_CONFIG}.pbtxt"
-        if not built.is_file():  # an ensemble: nothing to tune
-            (target / model.name).symlink_to(model)
-            continue
-        (target / model.name / "configs").mkdir(parents=True)
-        for child in model.iterdir():
-            if child.name != "configs":
-                (target / model.name / child.name).symlink_to(child)
-        cfg = text_format.Parse(built.read_text(), mc.ModelConfig())
-        variant.apply(cfg)
-        (target / model.name / "configs" / built.name).write_text(
-            f"# perf/tune.py variant: {variant.name}\n" + text_format.MessageToString(cfg))
-    return target
+    return linked_repository(source, target, variant.apply,
+                             f"perf/tune.py variant: {variant.name}", models)
 
 
 def measure(variant: Variant, texts: list[str], data: Path, rounds: int,

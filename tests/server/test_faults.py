@@ -6,15 +6,14 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ensemble.server import Ports, TritonServer, stub_models, stub_processes
+from export.build import linked_repository
 from fusedembed_client import FusedEmbedClient
 from tests.server.conftest import free_port
 
@@ -37,33 +36,19 @@ def _inputs(texts):
     return [text, stamp]
 
 
-def faulty_repository(source: Path, target: Path) -> Path:
-    """The repository as links, with FAULTS set as parameters of the models' configs."""
-    target.mkdir()
-    for model in source.iterdir():
-        if not model.is_dir():
-            continue
-        if model.name not in FAULTS:
-            (target / model.name).symlink_to(model)
-            continue
-        (target / model.name).mkdir()
-        (target / model.name / "1").symlink_to(model / "1")
-        built = model / "configs" / "built.pbtxt"
-        cfg = text_format.Parse((built if built.is_file() else model / "config.pbtxt")
-                                .read_text(), mc.ModelConfig())
-        for key, value in FAULTS[model.name].items():
-            cfg.parameters[key].string_value = value
-        cfg.ClearField("model_warmup")  # warm-up would meet the fault and fail the load
-        (target / model.name / "configs").mkdir()
-        (target / model.name / "configs" / "built.pbtxt").write_text(
-            text_format.MessageToString(cfg))
-    return target
+def inject_faults(cfg: mc.ModelConfig) -> None:
+    """FAULTS set as parameters of the models' configs."""
+    if cfg.name not in FAULTS:
+        return
+    for key, value in FAULTS[cfg.name].items():
+        cfg.parameters[key].string_value = value
+    cfg.ClearField("model_warmup")  # warm-up would meet the fault and fail the load
 
 
 @pytest.fixture(scope="module")
 def fault_server(repository, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
-    repo = faulty_repository(repository, tmp / "repo")
+    repo = linked_repository(repository, tmp / "repo", inject_faults, "faults injected")
     srv = TritonServer(repo, Ports(free_port(), free_port(), free_port()), tmp / "triton.log")
     srv.start(timeout=600)
     yield srv
