@@ -33,6 +33,7 @@ from export.registry import (
     TRUNCATED,
     TRUNCATED_SUFFIX,
     Input,
+    Runtime,
     block_offsets,
 )
 
@@ -41,7 +42,7 @@ OFFSETS = [block_offsets()[e.id] for e in EMBEDDERS]
 
 class TritonPythonModel(Adapter):
     def setup(self) -> None:
-        threads = int(self.params.get("threads", "0"))
+        threads = Runtime.from_parameters(self.params).threads
         if threads:
             torch.set_num_threads(threads)
         self.model, self.manifest = fusemoe.load(self.directory)
