@@ -18,7 +18,9 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-STS_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "stsbenchmark"
+from export.stsb import DATA
+
+STS_DATA = DATA
 PARAPHRASE_SCORE = 4.0
 MAX_CODE_CHARS = 600  # longer functions are skipped: they only cost block time
 MIN_SUMMARY_WORDS = 4

@@ -45,6 +45,9 @@ from export.registry import (
 # Runtime.graph_optimization -> onnxruntime.GraphOptimizationLevel member.
 GRAPH_OPTIMIZATION = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                       "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+# ONNX Runtime's CPU provider fuses FP8 Q/DQ around a MatMul into MatMulIntegerToFloat, an
+# int8-only kernel, above "basic": FP8 graphs run at most at "basic" (Q/DQ emulation).
+FP8_MAX_OPTIMIZATION = "basic"
 
 
 def version_dir(repository: Path, triton_model: str) -> Path:
@@ -168,29 +171,36 @@ class TokenEmbedder:
         self.max_length = int(info["max_length"])
         self.runtime = info["runtime"]
         self.convention = Convention.from_info(info.get("convention"))
-        if self.runtime == "onnx":
+        self.precision = info.get("precision", "fp32")
+        # Longest text the ONNX graph serves exactly (E5); longer rows run the PyTorch module.
+        self.exact_limit = info.get("exact_path_max_tokens")
+        self.inputs = [INPUT_IDS, ATTENTION_MASK]
+        if "onnx" in self.runtime:
             import onnxruntime as ort
 
+            level = runtime.graph_optimization
+            if self.precision == "fp8" and (list(GRAPH_OPTIMIZATION).index(level)
+                                            > list(GRAPH_OPTIMIZATION).index(FP8_MAX_OPTIMIZATION)):
+                level = FP8_MAX_OPTIMIZATION
             options = ort.SessionOptions()
             options.intra_op_num_threads = runtime.threads
             options.graph_optimization_level = getattr(
-                ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[runtime.graph_optimization])
+                ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[level])
             # Many models share few cores: idle threads must sleep, not spin.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(str(directory / ONNX_FILE), options,
                                                 providers=["CPUExecutionProvider"])
             self.output = self.session.get_outputs()[0].name
             self.inputs = [i.name for i in self.session.get_inputs()]
-        else:
+        if "torch" in self.runtime:
             import torch
 
             from export.architectures import architecture
 
             if runtime.threads:
                 torch.set_num_threads(runtime.threads)
-            dtype = torch.float16 if info.get("precision") == "fp16" else torch.float32
+            dtype = torch.float16 if self.precision == "fp16" else torch.float32
             self.module = architecture(spec).pretrained_module(spec, directory / TORCH_DIR, dtype)
-            self.inputs = [INPUT_IDS, ATTENTION_MASK]
         self.projection = None
         if spec.pooling is Pooling.SPLADE_MAX:
             self.projection = load_numpy(directory, SPLADE_STEM, SPLADE_VERSION)["projection"]
@@ -253,13 +263,30 @@ class TokenEmbedder:
         feeds = {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask,
                  POOL_MASK: (batch.attention_mask if pool is None else pool).astype(np.int64)}
         if self.runtime == "onnx":
-            out = self.session.run([self.output], {n: feeds[n] for n in self.inputs})[0]
-        else:
-            import torch
+            return self._onnx(feeds)
+        if self.runtime == "torch":
+            return self._torch(feeds)
+        # onnx+torch: rows within the graph's exact range run it, longer rows the module.
+        lengths = batch.attention_mask.sum(axis=1)
+        short = lengths <= self.exact_limit
+        out = np.zeros((len(lengths), self.spec.dim), dtype=np.float32)
+        for rows, run in ((np.nonzero(short)[0], self._onnx), (np.nonzero(~short)[0], self._torch)):
+            if rows.size:
+                width = max(1, int(lengths[rows].max()))
+                out[rows] = run({k: v[rows, :width] for k, v in feeds.items()})
+        return out
 
-            with torch.inference_mode():
-                out = self.module(*(torch.from_numpy(feeds[n]) for n in self.inputs)).float().numpy()
+    def _onnx(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        out = self.session.run([self.output], {n: feeds[n] for n in self.inputs})[0]
         return out.astype(np.float32, copy=False)
+
+    def _torch(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[n]))
+                                for n in self.inputs))
+        return out.float().numpy()
 
 
 class CustomEmbedder:

@@ -8,6 +8,7 @@ vocabulary-sized SPLADE vector: the seeded projection is a persisted artifact ap
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -15,12 +16,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from export.registry import EMBEDDERS, POOL_MASK, Embedder, Pooling
+from export.registry import EMBEDDERS, POOL_MASK, Embedder, Pooling, PublishedConfig
 
 # Toy sizes: the hidden width stays the real block width where the block is the hidden state.
 TINY_LAYERS = 2
 TINY_INTERMEDIATE = 64
 TINY_HEADS = 4
+TINY_HIDDEN = 32  # where the block is not the hidden state (SPLADE, ColBERT, CLIP)
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -59,13 +61,100 @@ class LongformerMeanPooled(MeanPooled):
         return l2(masked_mean(states, attention_mask))
 
 
-class SpladeMax(Pooler):
-    """SPLADE: max over real tokens of log(1 + relu(MLM logits)) -> [batch, vocab]."""
+class LongformerBanded(nn.Module):
+    """Longformer with global attention on the first token, mean pooled, L2: the reference
+    ``LongformerModel`` computed as dense attention under its band, exact for texts of up to
+    ``exact_limit`` tokens (one attention window).
+
+    ``LongformerModel`` pads every input to a multiple of its window and runs banded
+    attention through overlapping chunks: token i attends to tokens j with |i - j| <=
+    window / 2, the padding and the global token removed from the band, and to the global
+    token as an extra column with the ordinary key and value. That is dense attention over
+    the real tokens with a band mask (every pair inside the band up to window / 2 + 2
+    tokens). The global token's own output attends to every real token through
+    ``query_global`` / ``key_global`` / ``value_global``; it is computed for that one query
+    without projecting every token: the query folded into the key weight (q . (W h + b) =
+    (W^T q) . h + q . b), the value weight applied after the attention-weighted sum of hidden
+    states (sum p = 1). Within one window this costs no more attention than the reference's
+    chunks and no padding; past it dense scores grow as tokens^2, so longer texts run the
+    reference module.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // self.heads
+        windows = config.attention_window
+        windows = windows if isinstance(windows, list) else [windows] * config.num_hidden_layers
+        self.one_sided = [w // 2 for w in windows]
+        self.exact_limit = min(windows)
+
+    def _global_first(self, attention: nn.Module, h: torch.Tensor,
+                      keys: torch.Tensor) -> torch.Tensor:
+        """[B, hidden]: the first token's output through the global projections."""
+        batch, _, hidden = h.shape
+        heads, dim = self.heads, self.head_dim
+        q = attention.query_global(h[:, 0]) / math.sqrt(dim)  # [B, hidden]
+        q = q.view(batch, heads, 1, dim)
+        wk = attention.key_global.weight.view(heads, dim, hidden)
+        u = torch.matmul(q, wk)  # [B, H, 1, hidden]
+        c = torch.matmul(q, attention.key_global.bias.view(heads, dim, 1))  # [B, H, 1, 1]
+        states = h.unsqueeze(1)  # [B, 1, n, hidden]
+        scores = torch.matmul(u, states.transpose(-1, -2)) + c  # [B, H, 1, n]
+        scores = scores.masked_fill(~keys, torch.finfo(h.dtype).min)
+        pooled = torch.matmul(torch.softmax(scores, dim=-1), states)  # [B, H, 1, hidden]
+        wv = attention.value_global.weight.view(heads, dim, hidden).transpose(-1, -2)
+        out = torch.matmul(pooled, wv) + attention.value_global.bias.view(heads, 1, dim)
+        return out.reshape(batch, hidden)
+
+    def _attention(self, attention: nn.Module, h: torch.Tensor, keys: torch.Tensor,
+                   allowed: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = h.shape
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+
+        q = split(attention.query(h) / math.sqrt(self.head_dim))
+        k, v = split(attention.key(h)), split(attention.value(h))
+        scores = torch.matmul(q, k.transpose(-1, -2))
+        scores = scores.masked_fill(~allowed, torch.finfo(h.dtype).min)
+        local = torch.matmul(torch.softmax(scores, dim=-1), v)
+        local = local.transpose(1, 2).reshape(batch, length, hidden)
+        first = self._global_first(attention, h, keys)
+        return torch.cat([first.unsqueeze(1), local[:, 1:]], dim=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        weights = torch.log1p(torch.relu(logits)) * attention_mask.unsqueeze(-1).to(logits.dtype)
-        return weights.max(dim=1).values
+        h = self.model.embeddings(input_ids=input_ids)
+        keys = attention_mask[:, None, None, :].bool()  # [B, 1, 1, n]: real tokens
+        position = torch.arange(input_ids.shape[1], device=input_ids.device)
+        distance = (position[None, :] - position[:, None]).abs()  # [n, n]
+        for layer, one_sided in zip(self.model.encoder.layer, self.one_sided):
+            band = (distance <= one_sided) | (position[None, :] == 0)  # the global column
+            attended = self._attention(layer.attention.self, h, keys, keys & band)
+            h_attn = layer.attention.output(attended, h)
+            h = layer.output(layer.intermediate(h_attn), h_attn)
+        return l2(masked_mean(h, attention_mask))
+
+
+class SpladeMax(Pooler):
+    """SPLADE: max over real tokens of log(1 + relu(MLM logits)) -> [batch, vocab].
+
+    log(1 + relu(x)) is monotone and the decoder bias is the same for every token, so the
+    max is taken first, over the bias-free logits of the real tokens, and bias, relu and
+    log1p act on [batch, vocab] only: the same vector without four elementwise passes over
+    the [batch, tokens, vocab] logits.
+    """
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.model.bert(input_ids=input_ids, attention_mask=attention_mask)
+        head = self.model.cls.predictions
+        hidden = head.transform(states.last_hidden_state)
+        logits = torch.matmul(hidden, head.decoder.weight.t())  # no bias: [B, L, vocab]
+        padding = (attention_mask == 0).unsqueeze(-1)
+        top = logits.masked_fill(padding, float("-inf")).max(dim=1).values + head.decoder.bias
+        return torch.log1p(torch.relu(top))
 
 
 class ClipEosProjection(Pooler):
@@ -108,15 +197,35 @@ class Architecture:
 
     output_name: ClassVar[str] = "embedding"
     extra_inputs: ClassVar[tuple[str, ...]] = ()  # beyond input_ids and attention_mask
-    # "onnx": exported and run with ONNX Runtime; "torch": the PyTorch module itself is served.
+    # "onnx": exported and run with ONNX Runtime; "onnx+torch": the ONNX graph for texts up
+    # to ``exact_limit`` tokens and the PyTorch module itself for longer ones.
     runtime: ClassVar[str] = "onnx"
+    # Substrings of the exported MatMul/Gemm node names that INT8 builds keep in FP32.
+    int8_keep_fp32: ClassVar[tuple[str, ...]] = ()
 
     # The transformers class of the source model, and what its constructor needs.
     model_class: ClassVar[str] = "BertModel"
     model_kwargs: ClassVar[dict] = {"add_pooling_layer": False}
 
-    def tiny_config(self, spec: Embedder, ids: TokenizerIds):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def config(self, spec: Embedder, ids: TokenizerIds, size: PublishedConfig):
+        """The transformers config of this architecture at ``size``; special token ids
+        come from the family's tokenizer."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def tiny_size(self, spec: Embedder, ids: TokenizerIds) -> PublishedConfig:
+        """The toy size: a few narrow layers over the family's tokenizer vocabulary."""
+        assert spec.max_length is not None
+        hidden = spec.dim if spec.pooling is Pooling.MEAN else TINY_HIDDEN
+        return PublishedConfig(TINY_LAYERS, hidden, TINY_HEADS, TINY_INTERMEDIATE,
+                               ids.vocab_size, spec.max_length)
+
+    def full_size(self, spec: Embedder, ids: TokenizerIds) -> PublishedConfig:
+        """The source model's published size; its vocabulary holds the tokenizer's."""
+        assert spec.published is not None
+        if ids.vocab_size > spec.published.vocab_size:
+            raise ValueError(f"{spec.id}: the tokenizer's {ids.vocab_size} ids exceed the "
+                             f"published vocabulary of {spec.published.vocab_size}")
+        return spec.published
 
     def _model_type(self):
         import transformers
@@ -128,6 +237,14 @@ class Architecture:
 
     def wrap(self, spec: Embedder, model: nn.Module) -> nn.Module:
         return MeanPooled(model)
+
+    def onnx_module(self, module: nn.Module) -> nn.Module:
+        """What is exported to ONNX: the pooled module itself."""
+        return module
+
+    def exact_limit(self, module: nn.Module) -> int | None:
+        """Longest text (tokens) the ONNX graph serves exactly; None: every length."""
+        return None
 
     def pretrained_config(self, checkpoint: Path):
         from transformers import AutoConfig
@@ -155,35 +272,43 @@ class Architecture:
                                 f"{self.model_class}: {', '.join(sorted(bad)[:5])}")
         return self.wrap(spec, model).eval()
 
-    def tiny_module(self, spec: Embedder, ids: TokenizerIds) -> nn.Module:
-        """Seeded, deterministic toy model with the pooling of ``spec``, in eval mode."""
+    def seeded_module(self, spec: Embedder, ids: TokenizerIds,
+                      size: PublishedConfig) -> nn.Module:
+        """Seeded, deterministic model of ``size`` with the pooling of ``spec``, in eval
+        mode (transformers' own initialisation)."""
         torch.manual_seed(seed_for(spec))
-        config = self.tiny_config(spec, ids)
+        config = self.config(spec, ids, size)
         config._attn_implementation = "eager"
         module = self.wrap(spec, self.model_from_config(config))
         return module.eval()
+
+    def tiny_module(self, spec: Embedder, ids: TokenizerIds) -> nn.Module:
+        return self.seeded_module(spec, ids, self.tiny_size(spec, ids))
+
+    def full_module(self, spec: Embedder, ids: TokenizerIds) -> nn.Module:
+        """The real architecture at its published size, seeded random weights."""
+        return self.seeded_module(spec, ids, self.full_size(spec, ids))
 
 
 def seed_for(spec: Embedder) -> int:
     return 1000 + [e.id for e in EMBEDDERS].index(spec.id)
 
 
-def _bert_kwargs(spec: Embedder, ids: TokenizerIds, hidden: int) -> dict:
-    assert spec.max_length is not None
-    return {"vocab_size": ids.vocab_size, "hidden_size": hidden,
-            "num_hidden_layers": TINY_LAYERS, "num_attention_heads": TINY_HEADS,
-            "intermediate_size": TINY_INTERMEDIATE,
-            "max_position_embeddings": spec.max_length, "pad_token_id": ids.pad}
+def _bert_kwargs(size: PublishedConfig, ids: TokenizerIds) -> dict:
+    return {"vocab_size": size.vocab_size, "hidden_size": size.hidden,
+            "num_hidden_layers": size.layers, "num_attention_heads": size.heads,
+            "intermediate_size": size.intermediate, "max_position_embeddings": size.max_positions,
+            "type_vocab_size": size.type_vocab_size, "layer_norm_eps": size.layer_norm_eps,
+            "hidden_act": size.hidden_act, "pad_token_id": ids.pad}
 
 
 class Bert(Architecture):
     """e5-large-v2, paraphrase-MiniLM, all-MiniLM: BertModel, mean pooled."""
 
-    def tiny_config(self, spec, ids):
+    def config(self, spec, ids, size):
         from transformers import BertConfig
 
-        return BertConfig(**_bert_kwargs(spec, ids, spec.dim))
-
+        return BertConfig(**_bert_kwargs(size, ids))
 
 
 class BertSplade(Bert):
@@ -192,12 +317,6 @@ class BertSplade(Bert):
     output_name = "sparse"
     model_class = "BertForMaskedLM"
     model_kwargs: ClassVar[dict] = {}
-
-    def tiny_config(self, spec, ids):
-        from transformers import BertConfig
-
-        return BertConfig(**_bert_kwargs(spec, ids, 32))
-
 
     def wrap(self, spec, model):
         return SpladeMax(model)
@@ -216,11 +335,6 @@ class BertColbert(Bert):
             module.linear.weight.data.copy_(f.get_tensor("linear.weight"))
         return module
 
-    def tiny_config(self, spec, ids):
-        from transformers import BertConfig
-
-        return BertConfig(**_bert_kwargs(spec, ids, 32))
-
     def wrap(self, spec, model):
         return ColbertMean(model, spec.dim)
 
@@ -230,41 +344,52 @@ class Roberta(Architecture):
 
     model_class = "RobertaModel"
 
-    def tiny_config(self, spec, ids):
+    def tiny_size(self, spec, ids):
+        from dataclasses import replace
+
+        assert spec.max_length is not None
+        return replace(super().tiny_size(spec, ids),
+                       max_positions=spec.max_length + ids.pad + 1)
+
+    def config(self, spec, ids, size):
         from transformers import RobertaConfig
 
-        kwargs = _bert_kwargs(spec, ids, spec.dim)
-        kwargs["max_position_embeddings"] = spec.max_length + ids.pad + 1
-        return RobertaConfig(**kwargs, bos_token_id=ids.bos, eos_token_id=ids.eos)
+        return RobertaConfig(**_bert_kwargs(size, ids), bos_token_id=ids.bos,
+                             eos_token_id=ids.eos)
 
 
+class Longformer(Roberta):
+    """Longformer, global attention on the first token, mean pooled.
 
-class Longformer(Architecture):
-    """Longformer, served as a PyTorch module (safetensors in Hugging Face format).
-
-    Its sliding-window attention does not survive ONNX export here: the legacy tracer bakes
-    the batch size into ``as_strided`` chunking (batch 1 then fails in a Gather), the
-    ``onnx_export`` path needs ``Unfold`` with dynamic sizes (unsupported), and even a fully
-    static export differs from PyTorch by about 1e-3 (the in-place masking of invalid
-    window positions is lost). Measured with torch 2.13 / transformers 5.23.
+    The reference ``LongformerModel`` pads every input to a multiple of its attention window
+    (a 15-token text pays for 512 tokens in every layer). Texts of up to one window run the
+    exact banded-dense path (``LongformerBanded``), exported to ONNX; longer ones run the
+    reference module itself, served by PyTorch (safetensors in Hugging Face format): its
+    chunked attention does not survive ONNX export here (the legacy tracer bakes the batch
+    size into ``as_strided`` chunking, ``Unfold`` with dynamic sizes is unsupported, and a
+    fully static export differs from PyTorch by about 1e-3). Measured with torch 2.13 /
+    transformers 5.23.
     """
 
-    runtime = "torch"
+    runtime = "onnx+torch"
     model_class = "LongformerModel"
-    attention_window = 16
+    tiny_window = 16
 
-    def tiny_config(self, spec, ids):
+    def config(self, spec, ids, size):
         from transformers import LongformerConfig
 
-        kwargs = _bert_kwargs(spec, ids, spec.dim)
-        kwargs["max_position_embeddings"] = spec.max_length + ids.pad + 1
-        return LongformerConfig(**kwargs, attention_window=[self.attention_window] * TINY_LAYERS,
-                                bos_token_id=ids.bos, eos_token_id=ids.eos,
-                                sep_token_id=ids.eos)
-
+        window = size.attention_window or self.tiny_window
+        return LongformerConfig(**_bert_kwargs(size, ids), attention_window=[window] * size.layers,
+                                bos_token_id=ids.bos, eos_token_id=ids.eos, sep_token_id=ids.eos)
 
     def wrap(self, spec, model):
         return LongformerMeanPooled(model)
+
+    def onnx_module(self, module):
+        return LongformerBanded(module.model).eval()
+
+    def exact_limit(self, module):
+        return LongformerBanded(module.model).exact_limit
 
 
 class ClipText(Architecture):
@@ -273,15 +398,22 @@ class ClipText(Architecture):
     model_class = "CLIPTextModelWithProjection"
     model_kwargs: ClassVar[dict] = {}
 
-    def tiny_config(self, spec, ids):
+    def tiny_size(self, spec, ids):
+        from dataclasses import replace
+
+        return replace(super().tiny_size(spec, ids), layer_norm_eps=1e-5,
+                       hidden_act="quick_gelu", projection_dim=spec.dim)
+
+    def config(self, spec, ids, size):
         from transformers import CLIPTextConfig
 
-        return CLIPTextConfig(vocab_size=ids.vocab_size, hidden_size=32,
-                              intermediate_size=TINY_INTERMEDIATE, projection_dim=spec.dim,
-                              num_hidden_layers=TINY_LAYERS, num_attention_heads=TINY_HEADS,
-                              max_position_embeddings=spec.max_length, pad_token_id=ids.pad,
-                              bos_token_id=ids.bos, eos_token_id=ids.eos)
-
+        return CLIPTextConfig(vocab_size=size.vocab_size, hidden_size=size.hidden,
+                              intermediate_size=size.intermediate,
+                              projection_dim=size.projection_dim,
+                              num_hidden_layers=size.layers, num_attention_heads=size.heads,
+                              max_position_embeddings=size.max_positions,
+                              layer_norm_eps=size.layer_norm_eps, hidden_act=size.hidden_act,
+                              pad_token_id=ids.pad, bos_token_id=ids.bos, eos_token_id=ids.eos)
 
     def pretrained_config(self, checkpoint):
         # A full CLIP checkpoint: the text tower's config, with the projection size of the

@@ -131,6 +131,34 @@ class TextConvention:
 
 
 @dataclass(frozen=True)
+class PublishedConfig:
+    """A source model's size as its published ``config.json`` gives it (the ``full`` profile
+    builds the real architecture from these values, never downloading them).
+
+    Special token ids are not here: they come from the family's tokenizer, which the model
+    must agree with.
+    """
+
+    layers: int  # num_hidden_layers
+    hidden: int  # hidden_size
+    heads: int  # num_attention_heads
+    intermediate: int  # intermediate_size
+    vocab_size: int
+    max_positions: int  # max_position_embeddings
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    attention_window: int | None = None  # Longformer, every layer
+    projection_dim: int | None = None  # CLIP's text projection
+
+
+# BERT-base (bert-base-uncased config.json): SPLADE and ColBERTv2 are fine-tuned from it.
+BERT_BASE = PublishedConfig(12, 768, 12, 3072, 30522, 512)
+# The two MiniLM-L6 sentence-transformers models (nreimers/MiniLM-L6-H384-uncased).
+MINILM_L6 = PublishedConfig(6, 384, 12, 1536, 30522, 512)
+
+
+@dataclass(frozen=True)
 class Embedder:
     id: str
     triton_model: str
@@ -143,6 +171,7 @@ class Embedder:
     max_length: int | None = None  # tokens, including special tokens
     batching: Batching = field(default_factory=Batching)
     convention: TextConvention = field(default_factory=TextConvention)
+    published: PublishedConfig | None = None  # the source's config.json (neural models)
 
     @property
     def block_name(self) -> str:
@@ -159,7 +188,8 @@ TOKENIZER_FAMILIES: tuple[TokenizerFamily, ...] = (BERT, ROBERTA, CLIP)
 EMBEDDERS: tuple[Embedder, ...] = (
     Embedder("E1", "e01_semantic", Role.SEMANTIC, 1024, "intfloat/e5-large-v2",
              Pooling.MEAN, Input.TOKENS, BERT.name, 512,
-             convention=TextConvention(query_prefix="query: ", passage_prefix="passage: ")),
+             convention=TextConvention(query_prefix="query: ", passage_prefix="passage: "),
+             published=PublishedConfig(24, 1024, 16, 4096, 30522, 512)),
     Embedder("E2", "e02_temporal_recent", Role.TEMPORAL_RECENT, 512, "custom",
              Pooling.CUSTOM, Input.TIMESTAMP),
     Embedder("E3", "e03_temporal_periodic", Role.TEMPORAL_PERIODIC, 512, "custom",
@@ -167,24 +197,32 @@ EMBEDDERS: tuple[Embedder, ...] = (
     Embedder("E4", "e04_temporal_positional", Role.TEMPORAL_POSITIONAL, 512, "custom",
              Pooling.CUSTOM, Input.TIMESTAMP),
     Embedder("E5", "e05_causal", Role.CAUSAL, 768, "allenai/longformer-base-4096",
-             Pooling.MEAN, Input.TOKENS, ROBERTA.name, 4096),
+             Pooling.MEAN, Input.TOKENS, ROBERTA.name, 4096,
+             published=PublishedConfig(12, 768, 12, 3072, 50265, 4098, type_vocab_size=1,
+                                       layer_norm_eps=1e-5, attention_window=512)),
     Embedder("E6", "e06_sparse", Role.SPARSE, 1536, "naver/splade-cocondenser-ensembledistil",
-             Pooling.SPLADE_MAX, Input.TOKENS, BERT.name, 512),
+             Pooling.SPLADE_MAX, Input.TOKENS, BERT.name, 512, published=BERT_BASE),
     Embedder("E7", "e07_code", Role.CODE, 768, "microsoft/codebert-base",
-             Pooling.MEAN, Input.TOKENS, ROBERTA.name, 512),
+             Pooling.MEAN, Input.TOKENS, ROBERTA.name, 512,
+             published=PublishedConfig(12, 768, 12, 3072, 50265, 514, type_vocab_size=1,
+                                       layer_norm_eps=1e-5)),
     # sentence-transformers max_seq_length of the two MiniLM models: 128 and 256.
     Embedder("E8", "e08_graph", Role.GRAPH, 384, "sentence-transformers/paraphrase-MiniLM-L6-v2",
-             Pooling.MEAN, Input.TOKENS, BERT.name, 128),
+             Pooling.MEAN, Input.TOKENS, BERT.name, 128, published=MINILM_L6),
     Embedder("E9", "e09_hdc", Role.HDC, 1024, "custom", Pooling.CUSTOM, Input.TEXT),
+    # The text tower of the CLIP checkpoint (its text_config and projection_dim).
     Embedder("E10", "e10_multimodal", Role.MULTIMODAL, 768, "openai/clip-vit-large-patch14",
-             Pooling.EOS_PROJECTION, Input.TOKENS, CLIP.name, 77),
+             Pooling.EOS_PROJECTION, Input.TOKENS, CLIP.name, 77,
+             published=PublishedConfig(12, 768, 12, 3072, 49408, 77, layer_norm_eps=1e-5,
+                                       hidden_act="quick_gelu", projection_dim=768)),
     Embedder("E11", "e11_entity", Role.ENTITY, 384, "sentence-transformers/all-MiniLM-L6-v2",
-             Pooling.MEAN, Input.TOKENS, BERT.name, 256),
+             Pooling.MEAN, Input.TOKENS, BERT.name, 256, published=MINILM_L6),
     # ColBERTv2: doc_maxlen 180, query_maxlen 32, markers [Q] = [unused0], [D] = [unused1].
     Embedder("E12", "e12_late_interaction", Role.LATE_INTERACTION, 128, "colbert-ir/colbertv2.0",
              Pooling.COLBERT_MEAN, Input.TOKENS, BERT.name, 180,
              convention=TextConvention(query_marker="[unused0]", passage_marker="[unused1]",
-                                       query_length=32, skip_punctuation_in_passages=True)),
+                                       query_length=32, skip_punctuation_in_passages=True),
+             published=BERT_BASE),
 )
 
 
@@ -316,6 +354,8 @@ def _check() -> None:
             family = tokenizer_family(spec.tokenizer)
             if spec.max_length is None or spec.max_length > family.max_length:
                 raise AssertionError(f"{spec.id}: max_length must fit in {family.name}")
+            if spec.published is None:
+                raise AssertionError(f"{spec.id}: a neural model needs its published config")
 
 
 _check()

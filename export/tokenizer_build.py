@@ -69,35 +69,63 @@ def bert_uncased() -> Tokenizer:
     return tok
 
 
-def roberta_bpe() -> Tokenizer:
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
-    tok = Tokenizer(models.BPE(unk_token=None))
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
+
+
+def roberta_pipeline(tok: Tokenizer) -> Tokenizer:
+    """RoBERTa's byte-level BPE pipeline (what transformers converts its tokenizer to)."""
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer=trainer)
     tok.post_processor = processors.RobertaProcessing(
         ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")),
         trim_offsets=True, add_prefix_space=False)
     return tok
 
 
-def clip_bpe() -> Tokenizer:
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    normalizer = normalizers.Sequence([
+def roberta_bpe() -> Tokenizer:
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=ROBERTA_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return roberta_pipeline(tok)
+
+
+CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def _clip_normalizer():
+    return normalizers.Sequence([
         normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
-    pre_tokenizer = pre_tokenizers.Sequence([
+
+
+def _clip_pre_tokenizer():
+    return pre_tokenizers.Sequence([
         pre_tokenizers.Split(
             Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
             behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False)])
+
+
+def clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
+    """CLIP's lower-cased BPE with "</w>" word ends over ``vocab`` and ``merges``."""
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token=CLIP_EOS, continuing_subword_prefix="",
+                               end_of_word_suffix="</w>", fuse_unk=False))
+    tok.normalizer, tok.pre_tokenizer = _clip_normalizer(), _clip_pre_tokenizer()
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.RobertaProcessing(
+        (CLIP_EOS, tok.token_to_id(CLIP_EOS)), (CLIP_BOS, tok.token_to_id(CLIP_BOS)),
+        trim_offsets=False, add_prefix_space=False)
+    return tok
+
+
+def clip_bpe() -> Tokenizer:
     # The BPE trainer is deterministic only without an end-of-word suffix: learn the merges
     # without it, then add CLIP's "</w>" word-final form of every byte symbol.
     learner = Tokenizer(models.BPE())
-    learner.normalizer, learner.pre_tokenizer = normalizer, pre_tokenizer
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=[bos, eos],
+    learner.normalizer, learner.pre_tokenizer = _clip_normalizer(), _clip_pre_tokenizer()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=[CLIP_BOS, CLIP_EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     learner.train_from_iterator(_corpus(), trainer=trainer)
@@ -106,14 +134,7 @@ def clip_bpe() -> Tokenizer:
     for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[symbol + "</w>"] = len(vocab)
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
-    tok = Tokenizer(models.BPE(vocab, merges, unk_token=eos, continuing_subword_prefix="",
-                               end_of_word_suffix="</w>", fuse_unk=False))
-    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.RobertaProcessing(
-        (eos, tok.token_to_id(eos)), (bos, tok.token_to_id(bos)),
-        trim_offsets=False, add_prefix_space=False)
-    return tok
+    return clip_tokenizer(vocab, merges)
 
 
 TINY_BUILDERS: dict[str, Callable[[], Tokenizer]] = {

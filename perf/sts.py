@@ -10,40 +10,22 @@ serves. Use the dev split while developing; the test split is for reports.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
-import socket
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from export.stsb import DATA, Pairs, load_split  # noqa: F401 - re-exported
+from perf.workload import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "stsbenchmark"
 REPORTS = ROOT / "perf" / "reports"
 ALL = [f"E{i}" for i in range(1, 13)] + ["FUSED"]
 PUBLISHED = {"sentence-transformers/all-MiniLM-L6-v2": 0.8203, "intfloat/e5-large-v2": 0.8455}
-
-
-@dataclass(frozen=True)
-class Pairs:
-    first: list[str]
-    second: list[str]
-    gold: np.ndarray
-
-
-def load_split(data: Path, split: str) -> Pairs:
-    first, second, gold = [], [], []
-    with open(data / f"sts-{split}.csv", encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            gold.append(float(row[4]))
-            first.append(row[5])
-            second.append(row[6])
-    return Pairs(first, second, np.array(gold))
 
 
 def spearman_of_cosines(a: np.ndarray, b: np.ndarray, gold: np.ndarray) -> float | None:
@@ -57,12 +39,6 @@ def spearman_of_cosines(a: np.ndarray, b: np.ndarray, gold: np.ndarray) -> float
     return float(spearmanr(cos, gold).statistic)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def served(url: str | None):
     """A gRPC address: the given one, or a server started for this run."""
@@ -73,7 +49,7 @@ def served(url: str | None):
 
     log = ROOT / ".run" / "sts-server.log"
     log.parent.mkdir(exist_ok=True)
-    server = TritonServer(ports=Ports(_free_port(), _free_port(), _free_port()), log_path=log)
+    server = TritonServer(ports=Ports(free_port(), free_port(), free_port()), log_path=log)
     print(f"starting tritonserver (log: {log.relative_to(ROOT)}) ...", flush=True)
     server.start()
     try:
