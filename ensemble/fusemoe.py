@@ -162,9 +162,19 @@ def save(model: FuseMoE, directory: Path, version: str, extra: dict | None = Non
     return manifest
 
 
-def load(directory: Path, cfg: FuseMoEConfig = FUSEMOE) -> tuple[FuseMoE, Manifest]:
-    """Load verified weights; a checksum or shape mismatch is an ``ArtifactError``."""
+def load(directory: Path, cfg: FuseMoEConfig = FUSEMOE,
+         precision: str | None = None) -> tuple[FuseMoE, Manifest]:
+    """Load verified weights; a checksum or shape mismatch is an ``ArtifactError``.
+
+    ``precision`` ``int8`` quantizes the experts' Linear layers after the FP32 weights were
+    verified; the gate stays FP32: INT8 gate logits switch the top-k experts of rows whose
+    gate probabilities are close, and such a row's fused vector then changes entirely
+    (tests/unit/test_precision.py). None takes the precision the build recorded in the
+    folder's build.json (fp32 when there is none, as in a checkpoint folder)."""
     from safetensors.torch import load_file
+
+    from export.layout import BUILD_INFO
+    from export.precision import quantize_torch_int8
 
     data, manifest = verified(directory, WEIGHTS_STEM)
     model = FuseMoE(cfg)
@@ -172,6 +182,14 @@ def load(directory: Path, cfg: FuseMoEConfig = FUSEMOE) -> tuple[FuseMoE, Manife
         model.load_state_dict(load_file(str(data)), strict=True)
     except RuntimeError as err:
         raise ArtifactError(f"{data}: weights do not fit FuseMoE {cfg}: {err}") from err
+    if precision is None:
+        info = directory / BUILD_INFO
+        precision = json.loads(info.read_text()).get("precision", "fp32") if info.is_file() \
+            else "fp32"
+    if precision == "int8":
+        model.experts = quantize_torch_int8(model.experts.eval())
+    elif precision != "fp32":
+        raise ArtifactError(f"{directory}: FuseMoE runs in fp32 or int8, not {precision}")
     return model.eval(), manifest
 
 

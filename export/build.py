@@ -1,10 +1,16 @@
 """Build the model repository's artifacts for a profile.
 
-    python -m export.build [--profile pretrained|tiny] [--checkpoints DIR] [--force]
+    python -m export.build [--profile pretrained|tiny|full] [--precision int8,E6=fp32]
+                           [--checkpoints DIR] [--force]
 
 ``tiny``: every neural embedder is its real architecture at toy depth with seeded random
 weights. ``pretrained``: every source checkpoint found offline (export/checkpoints.py) is
 exported with its reference conventions; the rest fall back to tiny, and the mix is recorded.
+``full``: as ``pretrained``, but the fallback is the real architecture at its published size
+(registry ``PublishedConfig``) with seeded random weights, and the BPE tokenizer families
+without a checkpoint use their published vocabularies (export/vocabularies.py): the
+pipeline a user serves, for performance measurements. ``--precision`` picks fp32, fp16, int8
+or fp8 per model (export/precision.py).
 
 Each model's version folder gets its artifacts and a ``build.json`` (profile, source,
 pretrained or not, checkpoint sha256, build key); ``configs/built.pbtxt`` repeats the
@@ -22,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -39,10 +46,16 @@ from export.layout import (
     TOKENIZER_FILE,
     TORCH_DIR,
 )
+from export.precision import PRECISIONS, PrecisionPlan
+
+if TYPE_CHECKING:
+    import numpy as np
 from export.registry import (
+    ATTENTION_MASK,
     CACHED_MODEL,
     EMBEDDERS,
     FUSEMOE_MODEL,
+    INPUT_IDS,
     PREPROCESS_MODEL,
     TOKENIZER_FAMILIES,
     Embedder,
@@ -52,13 +65,16 @@ from export.registry import (
     tokenizer_family,
 )
 
-PROFILES = ("pretrained", "tiny")
-PRECISIONS = ("fp32", "fp16")
+PROFILES = ("pretrained", "tiny", "full")
+# Profiles that serve every source checkpoint found offline.
+WITH_CHECKPOINTS = ("pretrained", "full")
 BUILT_CONFIG = "built"  # configs/built.pbtxt, selected with --model-config-name
 _HERE = Path(__file__).resolve().parent
 RECIPE_SOURCES = [_HERE / n for n in (
     "registry.py", "architectures.py", "onnx_export.py", "tokenizer_build.py",
-    "custom_encoders.py", "artifacts.py", "layout.py", "build.py", "data/tiny_corpus.txt")]
+    "vocabularies.py", "precision.py", "fp8_quantize.py", "custom_encoders.py", "artifacts.py",
+    "layout.py", "build.py", "data/tiny_corpus.txt")]
+CALIBRATION_TEXTS = 128  # STS-B dev sentences that calibrate an FP8 build
 # FuseMoE's own recipe: a change there rebuilds only the fusemoe model.
 FUSEMOE_SOURCES = [_HERE.parent / "ensemble" / "fusemoe.py", _HERE / "artifacts.py",
                    _HERE / "registry.py"]
@@ -131,10 +147,15 @@ def _write_info(directory: Path, **info) -> None:
 
 
 def build_tokenizer(family: TokenizerFamily, directory: Path, key: str,
-                    checkpoint: Checkpoint | None) -> None:
+                    checkpoint: Checkpoint | None, profile: str = "pretrained") -> None:
     from export.tokenizer_build import build_tiny
+    from export.vocabularies import VOCABULARIES, build_published
 
-    if checkpoint is None:
+    if checkpoint is None and profile == "full" and family.name in VOCABULARIES:
+        tok = build_published(family.name, directory / TOKENIZER_FILE, family.max_length)
+        vocabulary = VOCABULARIES[family.name]
+        source = f"published vocabulary: {vocabulary.what} ({vocabulary.requirement})"
+    elif checkpoint is None:
         tok = build_tiny(family, directory / TOKENIZER_FILE)
         source = f"tiny {family.name} (offline, fixed corpus)"
     else:
@@ -202,38 +223,85 @@ def splade_projection(vocab_size: int, dim: int, seed: int = SPLADE_SEED):
     return (rng.standard_normal((vocab_size, dim)) / np.sqrt(dim)).astype(np.float32)
 
 
+def calibration_batch(spec: Embedder, repo: Path, texts: int = CALIBRATION_TEXTS,
+                      ) -> dict[str, np.ndarray]:
+    """Tokens of STS-B dev sentences as a model's graph inputs (FP8 calibration)."""
+    import numpy as np
+
+    from export.architectures import architecture
+    from export.stsb import sentences
+
+    family = tokenizer_family(spec.tokenizer or "")
+    tok = built_tokenizer(family, repo)
+    tok.enable_padding(pad_id=tok.token_to_id(family.pad_token), pad_token=family.pad_token)
+    tok.enable_truncation(max_length=spec.max_length or family.max_length)
+    encodings = tok.encode_batch(sentences("dev")[:texts])
+    ids = np.array([e.ids for e in encodings], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+    feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask}
+    return feeds | {name: mask for name in architecture(spec).extra_inputs}
+
+
 def build_neural(spec: Embedder, directory: Path, repo: Path, key: str,
-                 checkpoint: Checkpoint | None, precision: str = "fp32") -> None:
+                 checkpoint: Checkpoint | None, precision: str = "fp32",
+                 profile: str = "pretrained") -> None:
     from export.architectures import architecture
     from export.artifacts import save_numpy
     from export.onnx_export import example_inputs, export, export_fp16
+    from export.precision import quantize_fp8, quantize_int8
 
     family = tokenizer_family(spec.tokenizer or "")
     ids = tokenizer_ids(family, repo)
     arch = architecture(spec)
-    if checkpoint is None:
-        module = arch.tiny_module(spec, ids)
-    else:
+    if checkpoint is not None:
         module = arch.pretrained_module(spec, checkpoint.path)
-    if arch.runtime == "onnx":
-        example = example_inputs(2, 16, ids.pad, ids.vocab_size)
-        exporter = export_fp16 if precision == "fp16" else export
-        exporter(module, directory / ONNX_FILE, arch.output_name, example, arch.extra_inputs)
+    elif profile == "full":
+        module = arch.full_module(spec, ids)
     else:
+        module = arch.tiny_module(spec, ids)
+    precision_info: dict = {}
+    if "onnx" in arch.runtime:
+        graph, target = arch.onnx_module(module), directory / ONNX_FILE
+        example = example_inputs(2, 16, ids.pad, ids.vocab_size)
+        if precision == "fp16":
+            export_fp16(graph, target, arch.output_name, example, arch.extra_inputs)
+        else:
+            staged = target.with_name("fp32.onnx") if precision != "fp32" else target
+            export(graph, staged, arch.output_name, example, arch.extra_inputs)
+            if precision == "int8":
+                kept = quantize_int8(staged, target, arch.int8_keep_fp32)
+                precision_info["int8_kept_fp32"] = kept
+            elif precision == "fp8":
+                quantize_fp8(staged, target, calibration_batch(spec, repo))
+                precision_info["fp8_calibration"] = f"{CALIBRATION_TEXTS} STS-B dev sentences"
+            if staged != target:
+                staged.unlink()
+    if "torch" in arch.runtime:
+        # The reference module for texts past the ONNX graph's exact range; int8 and fp8
+        # apply to the graph only (long texts are rare and keep full precision).
         model = module.model.half() if precision == "fp16" else module.model
         model.save_pretrained(directory / TORCH_DIR, safe_serialization=True)
+    limit = arch.exact_limit(module)
+    if limit is not None:
+        precision_info["exact_path_max_tokens"] = limit
     if spec.pooling is Pooling.SPLADE_MAX:
         save_numpy(directory, SPLADE_STEM, SPLADE_VERSION,
                    {"projection": splade_projection(ids.vocab_size, spec.dim)},
                    extra={"seed": SPLADE_SEED, "vocab_size": ids.vocab_size, "dim": spec.dim})
-    if checkpoint is None:
-        provenance = {"pretrained": False,
-                      "source": f"tiny {arch.model_class} (seeded random weights)"}
-    else:
+    if checkpoint is not None:
         provenance = {"pretrained": True, "source": spec.source, "origin": checkpoint.origin,
                       "checkpoint": str(checkpoint.path), "sha256": checkpoint.sha256}
-    _write_info(directory, key=key, runtime=arch.runtime, precision=precision, pad_token_id=ids.pad,
-                max_length=spec.max_length, convention=convention_ids(spec, repo), **provenance)
+    elif profile == "full":
+        provenance = {"pretrained": False, "size": "full",
+                      "source": f"full-size {arch.model_class} (published config of "
+                                f"{spec.source}, seeded random weights)"}
+    else:
+        provenance = {"pretrained": False, "size": "tiny",
+                      "source": f"tiny {arch.model_class} (seeded random weights)"}
+    parameters = sum(p.numel() for p in module.parameters())
+    _write_info(directory, key=key, runtime=arch.runtime, precision=precision,
+                pad_token_id=ids.pad, max_length=spec.max_length, parameters=parameters,
+                convention=convention_ids(spec, repo), **precision_info, **provenance)
 
 
 def build_custom(spec: Embedder, directory: Path, key: str) -> None:
@@ -245,18 +313,23 @@ def build_custom(spec: Embedder, directory: Path, key: str) -> None:
                 source="custom deterministic encoder (no weights)")
 
 
-def build_fusemoe(directory: Path, key: str, checkpoint: Path | None) -> None:
-    """Version 1 of fusemoe: a trained checkpoint (verified, copied) or the seeded init."""
+def build_fusemoe(directory: Path, key: str, checkpoint: Path | None,
+                  precision: str = "fp32") -> None:
+    """Version 1 of fusemoe: a trained checkpoint (verified, copied) or the seeded init.
+    The weights stay FP32 (their sha256 is what a checkpoint is checked by); ``int8`` makes
+    the adapter quantize its Linear layers when it loads them."""
     from ensemble import fusemoe
 
+    if precision not in ("fp32", "int8"):
+        raise SystemExit(f"fusemoe runs in fp32 or int8 (PyTorch), not {precision}")
     if checkpoint is None:
         fusemoe.save(fusemoe.seeded(), directory, fusemoe.SEEDED_VERSION,
                      extra={"init": "seeded", "trained": False})
-        _write_info(directory, key=key, pretrained=False,
+        _write_info(directory, key=key, pretrained=False, precision=precision,
                     source="FuseMoE seeded initialisation (untrained)")
         return
     _, manifest = fusemoe.install(checkpoint, directory)
-    _write_info(directory, key=key, pretrained=True, sha256=manifest.sha256,
+    _write_info(directory, key=key, pretrained=True, sha256=manifest.sha256, precision=precision,
                 source=f"FuseMoE {manifest.version} (trained)", checkpoint=str(checkpoint))
 
 
@@ -265,7 +338,7 @@ def write_built_config(repo: Path, name: str, overrides: dict[str, str] | None =
     (and any parameter ``overrides``)."""
     cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
     info = json.loads((_vdir(repo, name) / BUILD_INFO).read_text())
-    weights = "pretrained" if info.get("pretrained") else "tiny"
+    weights = "pretrained" if info.get("pretrained") else info.get("size", "tiny")
     if name == FUSEMOE_MODEL:
         weights = "trained" if info.get("pretrained") else "seeded"
     elif name == PREPROCESS_MODEL:
@@ -273,7 +346,10 @@ def write_built_config(repo: Path, name: str, overrides: dict[str, str] | None =
     elif "custom" in info.get("source", ""):
         weights = "custom"
     params = {"weights": weights, "source": info.get("source", ""),
-              "checkpoint_sha256": info.get("sha256", "")} | (overrides or {})
+              "checkpoint_sha256": info.get("sha256", "")}
+    if "precision" in info:
+        params["precision"] = info["precision"]
+    params |= overrides or {}
     for k, v in params.items():
         cfg.parameters[k].string_value = v
     path = repo / name / "configs" / f"{BUILT_CONFIG}.pbtxt"
@@ -314,25 +390,30 @@ def linked_repository(source: Path, target: Path, edit: Callable[[mc.ModelConfig
 
 def build(repo: Path, profile: str = "pretrained", force: bool = False,
           checkpoint_dirs: list[Path] | None = None,
-          only: set[str] | None = None, precision: str = "fp32",
+          only: set[str] | None = None, precision: str | PrecisionPlan = "fp32",
           pii_scrubbing: bool = True, fusemoe_checkpoint: str = "latest") -> list[str]:
     """Build every missing or outdated model; returns the names of the models built.
 
     ``only`` limits the build to these embedders (ids) and their tokenizers; ``precision``
-    ``fp16`` exports the neural embedders in half precision. ``fusemoe_checkpoint``:
-    ``latest`` (the newest trained checkpoint made for these blocks, else the seeded init),
-    ``seeded``, or a checkpoint folder.
+    is one of PRECISIONS for every model or a plan with per-block exceptions
+    (``"int8,E6=fp32,fusemoe=fp32"``). ``fusemoe_checkpoint``: ``latest`` (the newest
+    trained checkpoint made for these blocks, else the seeded init), ``seeded``, or a
+    checkpoint folder.
     """
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
-    if precision not in PRECISIONS:
-        raise SystemExit(f"unknown precision {precision!r}; available: {', '.join(PRECISIONS)}")
+    try:
+        plan = precision if isinstance(precision, PrecisionPlan) else PrecisionPlan.parse(precision)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     repository.write(repo)
     recipe = recipe_hash()
     wanted = [e for e in EMBEDDERS if only is None or e.id in only]
     checkpoints: dict[str, Checkpoint | None] = {
-        e.id: (checkpoints_mod.find(e, checkpoint_dirs) if profile == "pretrained" else None)
+        e.id: (checkpoints_mod.find(e, checkpoint_dirs) if profile in WITH_CHECKPOINTS else None)
         for e in wanted if e.input is Input.TOKENS}
+    # Without a checkpoint a model is built at the profile's size.
+    size = "full" if profile == "full" else "tiny"
     families = {e.tokenizer for e in wanted}
     built: list[str] = []
 
@@ -357,19 +438,20 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
         members = [e for e in wanted if e.tokenizer == family.name]
         found = [checkpoints[e.id] for e in members if checkpoints[e.id] is not None]
         source = found[0] if found else None
-        key = f"{recipe}:{source.sha256 if source else 'tiny'}"
+        key = f"{recipe}:{source.sha256 if source else size}"
         family_keys[family.name] = key
         step(family.triton_model, key,
-             lambda d, f=family, c=source, k=key: build_tokenizer(f, d, k, c))
+             lambda d, f=family, c=source, k=key: build_tokenizer(f, d, k, c, profile))
         if len(found) > 1:
             _check_same_vocabulary(family, [c for c in found if c is not None])
     for spec in wanted:
         if spec.input is Input.TOKENS:
-            ckpt = checkpoints[spec.id]
+            ckpt, chosen = checkpoints[spec.id], plan.of(spec.id)
             key = (f"{family_keys[spec.tokenizer or '']}:"
-                   f"{ckpt.sha256 if ckpt else 'tiny'}:{precision}")
+                   f"{ckpt.sha256 if ckpt else size}:{chosen}")
             step(spec.triton_model, key,
-                 lambda d, s=spec, c=ckpt, k=key: build_neural(s, d, repo, k, c, precision))
+                 lambda d, s=spec, c=ckpt, k=key, p=chosen: build_neural(
+                     s, d, repo, k, c, p, profile))
         else:
             step(spec.triton_model, recipe, lambda d, s=spec: build_custom(s, d, recipe))
     if only is None:
@@ -378,9 +460,12 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
         # The manifest's sha256 names the weights; the install verifies the file against it.
         weights = (Manifest.read(manifest_path(trained, FUSEMOE_STEM)).sha256 if trained
                    else "seeded")
-        key = f"{recipe_hash(FUSEMOE_SOURCES)}:{weights}"
+        chosen = plan.of(FUSEMOE_MODEL)
+        if chosen not in ("fp32", "int8") and FUSEMOE_MODEL not in dict(plan.overrides):
+            chosen = "fp32"  # FuseMoE runs in PyTorch: fp16 and fp8 plans leave it in fp32
+        key = f"{recipe_hash(FUSEMOE_SOURCES)}:{weights}:{chosen}"
         remove_rollouts(repo)
-        step(FUSEMOE_MODEL, key, lambda d: build_fusemoe(d, key, trained))
+        step(FUSEMOE_MODEL, key, lambda d: build_fusemoe(d, key, trained, chosen))
     return built
 
 
@@ -407,7 +492,7 @@ def summary(repo: Path) -> list[tuple[str, str, str]]:
     for spec in EMBEDDERS:
         info = json.loads((_vdir(repo, spec.triton_model) / BUILD_INFO).read_text())
         kind = ("pretrained" if info.get("pretrained")
-                else "custom" if spec.input is not Input.TOKENS else "tiny")
+                else "custom" if spec.input is not Input.TOKENS else info.get("size", "tiny"))
         rows.append((f"{spec.id} {spec.triton_model}", kind, info["source"]))
     return rows
 
@@ -418,8 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="pretrained", choices=PROFILES)
     parser.add_argument("--checkpoints", type=Path, action="append", default=[],
                         help="folder holding Hugging Face checkpoints (repeatable)")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="fp16: half-precision neural embedders (ONNX FP16 graphs)")
+    parser.add_argument("--precision", default="fp32", metavar="PLAN",
+                        help=f"{' | '.join(PRECISIONS)} for every neural model and fusemoe, "
+                             "with per-model exceptions: e.g. int8,E6=fp32,fusemoe=fp32 "
+                             "(fusemoe: fp32 or int8)")
     parser.add_argument("--pii-scrubbing", choices=("on", "off"), default="on",
                         help="replace PII with typed placeholders before embedding (default on)")
     parser.add_argument("--fusemoe", default="latest", metavar="latest|seeded|DIR",

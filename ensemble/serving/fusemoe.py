@@ -45,7 +45,8 @@ class TritonPythonModel(Adapter):
         threads = Runtime.from_parameters(self.params).threads
         if threads:
             torch.set_num_threads(threads)
-        self.model, self.manifest = fusemoe.load(self.directory)
+        precision = self.params.get("precision", "fp32")
+        self.model, self.manifest = fusemoe.load(self.directory, precision=precision)
         self.validator = Validator()
 
     def execute(self, requests):
