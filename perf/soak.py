@@ -17,31 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-from ensemble.server import Ports, TritonServer, stub_processes
+from ensemble.server import Ports, TritonServer
 from perf import tools
-from perf.sts import REPORTS, ROOT, _free_port
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
-def processes(server: TritonServer) -> dict[str, int]:
-    """tritonserver and each Python stub (named by its model), by pid."""
-    return {"tritonserver": server.pid} | stub_processes(server.pid)
-
-
-def sample(server: TritonServer) -> dict[str, float]:
-    memory = {}
-    for name, pid in processes(server).items():
-        try:
-            memory[name] = rss_mib(pid)
-        except OSError:
-            continue
-    return memory
+from perf.workload import REPORTS, ROOT, free_port, server_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = ROOT / ".run" / "soak"
     work.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(ports=Ports(_free_port(), _free_port(), _free_port()),
+    server = TritonServer(ports=Ports(free_port(), free_port(), free_port()),
                           log_path=work / "tritonserver.log")
     print("starting tritonserver ...", flush=True)
     server.start()
@@ -62,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def watch() -> None:
         while not stop.is_set():
-            samples.append((time.monotonic() - start, sample(server)))
+            samples.append((time.monotonic() - start, server_memory(server)))
             stop.wait(15.0)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -73,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                              work / "locust")
         stop.set()
         watcher.join()
-        samples.append((time.monotonic() - start, sample(server)))
+        samples.append((time.monotonic() - start, server_memory(server)))
         restarts = list(server.watchdog.restarts) if server.watchdog else []
     finally:
         server.stop()

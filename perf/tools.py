@@ -1,5 +1,6 @@
-"""The real perf_analyzer, installed into .run/perf-tools/ without root, and infinity-emb
-for Race A in a venv of its own (.run/infinity-venv).
+"""The real perf_analyzer, installed into .run/perf-tools/ without root, and Race A's peers
+in venvs of their own: infinity-emb (.run/infinity-venv) and the in-process libraries
+(.run/libraries-venv), each from a frozen requirements file.
 
     python -m perf.tools          # install (idempotent) and print the versions
 
@@ -33,6 +34,8 @@ WHEELS = {
 DEB = "libb64-0d"
 INFINITY = ROOT / ".run" / "infinity-venv"
 INFINITY_REQUIREMENTS = ROOT / "perf" / "requirements-infinity.txt"
+LIBRARIES = ROOT / ".run" / "libraries-venv"
+LIBRARIES_REQUIREMENTS = ROOT / "perf" / "requirements-libraries.txt"
 
 
 def perf_analyzer() -> Path:
@@ -97,22 +100,32 @@ def version() -> str:
     return (out.stdout + out.stderr).strip()
 
 
-def infinity() -> Path:
-    """infinity-emb from perf/requirements-infinity.txt in .run/infinity-venv (made again
-    when the requirements change); returns its ``infinity_emb`` script."""
-    script = INFINITY / "bin" / "infinity_emb"
-    stamp = INFINITY / "requirements.txt"
-    wanted = INFINITY_REQUIREMENTS.read_text()
-    if script.is_file() and stamp.is_file() and stamp.read_text() == wanted:
-        return script
-    print("perf tools: installing infinity-emb into .run/infinity-venv (about 2 min)", flush=True)
-    shutil.rmtree(INFINITY, ignore_errors=True)
+def frozen_venv(venv: Path, requirements: Path) -> Path:
+    """A venv made from a frozen requirements file (made again when the file changes);
+    returns its bin folder."""
+    stamp = venv / "requirements.txt"
+    wanted = requirements.read_text()
+    if (venv / "bin" / "python").is_file() and stamp.is_file() and stamp.read_text() == wanted:
+        return venv / "bin"
+    print(f"perf tools: installing {requirements.name} into {venv.relative_to(ROOT)} "
+          "(a few minutes)", flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
     python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    subprocess.run([str(python), "-m", "venv", str(INFINITY)], check=True)
-    subprocess.run([str(INFINITY / "bin" / "pip"), "install", "--quiet", "--no-deps", "-r",
-                    str(INFINITY_REQUIREMENTS)], check=True)
+    subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-deps", "-r",
+                    str(requirements)], check=True)
     stamp.write_text(wanted)
-    return script
+    return venv / "bin"
+
+
+def infinity() -> Path:
+    """infinity-emb's ``infinity_emb`` script (perf/requirements-infinity.txt)."""
+    return frozen_venv(INFINITY, INFINITY_REQUIREMENTS) / "infinity_emb"
+
+
+def libraries() -> Path:
+    """The Python of the in-process libraries' venv (perf/requirements-libraries.txt)."""
+    return frozen_venv(LIBRARIES, LIBRARIES_REQUIREMENTS) / "python"
 
 
 def locust(http_url: str, grpc_url: str, users: int, seconds: int, prefix: Path) -> list[dict]:
@@ -140,3 +153,4 @@ def locust(http_url: str, grpc_url: str, users: int, seconds: int, prefix: Path)
 if __name__ == "__main__":
     print(version())
     print(f"infinity-emb: {infinity()}")
+    print(f"libraries: {libraries()}")

@@ -31,9 +31,10 @@ from ensemble.stages import GRAPH_OPTIMIZATION
 from export import registry as r
 from export.build import linked_repository
 from export.repository import REPOSITORY
-from perf import bench
+from perf import workload
+from perf.workload import REPORTS, RESULTS, ROOT
 
-RUN = bench.ROOT / ".run" / "tune"
+RUN = ROOT / ".run" / "tune"
 NEURAL = [e.triton_model for e in r.EMBEDDERS if e.input is r.Input.TOKENS]
 # The five slowest stages per request in the first bench (perf/reports/bench.md).
 HEAVY = [r.embedder(b).triton_model for b in ("E1", "E5", "E6", "E7", "E11")]
@@ -98,17 +99,17 @@ def variant_repository(variant: Variant, target: Path, source: Path = REPOSITORY
 def measure(variant: Variant, texts: list[str], data: Path, rounds: int,
             interval_ms: int) -> dict:
     from ensemble.server import Ports, TritonServer
-    from perf.sts import _free_port
+    from perf.workload import free_port
 
     repo = variant_repository(variant, RUN / "repo")
-    server = TritonServer(repo, Ports(_free_port(), _free_port(), _free_port()),
+    server = TritonServer(repo, Ports(free_port(), free_port(), free_port()),
                           RUN / "triton.log")
     print(f"[{variant.group}] {variant.name}: starting the server ...", flush=True)
     start = time.perf_counter()
     server.start(timeout=600)
     load_s = time.perf_counter() - start
     try:
-        race = bench.served_pipeline(server.grpc_url, bench.batches(texts, 32, rounds), 2)
+        race = workload.served_pipeline(server.grpc_url, workload.batches(texts, 32, rounds), 2)
         single, lone = (point(server, data, c, interval_ms) for c in (8, 1))
     finally:
         server.stop()
@@ -121,7 +122,7 @@ def measure(variant: Variant, texts: list[str], data: Path, rounds: int,
 def point(server, data: Path, concurrency: int, interval_ms: int) -> dict:
     """perf_analyzer at batch 1; a point that does not stabilise is NaN, the sweep goes on."""
     try:
-        return bench.perf_analyzer(server.grpc_url, server.http_url, data, 1, concurrency,
+        return workload.perf_analyzer(server.grpc_url, server.http_url, data, 1, concurrency,
                                    interval_ms)
     except SystemExit as err:
         print(err, flush=True)
@@ -165,7 +166,7 @@ def winners(rows: list[dict]) -> list[str]:
 
 
 def write(rows: list[dict], seconds: float, defaults: str | None = None) -> Path:
-    report = bench.REPORTS / "tuning.md"
+    report = REPORTS / "tuning.md"
     defaults = defaults or defaults_text()
     won = winners(rows)
     lines = ["# Tuning: one knob at a time against the defaults", "",
@@ -186,7 +187,7 @@ def write(rows: list[dict], seconds: float, defaults: str | None = None) -> Path
               "(`instance_group.count`, parameters `threads`, `graph_optimization`, "
               "`length_buckets`; `dynamic_batching`) or in export/registry.py and rebuild.")]
     report.write_text("\n".join(lines) + "\n")
-    (bench.RESULTS / "tuning.json").write_text(json.dumps(
+    (RESULTS / "tuning.json").write_text(json.dumps(
         {"defaults": defaults, "rows": rows, "winners": won, "minutes": seconds / 60},
         indent=2) + "\n")
     return report
@@ -202,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the report again from perf/results/tuning.json")
     args = parser.parse_args(argv)
     if args.report_only:
-        saved = json.loads((bench.RESULTS / "tuning.json").read_text())
+        saved = json.loads((RESULTS / "tuning.json").read_text())
         print(write(saved["rows"], saved["minutes"] * 60, saved["defaults"]))
         return 0
     start = time.perf_counter()
-    texts = bench.sentences(512)
-    data = bench.input_data(texts, RUN / "fused_text-input.json")
+    texts = workload.sentences(512)
+    data = workload.input_data(texts, RUN / "fused_text-input.json")
     variants = [v for v in VARIANTS if not args.only or v.group in args.only]
     rows = []
     for i, variant in enumerate([BASELINE, *variants, BASELINE]):
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  -> batch 32 {rows[-1]['batch32_items_per_s']:.1f} texts/s, batch 1 "
               f"{rows[-1]['batch1_items_per_s']:.1f} texts/s", flush=True)
     report = write(rows, time.perf_counter() - start)
-    print(f"report: {report.relative_to(bench.ROOT)}")
+    print(f"report: {report.relative_to(ROOT)}")
     return 0
 
 

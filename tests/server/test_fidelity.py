@@ -50,3 +50,14 @@ def test_served_block_equals_the_reference_library(server, repository, spec, kin
     cosine = np.sum(served * expected, axis=1) / (
         np.linalg.norm(served, axis=1) * np.linalg.norm(expected, axis=1))
     assert np.all(cosine >= 0.9999), cosine
+
+
+def test_fused_text_equals_the_pipeline_written_by_hand_with_the_libraries(server, repository):
+    """Every block and FUSED against the same pipeline written by hand with transformers and
+    sentence-transformers (perf/race_b.py, Race B's other side): sentence-transformers'
+    encode and SparseEncoder, LongformerModel with global attention, CLIP's text_embeds,
+    ColBERT's document encoder; FP32 on both sides here."""
+    from perf.race_b import HandWritten, agreement
+
+    lowest = agreement(HandWritten(repository), server.grpc_url, TEXTS)
+    assert min(lowest.values()) >= 0.9999, lowest

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from perf.race_a import closed_loop
+from perf.workload import closed_loop
 
 TEXTS = [f"text {i}" for i in range(50)]
 

@@ -1,0 +1,318 @@
+"""What every benchmark shares: the texts, the load loops, the server's statistics and the
+machine's description. The races, ``make tune`` and ``make bench`` import this module;
+it imports none of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from export.stsb import sentences as split_sentences
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "perf" / "reports"
+RESULTS = ROOT / "perf" / "results"
+RUN = ROOT / ".run"
+T0 = 1_700_000_000  # the timestamp every benchmark request carries
+
+Send = Callable[[list[str]], np.ndarray]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sentences(n: int) -> list[str]:
+    """The first ``n`` distinct STS-B dev sentences (sorted): every benchmark's texts."""
+    return split_sentences("dev")[:n]
+
+
+def batches(texts: list[str], size: int, count: int) -> list[list[str]]:
+    """Race B's batches: the first ``count`` runs of ``size`` distinct sentences."""
+    return [texts[r * size:(r + 1) * size] for r in range(count)]
+
+
+def input_data(texts: list[str], path: Path) -> Path:
+    """perf_analyzer's --input-data JSON: one step per text, TEXT and TIMESTAMP."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"data": [{"TEXT": [t], "TIMESTAMP": [T0]} for t in texts]}))
+    return path
+
+
+@contextlib.contextmanager
+def started_server(repository: Path, log: Path, timeout: float = 900.0) -> Iterator:
+    """A tritonserver on free loopback ports over ``repository``, stopped on exit; the
+    seconds it took to become ready are its ``load_s`` attribute."""
+    from ensemble.server import Ports, TritonServer
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    server = TritonServer(repository, Ports(free_port(), free_port(), free_port()), log)
+    print(f"starting tritonserver on {repository.name} (log: {log}) ...", flush=True)
+    start = time.perf_counter()
+    server.start(timeout=timeout)
+    server.load_s = time.perf_counter() - start  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def closed_loop(make_send: Callable[[], Send], texts: list[str], batch: int, clients: int,
+                seconds: float, dim: int) -> dict:
+    """``clients`` threads, each with its own connection, sending ``batch`` texts at a time
+    until ``seconds`` have passed; texts/s over the whole window and latency percentiles."""
+    latencies: list[float] = []
+    done = [0]
+    errors: list[str] = []
+    lock = threading.Lock()
+    start_gate = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def client(i: int) -> None:
+        try:
+            send = make_send()
+            send(texts[:batch])  # connection and warm-up, not measured
+        except Exception as err:  # noqa: BLE001 - reported below; the others go on
+            errors.append(repr(err))
+            start_gate.wait()
+            return
+        start_gate.wait()
+        n = i * 97
+        while time.perf_counter() < deadline[0]:
+            chunk = [texts[(n + j) % len(texts)] for j in range(batch)]
+            n += batch
+            t = time.perf_counter()
+            try:
+                vectors = send(chunk)
+                assert vectors.shape == (batch, dim), vectors.shape
+            except Exception as err:  # noqa: BLE001 - counted, reported
+                errors.append(repr(err))
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - t)
+                done[0] += batch
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    deadline[0] = float("inf")  # until every client is warm and past the barrier
+    start_gate.wait()
+    begin = time.perf_counter()
+    deadline[0] = begin + seconds
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - begin
+    if not latencies:
+        raise SystemExit(f"no answer in {seconds} s at batch {batch}, concurrency {clients}: "
+                         f"{errors[:3]}")
+    lat = np.array(latencies) * 1000
+    return {"batch": batch, "concurrency": clients, "items_per_s": done[0] / wall,
+            "requests": len(latencies), "errors": len(errors),
+            "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95))}
+
+
+def served_pipeline(grpc_url: str, chunks: list[list[str]], concurrency: int,
+                    model: str = "fused_text") -> dict:
+    """Items/s of ``model`` on exactly the given batches: ``concurrency`` gRPC clients each
+    sending every batch of ``chunks``."""
+    from fusedembed_client import FusedEmbedClient
+
+    with FusedEmbedClient(grpc_url, "grpc", model=model) as client:
+        client.embed_batch(chunks[0], [T0] * len(chunks[0]))  # warm-up
+    latencies: list[float] = []
+
+    def worker() -> None:
+        with FusedEmbedClient(grpc_url, "grpc", model=model) as client:
+            for chunk in chunks:
+                t = time.perf_counter()
+                client.embed_batch(chunk, [T0] * len(chunk))
+                latencies.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    items = concurrency * sum(len(c) for c in chunks)
+    print(f"  {model}, {len(chunks)} batches of {len(chunks[0])}, concurrency {concurrency}: "
+          f"{items / wall:.1f} texts/s", flush=True)
+    return {"batch": len(chunks[0]), "rounds": len(chunks), "concurrency": concurrency,
+            "items_per_s": items / wall, "median_ms": float(np.median(latencies)) * 1000,
+            "p95_ms": float(np.percentile(latencies, 95)) * 1000}
+
+
+def update_summary(keys: dict) -> None:
+    """Set ``keys`` in perf/results/summary.json, keeping what other benchmarks wrote."""
+    path = RESULTS / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.update(keys)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+# --- Triton's statistics --------------------------------------------------------------------
+
+def model_stats(url: str) -> dict[str, dict[str, int]]:
+    """Per model, counters of Triton's statistics API (HTTP)."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics()["model_stats"]
+    finally:
+        client.close()
+    out = {}
+    for m in stats:
+        s = m["inference_stats"]
+        out[m["name"]] = {"requests": int(s["success"]["count"]),
+                          "inferences": int(m["inference_count"]),
+                          "executions": int(m["execution_count"]),
+                          "queue_ns": int(s["queue"]["ns"]),
+                          "compute_ns": int(s["compute_infer"]["ns"])
+                          + int(s["compute_input"]["ns"]) + int(s["compute_output"]["ns"]),
+                          "cache_hits": int(s["cache_hit"]["count"]),
+                          "cache_hit_ns": int(s["cache_hit"]["ns"]),
+                          "cache_misses": int(s["cache_miss"]["count"])}
+    return out
+
+
+def stats_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    """Per model between two readings: requests, queue and compute ms per request, mean
+    batch size per execution, compute seconds in all."""
+    out = {}
+    for name, a in after.items():
+        b = before.get(name, {k: 0 for k in a})
+        requests = a["requests"] - b["requests"]
+        executions = a["executions"] - b["executions"]
+        if requests <= 0:
+            continue
+        out[name] = {"requests": requests,
+                     "queue_ms": (a["queue_ns"] - b["queue_ns"]) / requests / 1e6,
+                     "compute_ms": (a["compute_ns"] - b["compute_ns"]) / requests / 1e6,
+                     "compute_s": (a["compute_ns"] - b["compute_ns"]) / 1e9,
+                     "batch": (a["inferences"] - b["inferences"]) / max(executions, 1)}
+    return out
+
+
+def server_version(http_url: str) -> str:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(http_url)
+    try:
+        return client.get_server_metadata()["version"]
+    finally:
+        client.close()
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def server_memory(server) -> dict[str, float]:
+    """Resident MiB of tritonserver and of each Python stub (named by its model)."""
+    from ensemble.server import stub_processes
+
+    memory = {}
+    for name, pid in ({"tritonserver": server.pid} | stub_processes(server.pid)).items():
+        try:
+            memory[name] = rss_mib(pid)
+        except OSError:
+            continue
+    return memory
+
+
+# --- the machine ----------------------------------------------------------------------------
+
+def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    from importlib.metadata import version
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "onnxruntime", "tokenizers", "transformers", "sentence-transformers",
+                 "tritonclient", "nvidia-pytriton", "locust", *extra):
+        out[dist] = version(dist)
+    return out
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions of this CPU that the INT8 and FP32 kernels use."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))
+    return []
+
+
+def machine() -> str:
+    return (f"{cpu_model()}, {os.cpu_count()} cores ({', '.join(cpu_flags())}), "
+            f"{platform.system()} {platform.release()} ({platform.machine()}); no GPU")
+
+
+# --- perf_analyzer ------------------------------------------------------------------------
+
+# This 2-core machine also runs perf_analyzer and the OS: windows vary by 10-40 %.
+STABILITY = 50  # max/min of the last 3 windows, per cent
+MAX_TRIALS = 6
+
+
+def perf_analyzer(grpc_url: str, http_url: str, data: Path, batch: int, concurrency: int,
+                  interval_ms: int, model: str = "fused_text", run: Path = RUN / "bench") -> dict:
+    """The real perf_analyzer (gRPC) at one point, with every model's queue and compute time
+    from Triton's statistics read before and after."""
+    import csv
+    import subprocess
+
+    from perf import tools
+
+    run.mkdir(parents=True, exist_ok=True)
+    csv_path = run / f"pa-{model}-b{batch}-c{concurrency}.csv"
+    before = model_stats(http_url)
+    cmd = [str(tools.perf_analyzer()), "-m", model, "-u", grpc_url, "-i", "grpc",
+           "-b", str(batch), "--concurrency-range", f"{concurrency}:{concurrency}",
+           "--input-data", str(data),
+           # A batch of 32 takes about a second here: longer windows, so each holds enough.
+           "--measurement-interval", str(interval_ms * (2 if batch > 1 else 1)),
+           "--stability-percentage", str(STABILITY), "--max-trials", str(MAX_TRIALS),
+           "-f", str(csv_path)]
+    print(f"  perf_analyzer {model} batch {batch} concurrency {concurrency} ...", flush=True)
+    done = subprocess.run(cmd, env=tools.environment(), capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"perf_analyzer failed ({done.returncode}):\n{done.stdout[-2000:]}"
+                         f"\n{done.stderr[-2000:]}")
+    after = model_stats(http_url)
+    with open(csv_path) as f:
+        row = next(csv.DictReader(f))
+    result = {"model": model, "batch": batch, "concurrency": concurrency,
+              "items_per_s": float(row["Inferences/Second"]),
+              "p50_ms": float(row["p50 latency"]) / 1000, "p90_ms": float(row["p90 latency"]) / 1000,
+              "p95_ms": float(row["p95 latency"]) / 1000, "p99_ms": float(row["p99 latency"]) / 1000,
+              "models": stats_delta(before, after), "command": " ".join(cmd[1:])}
+    print(f"    {result['items_per_s']:.1f} items/s, p50 {result['p50_ms']:.0f} ms, "
+          f"p99 {result['p99_ms']:.0f} ms", flush=True)
+    return result
