@@ -6,11 +6,12 @@ PROFILE       ?= pretrained
 STAMP         := $(VENV)/.installed
 
 # PROFILE=full: every embedder at its published size (seeded weights where no checkpoint is
-# found), served in INT8; FuseMoE stays the seeded one (training on random blocks means
-# nothing). PRECISION takes a plan such as int8,E6=fp32 (export/precision.py).
+# found), served in INT8 (FuseMoE in FP32: INT8 experts moved FUSED to cosine 0.987,
+# perf/reports/precision-pretrained.md); FuseMoE stays the seeded one (training on random
+# blocks means nothing). PRECISION takes a plan such as int8,E6=fp32 (export/precision.py).
 ifeq ($(PROFILE),full)
 FUSEMOE       ?= seeded
-PRECISION     ?= int8
+PRECISION     ?= int8,fusemoe=fp32
 else
 FUSEMOE       ?= latest
 PRECISION     ?= fp32
@@ -30,8 +31,9 @@ test-unit: venv
 build: venv
 	$(PY) -m export.build --profile $(PROFILE) --fusemoe $(FUSEMOE) --precision $(PRECISION)
 
-# Train FuseMoE for the built blocks when no checkpoint for them exists (once, ~15 min on
-# 2 CPU cores), then build again so the fusemoe model serves it. FUSEMOE=seeded skips it.
+# Train FuseMoE for the built blocks when no checkpoint for them exists (once, 7 min on
+# 2 CPU cores: perf/reports/fusemoe-training), then build again so the fusemoe model serves
+# it. FUSEMOE=seeded skips it.
 train: build
 ifneq ($(FUSEMOE),seeded)
 	$(PY) -m ensemble.train --if-missing
@@ -65,7 +67,7 @@ endif
 precision: venv
 	$(PY) -m perf.precision --profile $(PROFILE)
 
-# Each serving knob against the defaults, one at a time (~15 min): perf/reports/tuning.md.
+# Each serving knob against the defaults, one at a time (17 min): perf/reports/tuning.md.
 tune: train
 	$(PY) -m perf.tune
 

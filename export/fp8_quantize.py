@@ -5,9 +5,12 @@
 Runs in the venv of export/requirements-modelopt.txt (modelopt pins its own onnx and
 onnxruntime), so it imports nothing of the project. ``CALIB.npz`` holds one array per graph
 input (the tokens of STS-B dev sentences). ``high_precision_dtype="fp32"`` keeps the
-non-quantized parts in FP32 so that ONNX Runtime's CPU provider can run the graph. Calibration
+non-quantized parts in FP32 so that ONNX Runtime's CPU provider can run the graph. Only the
+inputs of MatMul/Gemm get Q/DQ (the GEMMs TensorRT runs in FP8): modelopt's default also
+quantized CLIP's causal-mask ``Where`` and the residual ``Add`` outputs, and CLIP's vectors
+came out NaN (every row of the tiny CLIP; perf/reports/precision-pretrained.md). Calibration
 is "max" (amax per tensor, the usual FP8 recipe): the entropy histogram of the default
-fails on CLIP, whose causal mask holds the lowest float.
+fails on CLIP too, the mask holding the lowest float.
 """
 
 import sys
@@ -19,7 +22,7 @@ from modelopt.onnx.quantization import quantize
 def main(source: str, target: str, calibration: str) -> int:
     data = dict(np.load(calibration))
     quantize(source, quantize_mode="fp8", calibration_data=data, calibration_method="max",
-             calibration_eps=["cpu"],
+             op_types_to_quantize=["MatMul", "Gemm"], calibration_eps=["cpu"],
              high_precision_dtype="fp32", output_path=target, log_level="WARNING")
     return 0
 

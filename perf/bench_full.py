@@ -52,6 +52,9 @@ from perf.workload import (
 RUN_FULL = RUN / "bench-full"
 PRECISIONS = ("fp32", "int8")
 SERVED = "int8"  # the precision fused_text is raced in (it keeps the accuracy bound)
+# Each precision's build plan: FuseMoE stays FP32 in the INT8 build (its INT8 experts moved
+# FUSED to cosine 0.987 against FP32, perf/reports/precision-pretrained.md).
+PLANS = {"fp32": "fp32", "int8": "int8,fusemoe=fp32"}
 
 
 def timed_build(precision: str) -> tuple[Path, float]:
@@ -61,7 +64,7 @@ def timed_build(precision: str) -> tuple[Path, float]:
     shutil.rmtree(repo, ignore_errors=True)
     print(f"[build] full profile, {precision}, from nothing ...", flush=True)
     start = time.perf_counter()
-    build(repo, "full", force=True, precision=precision, fusemoe_checkpoint="seeded")
+    build(repo, "full", force=True, precision=PLANS[precision], fusemoe_checkpoint="seeded")
     return repo, time.perf_counter() - start
 
 

@@ -34,6 +34,9 @@ from perf.workload import REPORTS, RUN, machine, update_summary
 BATCH = 32
 TARGET = {"fp16": 0.999, "int8": 0.99, "fp8": 0.99}  # min cosine to FP32 that a variant keeps
 E11_BOUND = 0.005  # INT8 E11 STS-B test within this of FP32
+# Dynamic INT8 scales each batch's activations: the same INT8 E11 scored with other batch
+# sizes gives the spread a layer group must beat to count as buying accuracy back.
+NOISE_BATCHES = (8, 16, 32, 64)
 # E11 INT8 with one layer group kept in FP32 at a time (node-name substrings).
 E11_GROUPS = {"attention query/key/value": ("attention/self/query", "attention/self/key",
                                             "attention/self/value"),
@@ -57,9 +60,10 @@ def built(profile: str, precision: str) -> Path:
     return repo
 
 
-def embed_all(model, tokenizer, texts: list[str]) -> tuple[np.ndarray, float]:
-    """Vectors of ``texts`` in batches of 32, and the seconds it took (after a warm-up)."""
-    batches = [tokenizer.encode(texts[i:i + BATCH]) for i in range(0, len(texts), BATCH)]
+def embed_all(model, tokenizer, texts: list[str], batch: int = BATCH,
+              ) -> tuple[np.ndarray, float]:
+    """Vectors of ``texts`` in batches, and the seconds it took (after a warm-up)."""
+    batches = [tokenizer.encode(texts[i:i + batch]) for i in range(0, len(texts), batch)]
     model.embed(batches[0])
     start = time.perf_counter()
     out = np.concatenate([model.embed(b) for b in batches])
@@ -129,7 +133,7 @@ def e11_sensitivity(repo32: Path, data: Path, sentences: list[str]) -> list[dict
     from ensemble.stages import FamilyTokenizer, TokenEmbedder, version_dir
     from export.layout import ONNX_FILE
     from export.precision import quantize_int8
-    from export.registry import embedder, tokenizer_family
+    from export.registry import Runtime, embedder, tokenizer_family
     from perf.sts import load_split, spearman_of_cosines
 
     spec = embedder("E11")
@@ -156,14 +160,20 @@ def e11_sensitivity(repo32: Path, data: Path, sentences: list[str]) -> list[dict
             if f.name != ONNX_FILE and f.is_file():
                 (variant / f.name).write_bytes(f.read_bytes())
         quantize_int8(source / ONNX_FILE, variant / ONNX_FILE, keep)
-        model = TokenEmbedder(spec, variant)
-        vectors, _ = embed_all(model, tok, sentences)
+        model = TokenEmbedder(spec, variant, Runtime(threads=1))
+        vectors, seconds = embed_all(model, tok, sentences)
         a, _ = embed_all(model, tok, pairs.first)
         b, _ = embed_all(model, tok, pairs.second)
         c = cosines(ref_vectors, vectors)
         rows.append({"kept_fp32": group, "matmuls_kept": len(keep), "of": len(names),
+                     "texts_per_s": len(sentences) / seconds,
                      "min": float(c.min()), "mean": float(c.mean()),
                      "sts_test": spearman_of_cosines(a, b, pairs.gold)})
+        if not patterns:  # the noise floor: the same INT8 model, other batch compositions
+            rows[-1]["sts_test_by_batch"] = {
+                n: spearman_of_cosines(embed_all(model, tok, pairs.first, n)[0],
+                                       embed_all(model, tok, pairs.second, n)[0], pairs.gold)
+                for n in NOISE_BATCHES}
         print(f"E11 INT8, {group} in FP32: {rows[-1]}", flush=True)
     return rows
 
@@ -215,14 +225,18 @@ def write_report(profile: str, result: dict) -> Path:
                  for p in precisions]
         lines.append(f"| {block} | {row['model']} | {row['weights']} | "
                      f"{row['fp32']['texts_per_s']:.1f} | " + " | ".join(cells) + " |")
-    lines += ["", ("A variant keeps a model's accuracy when its lowest cosine to FP32 is at "
-                   "least " + ", ".join(f"{TARGET[p]} ({p.upper()})" for p in precisions)
-                   + ": " + "; ".join(
-                       f"{p.upper()} " + (", ".join(b for b, r in result["models"].items()
-                                                    if r[p]["min"] < TARGET[p]) or "every model")
-                       + (" below" if any(r[p]["min"] < TARGET[p]
-                                          for r in result["models"].values()) else " above")
-                       for p in precisions) + ".")]
+    below = {p: [b for b, r in result["models"].items() if r[p]["min"] < TARGET[p]]
+             for p in precisions}
+    lines += ["", ("Seeded models keep their accuracy in a variant when its lowest cosine to "
+                   "FP32 is at least " + ", ".join(f"{TARGET[p]} ({p.upper()})"
+                                                  for p in precisions) + "; below it: "
+                   + "; ".join(f"{p.upper()} " + (", ".join(below[p]) or "none")
+                               for p in precisions)
+                   + ". A pretrained model is judged on its task: the real E11's bound is its "
+                     f"STS-B test Spearman within {E11_BOUND} of FP32 (below); its lowest "
+                     "cosines come from dynamic INT8's one activation scale per tensor against "
+                     "the activation outliers of real weights (sentence-transformers' own "
+                     "avx512_vnni INT8 export does the same: perf/reports/bench.md, Race A).")]
     sts = result["e11_sts_test"]
     if sts:
         lines += ["", "## STS-B test, the real E11 (all-MiniLM-L6-v2)", "",
@@ -236,19 +250,35 @@ def write_report(profile: str, result: dict) -> Path:
         lines += ["", "## INT8: which layers to keep in FP32 (E11, real weights)", "",
                   ("Every MatMul quantized, then each layer group kept in FP32 in turn; "
                    "cosines against FP32 E11 over the sentences above, STS-B test Spearman."),
-                  "", "| kept in FP32 | MatMuls kept | min cos | mean cos | STS-B test |",
-                  "|---|---|---|---|---|"]
+                  "", "| kept in FP32 | MatMuls kept | min cos | mean cos | STS-B test | texts/s |",
+                  "|---|---|---|---|---|---|"]
         for r in result["e11_sensitivity"]:
             lines.append(f"| {r['kept_fp32']} | {r['matmuls_kept']} of {r['of']} | "
-                         f"{r['min']:.5f} | {r['mean']:.5f} | {r['sts_test']:.4f} |")
-        best = max(result["e11_sensitivity"], key=lambda r: r["sts_test"])
+                         f"{r['min']:.5f} | {r['mean']:.5f} | {r['sts_test']:.4f} | "
+                         f"{r['texts_per_s']:.0f} |")
         base = result["e11_sensitivity"][0]
-        lines += ["", (f"The best group buys back {best['sts_test'] - base['sts_test']:+.4f} "
-                       f"Spearman ({best['kept_fp32']}) at the cost of running it in FP32; "
-                       "INT8 builds keep no layer in FP32 (export/architectures.py "
-                       "`int8_keep_fp32`) while every-MatMul INT8 stays within the bound. "
-                       "The seeded models carry no outliers, so their cosines say little "
-                       "about which of their layers real weights would need in FP32.")]
+        spread = base["sts_test_by_batch"]
+        noise = max(spread.values()) - min(spread.values())
+        # Above the noise band by more than its own width.
+        beyond = [r for r in result["e11_sensitivity"][1:]
+                  if r["sts_test"] > max(spread.values()) + noise]
+        lines += ["", ("Noise floor: the every-MatMul INT8 E11 scored with batches of "
+                       + ", ".join(f"{n} ({v:.4f})" for n, v in spread.items())
+                       + f": a spread of {noise:.4f}, since dynamic INT8 scales each batch's "
+                       "activations. "
+                       + ("Groups that beat that band by more than its width, so whose INT8 "
+                          "costs accuracy: "
+                          + ", ".join(f"{r['kept_fp32']} ({r['sts_test']:.4f}, "
+                                      f"{r['texts_per_s']:.0f} texts/s)" for r in beyond)
+                          + ". " if beyond else "No group beats that band by more than its "
+                          "width. ")
+                       + "INT8 builds keep no layer in FP32 (export/architectures.py "
+                       "`int8_keep_fp32`): every-MatMul INT8 already stays within "
+                       f"{E11_BOUND} of FP32 on the task, and each group kept in FP32 gives "
+                       "up part of the INT8 speed (the texts/s column); keeping one is a line in "
+                       "`int8_keep_fp32` (node-name substrings). The seeded models carry no "
+                       "activation outliers, so their cosines say little about which of "
+                       "their layers real weights would need in FP32.")]
     f = result.get("fusemoe")
     if f:
         lines += ["", "## FuseMoE in INT8", "",
@@ -277,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="a sample of the dev sentences (every k-th); default all (pretrained)"
                              " or 256 (full)")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report again from perf/reports/precision-<profile>.json")
     args = parser.parse_args(argv)
+    if args.report_only:
+        saved = json.loads((REPORTS / f"precision-{args.profile}.json").read_text())
+        print(f"report: {write_report(args.profile, saved)}")
+        return 0
     every = split_sentences("dev", args.data)
     n = args.sentences or (256 if args.profile == "full" else len(every))
     step = max(1, len(every) // n)
@@ -288,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"profile": args.profile, "precisions": list(repos), "sentences": len(texts),
               "sample": sample, "models": compare(repos, texts),
               "e11_sts_test": e11_sts(repos, args.data)}
+    # E11 is the same real model in both profiles: its sweep runs with the pretrained one.
     result["e11_sensitivity"] = (e11_sensitivity(repos["fp32"], args.data, texts)
-                                 if "int8" in repos else [])
+                                 if "int8" in repos and args.profile == "pretrained" else [])
     if args.profile == "pretrained" and "int8" in repos:
         result["fusemoe"] = fusemoe_int8(texts[:512])
     path = write_report(args.profile, result)

@@ -46,8 +46,8 @@ def _info(client: FusedEmbedClient) -> int:
     models = client.models()
     width = max(len(m.name) for m in models)
     for m in models:
-        print(f"{m.name:<{width}}  {m.weights:<10}  {m.source}")
-    neural = [m for m in models if m.block and m.weights in ("pretrained", "tiny")]
+        print(f"{m.name:<{width}}  {m.weights:<10}  {m.precision or '-':<5}  {m.source}")
+    neural = [m for m in models if m.block and m.weights in ("pretrained", "tiny", "full")]
     pretrained = [m.block for m in neural if m.weights == "pretrained"]
     print(f"{len(pretrained)} of {len(neural)} neural embedders serve pretrained weights"
           + (f": {', '.join(pretrained)}" if pretrained else ""))

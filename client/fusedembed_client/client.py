@@ -84,9 +84,10 @@ class ModelInfo:
     """What the server says about one model of the pipeline (from its config parameters)."""
 
     name: str
-    weights: str  # "pretrained" | "tiny" | "custom" | "seeded" | "unknown"
+    weights: str  # "pretrained" | "tiny" | "full" | "custom" | "seeded" | "trained" | "unknown"
     source: str
     block: str = ""  # E1 ... E12 for an embedder
+    precision: str = ""  # "fp32" | "fp16" | "int8" | "fp8" for the models built with one
 
 
 class FusedEmbedClient:
@@ -170,7 +171,7 @@ class FusedEmbedClient:
                     return p.get(key, {}).get("string_value", default)
 
                 infos.append(ModelInfo(step["model_name"], param("weights", "unknown"),
-                                       param("source"), param("block_id")))
+                                       param("source"), param("block_id"), param("precision")))
             return infos
         except Exception as err:
             raise FusedEmbedError(f"{self.model} at {self.url}: {err}") from err

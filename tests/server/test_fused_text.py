@@ -152,6 +152,7 @@ def test_the_server_reports_which_weights_each_embedder_serves(server, repositor
         expected = ("custom" if spec.input is not Input.TOKENS
                     else "pretrained" if info["pretrained"] else "tiny")
         assert models[spec.id].weights == expected, spec.id
+        assert models[spec.id].precision == info.get("precision", ""), spec.id
         if expected == "pretrained":
             pretrained.append(spec.id)
             assert models[spec.id].source == spec.source
