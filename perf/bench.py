@@ -283,11 +283,7 @@ def write(results: dict, args: argparse.Namespace, seconds: float) -> Path:
         indent=2) + "\n")
     update_summary({
         "pipeline_vs_naive_throughput_ratio": round(rb["ratio"], 3),
-        "e11_vs_infinity_best_throughput_ratio": round(
-            ra["e11_vs_infinity_best_throughput_ratio"], 3),
-        "e11_vs_best_in_process_throughput_ratio": {
-            "ratio": round(ra["e11_vs_best_in_process_throughput_ratio"], 3),
-            "library": ra["best_in_process"]},
+        **race_a.summary_keys(ra),
         "cache_hit_server_us": round(cache["hit_us"], 2),
         "cache_hit_ratio": round(cache["hit_ratio"], 4)})
     return report

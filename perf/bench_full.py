@@ -278,16 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     plots(result)
     report = write(result, time.perf_counter() - start)
     (RESULTS / "bench-full.json").write_text(json.dumps(result, indent=2) + "\n")
-    ra = result["race_a"]
     update_summary({
         "full_pipeline_vs_naive_throughput_ratio": round(result["race_b"]["ratio"], 3),
         "full_pipeline_texts_per_s": round(served, 3),
         "full_pipeline_fraction_of_peak": round(result["full_pipeline_fraction_of_peak"], 4),
-        "e11_vs_infinity_best_throughput_ratio": round(
-            ra["e11_vs_infinity_best_throughput_ratio"], 3),
-        "e11_vs_best_in_process_throughput_ratio": {
-            "ratio": round(ra["e11_vs_best_in_process_throughput_ratio"], 3),
-            "library": ra["best_in_process"]},
+        **race_a.summary_keys(result["race_a"]),
         "full_profile_resident_gib": {p: round(result["servers"][p]["memory"]["total_mib"] / 1024,
                                                2) for p in PRECISIONS}})
     print(f"report: {report}; cores used: {os.cpu_count()}")

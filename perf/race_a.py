@@ -303,6 +303,15 @@ def race(texts: list[str], seconds: float) -> dict:
     }
 
 
+def summary_keys(result: dict) -> dict:
+    """Race A's figures in perf/results/summary.json."""
+    return {"e11_vs_infinity_best_throughput_ratio": round(
+                result["e11_vs_infinity_best_throughput_ratio"], 3),
+            "e11_vs_best_in_process_throughput_ratio": {
+                "ratio": round(result["e11_vs_best_in_process_throughput_ratio"], 3),
+                "library": result["best_in_process"]}}
+
+
 def table(result: dict) -> list[str]:
     lines = [("| side | precision | texts per request | concurrency | texts/s | p50 ms | p95 ms "
              "| errors |"), "|---|---|---|---|---|---|---|---|"]

@@ -77,6 +77,35 @@ def test_an_int8_build_records_its_precision(tmp_path):
     assert np.min(np.sum(fp32.embed(batch) * int8.embed(batch), axis=1)) >= 0.99
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_each_graph_input_stays_its_own_input(precision, tmp_path):
+    """A module that weighs its three inputs differently, exported as the builds export
+    ColBERT (extra masks after the attention mask): the dynamo (FP16) export once traced
+    pool_mask and attention_mask as one input, and ColBERT pooled and attended with the
+    same mask (cosine 0.986 to FP32 at full size)."""
+    from export.onnx_export import export_fp16
+
+    class Weighed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, input_ids, attention_mask, pool_mask):
+            x = (100 * input_ids.to(self.w.dtype) + attention_mask.to(self.w.dtype) * self.w
+                 + 10 * pool_mask.to(self.w.dtype))
+            return x.sum(1, keepdim=True).expand(-1, 2)
+
+    ids, mask = torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.long)
+    exporter = export_fp16 if precision == "fp16" else export
+    exporter(Weighed().eval(), tmp_path / "model.onnx", "embedding", (ids, mask), ("pool_mask",))
+    pool = mask.numpy().copy()
+    pool[:, :3] = 0
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                             "pool_mask": pool})[0]
+    np.testing.assert_allclose(out, 5 * 1 + 10 * 2)
+
+
 def _fp8_graph(path) -> None:
     """The smallest FP8 Q/DQ pattern ONNX Runtime's CPU provider mis-fuses above basic."""
     from onnx import TensorProto, helper, numpy_helper
