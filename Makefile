@@ -7,7 +7,7 @@ STAMP         := $(VENV)/.installed
 
 # PROFILE=full: every embedder at its published size (seeded weights where no checkpoint is
 # found), served in INT8 (FuseMoE in FP32: INT8 experts moved FUSED to cosine 0.987,
-# perf/reports/precision-pretrained.md); FuseMoE stays the seeded one (training on random
+# perf/reports/precision.md); FuseMoE stays the seeded one (training on random
 # blocks means nothing). PRECISION takes a plan such as int8,E6=fp32 (export/precision.py).
 ifeq ($(PROFILE),full)
 FUSEMOE       ?= seeded
@@ -63,7 +63,7 @@ bench: train
 endif
 
 # FP16, INT8 and FP8 against FP32 per model, E11's STS-B test at each precision:
-# perf/reports/precision-$(PROFILE).md.
+# perf/reports/precision.md (PROFILE=full: perf/reports/precision-full.md).
 precision: venv
 	$(PY) -m perf.precision --profile $(PROFILE)
 

@@ -8,7 +8,7 @@ input (the tokens of STS-B dev sentences). ``high_precision_dtype="fp32"`` keeps
 non-quantized parts in FP32 so that ONNX Runtime's CPU provider can run the graph. Only the
 inputs of MatMul/Gemm get Q/DQ (the GEMMs TensorRT runs in FP8): modelopt's default also
 quantized CLIP's causal-mask ``Where`` and the residual ``Add`` outputs, and CLIP's vectors
-came out NaN (every row of the tiny CLIP; perf/reports/precision-pretrained.md). Calibration
+came out NaN (every row of the tiny CLIP; perf/reports/precision.md). Calibration
 is "max" (amax per tensor, the usual FP8 recipe): the entropy histogram of the default
 fails on CLIP too, the mask holding the lowest float.
 """

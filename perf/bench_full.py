@@ -53,8 +53,17 @@ RUN_FULL = RUN / "bench-full"
 PRECISIONS = ("fp32", "int8")
 SERVED = "int8"  # the precision fused_text is raced in (it keeps the accuracy bound)
 # Each precision's build plan: FuseMoE stays FP32 in the INT8 build (its INT8 experts moved
-# FUSED to cosine 0.987 against FP32, perf/reports/precision-pretrained.md).
+# FUSED to cosine 0.987 against FP32, perf/reports/precision.md).
 PLANS = {"fp32": "fp32", "int8": "int8,fusemoe=fp32"}
+
+
+PARTIAL = RUN_FULL / "partial.json"
+
+
+def checkpoint(result: dict, start: float) -> None:
+    """What is measured so far, so that ``--resume`` goes on after an interruption."""
+    result["elapsed_s"] = result.get("resumed_at_s", 0.0) + time.perf_counter() - start
+    PARTIAL.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def timed_build(precision: str) -> tuple[Path, float]:
@@ -242,32 +251,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--race-b-turns", type=int, default=3)
     parser.add_argument("--race-a-seconds", type=float, default=10.0)
     parser.add_argument("--roofline-texts", type=int, default=256)
+    parser.add_argument("--resume", action="store_true",
+                        help=f"keep the parts {PARTIAL.name} holds from an interrupted run")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     texts = sentences(512)
     result: dict = {"versions": versions(), "builds": {}, "servers": {}, "roofline": {}}
-    repos = {}
+    if args.resume and PARTIAL.exists():
+        result = json.loads(PARTIAL.read_text())
+        result["resumed_at_s"] = result.get("elapsed_s", 0.0)
+        print(f"resuming: {PARTIAL} holds {sorted(result)}", flush=True)
+    repos = {p: RUN_FULL / p for p in PRECISIONS}
     for p in PRECISIONS:
-        repos[p], result["builds"][p] = timed_build(p)
+        if p not in result["builds"]:
+            repos[p], result["builds"][p] = timed_build(p)
+            checkpoint(result, start)
     for p in PRECISIONS:
+        if p in result["servers"]:
+            continue
         print(f"[serve] {p}: start, warm-up, memory ...", flush=True)
         with started_server(repos[p], RUN_FULL / f"triton-{p}.log") as server:
             result["servers"][p] = {"load_s": server.load_s,
                                     "memory": warm_memory(server, texts)}
             result["tritonserver"] = server_version(server.http_url)
+        checkpoint(result, start)
     for p in PRECISIONS:
-        print(f"[roofline] {p}:", flush=True)
-        result["roofline"][p] = roofline.measure(repos[p], args.roofline_texts)
-    print("[race B] hand-written side: loading ...", flush=True)
-    hand = race_b.HandWritten(repos[SERVED])
-    race_texts = texts[:args.race_b_texts]
-    with started_server(repos[SERVED], RUN_FULL / "triton-race-b.log") as server:
-        result["race_b"] = served_stats(hand, server.grpc_url, server.http_url, race_texts,
-                                        args.race_b_turns)
-        result["race_b"]["agreement"] = race_b.agreement(hand, server.grpc_url, race_texts[:32])
-    del hand
-    print("[race A]:", flush=True)
-    result["race_a"] = race_a.race(texts, args.race_a_seconds)
+        if p not in result["roofline"]:
+            print(f"[roofline] {p}:", flush=True)
+            result["roofline"][p] = roofline.measure(repos[p], args.roofline_texts)
+            checkpoint(result, start)
+    if "race_b" not in result:
+        print("[race B] hand-written side: loading ...", flush=True)
+        hand = race_b.HandWritten(repos[SERVED])
+        race_texts = texts[:args.race_b_texts]
+        with started_server(repos[SERVED], RUN_FULL / "triton-race-b.log") as server:
+            race = served_stats(hand, server.grpc_url, server.http_url, race_texts,
+                                args.race_b_turns)
+            race["agreement"] = race_b.agreement(hand, server.grpc_url, race_texts[:32])
+        del hand
+        result["race_b"] = race
+        checkpoint(result, start)
+    if "race_a" not in result:
+        print("[race A]:", flush=True)
+        result["race_a"] = race_a.race(texts, args.race_a_seconds)
+        checkpoint(result, start)
     served = float(np.median([max(x["items_per_s"] for x in t["served"])
                               for t in result["race_b"]["turns"]]))
     result["full_pipeline_texts_per_s"] = served
@@ -276,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     REPORTS.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plots(result)
-    report = write(result, time.perf_counter() - start)
+    report = write(result, result.get("resumed_at_s", 0.0) + time.perf_counter() - start)
     (RESULTS / "bench-full.json").write_text(json.dumps(result, indent=2) + "\n")
     update_summary({
         "full_pipeline_vs_naive_throughput_ratio": round(result["race_b"]["ratio"], 3),

@@ -13,7 +13,8 @@ weights as the FP32 build of the profile, into .run/precision/<profile>-<precisi
   INT8 the layer groups of E11 kept in FP32 one at a time (which ones buy accuracy back);
 - FuseMoE in INT8 against FP32 on the blocks of the same sentences.
 
-Writes perf/reports/precision-<profile>.md (and .json); the E11 INT8 Spearman goes to
+Writes perf/reports/precision.md for the pretrained mix, precision-full.md for the full
+profile (and .json beside each); the E11 INT8 Spearman goes to
 perf/results/summary.json. FP8 runs here as Q/DQ emulation on ONNX Runtime's CPU provider:
 its accuracy is what this measures; its speed is not an FP8 speed.
 """
@@ -289,10 +290,15 @@ def write_report(profile: str, result: dict) -> Path:
     lines += ["", ("Dynamic INT8 quantizes each batch's activations with one scale per "
                    "tensor, so an INT8 vector depends slightly on the texts batched with it "
                    "(FP32 vectors do not).")]
-    path = REPORTS / f"precision-{profile}.md"
+    path = report_path(profile)
     path.write_text("\n".join(lines) + "\n")
-    (REPORTS / f"precision-{profile}.json").write_text(json.dumps(result, indent=2) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def report_path(profile: str) -> Path:
+    """perf/reports/precision.md (the pretrained mix, the default) or precision-<profile>.md."""
+    return REPORTS / ("precision.md" if profile == "pretrained" else f"precision-{profile}.md")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,10 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                              " or 256 (full)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--report-only", action="store_true",
-                        help="write the report again from perf/reports/precision-<profile>.json")
+                        help="write the report again from the report's .json")
     args = parser.parse_args(argv)
     if args.report_only:
-        saved = json.loads((REPORTS / f"precision-{args.profile}.json").read_text())
+        saved = json.loads(report_path(args.profile).with_suffix(".json").read_text())
         print(f"report: {write_report(args.profile, saved)}")
         return 0
     every = split_sentences("dev", args.data)
