@@ -225,7 +225,8 @@ def write(results: dict, args: argparse.Namespace, seconds: float) -> Path:
          f"idles while the other runs), {len(rb['turns'])} times. Lowest cosine between the "
          "two sides' vectors on 32 of the texts: "
          + ", ".join(f"{k} {x:.4f}" for k, x in rb["agreement"].items()) + "."), "",
-        *race_b.table(rb), "",
+        *race_b.table(rb), "", "Where each side spends its time, per model:", "",
+        *race_b.time_table(rb), "",
         (f"pipeline_vs_naive_throughput_ratio = **{rb['ratio']:.2f}** (median over the turns "
          "of the best served throughput over the hand-written one measured just before it)."),
         "", "## fused_text: throughput and latency (perf_analyzer)", "",
@@ -344,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                                       args.interval_ms))
         print("[4/5] Race B (taking turns), response cache:", flush=True)
         race_texts = texts[:args.race_b_texts]
-        results["race_b"] = race_b.race(hand, server.grpc_url, race_texts, args.race_b_turns)
+        results["race_b"] = race_b.race_with_stats(hand, server.grpc_url, server.http_url,
+                                                   race_texts, args.race_b_turns)
         results["race_b"]["agreement"] = race_b.agreement(hand, server.grpc_url, race_texts[:32])
         del hand
         results["cache"] = cache_pass(server.grpc_url, server.http_url, texts, 512, 64)

@@ -39,12 +39,10 @@ from perf.workload import (
     RUN,
     T0,
     machine,
-    model_stats,
     sentences,
     server_memory,
     server_version,
     started_server,
-    stats_delta,
     update_summary,
     versions,
 )
@@ -90,14 +88,6 @@ def warm_memory(server, texts: list[str]) -> dict:
     memory = server_memory(server)
     return {"first_batch_s": seconds[0], "warm_batch_s": seconds[1], "rss_mib": memory,
             "total_mib": sum(memory.values())}
-
-
-def served_stats(hand, grpc_url: str, http_url: str, texts: list[str], turns: int) -> dict:
-    """Race B with Triton's per-model statistics over the served runs."""
-    before = model_stats(http_url)
-    result = race_b.race(hand, grpc_url, texts, turns)
-    result["models"] = stats_delta(before, model_stats(http_url))
-    return result
 
 
 def plots(result: dict) -> list[str]:
@@ -204,9 +194,9 @@ def write(result: dict, seconds: float) -> Path:
               "## Roofline and where the time goes", "",
               ("Each model alone in this process, one thread (as served: one instance, one "
                "thread each), batches of 32; FLOPs by the formula in perf/roofline.py at the "
-               "token counts each model runs. E5 runs its exact ONNX short path up to "
-               "258 tokens and the reference LongformerModel past it: at 512 tokens it is the "
-               "reference path.")]
+               "token counts each model runs. E5 runs its exact ONNX path up to one "
+               "attention window (512 tokens, so both columns), the reference LongformerModel "
+               "past it.")]
     for p in PRECISIONS:
         lines += ["", f"### {p.upper()}", "", *roofline.tables(result["roofline"][p])]
     fraction = result["full_pipeline_fraction_of_peak"]
@@ -235,6 +225,7 @@ def write(result: dict, seconds: float) -> Path:
                "2 or 4 gRPC clients. Lowest cosine between the two sides' vectors on 32 of "
                "the texts: " + ", ".join(f"{k} {v:.4f}" for k, v in rb["agreement"].items())
                + "."), "", *race_b.table(rb), "",
+              "Where each side spends its time, per model:", "", *race_b.time_table(rb), "",
               (f"full_pipeline_vs_naive_throughput_ratio = **{rb['ratio']:.2f}** (median over "
                "the turns; goal ≥ 5)."), "", "![race B](bench-full-race-b.png)", "",
               "## Race A: all-MiniLM-L6-v2 (E11) against the strongest peers", "",
@@ -251,9 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--race-b-turns", type=int, default=3)
     parser.add_argument("--race-a-seconds", type=float, default=10.0)
     parser.add_argument("--roofline-texts", type=int, default=256)
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report and plots again from perf/results/bench-full.json")
     parser.add_argument("--resume", action="store_true",
                         help=f"keep the parts {PARTIAL.name} holds from an interrupted run")
     args = parser.parse_args(argv)
+    if args.report_only:
+        saved = json.loads((RESULTS / "bench-full.json").read_text())
+        plots(saved)
+        print(f"report: {write(saved, saved['elapsed_s'])}")
+        return 0
     start = time.perf_counter()
     texts = sentences(512)
     result: dict = {"versions": versions(), "builds": {}, "servers": {}, "roofline": {}}
@@ -285,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         hand = race_b.HandWritten(repos[SERVED])
         race_texts = texts[:args.race_b_texts]
         with started_server(repos[SERVED], RUN_FULL / "triton-race-b.log") as server:
-            race = served_stats(hand, server.grpc_url, server.http_url, race_texts,
-                                args.race_b_turns)
+            race = race_b.race_with_stats(hand, server.grpc_url, server.http_url,
+                                          race_texts, args.race_b_turns)
             race["agreement"] = race_b.agreement(hand, server.grpc_url, race_texts[:32])
         del hand
         result["race_b"] = race
@@ -302,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         result["roofline"][SERVED], served, SERVED)
     REPORTS.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    result["elapsed_s"] = result.get("resumed_at_s", 0.0) + time.perf_counter() - start
     plots(result)
-    report = write(result, result.get("resumed_at_s", 0.0) + time.perf_counter() - start)
+    report = write(result, result["elapsed_s"])
     (RESULTS / "bench-full.json").write_text(json.dumps(result, indent=2) + "\n")
     update_summary({
         "full_pipeline_vs_naive_throughput_ratio": round(result["race_b"]["ratio"], 3),

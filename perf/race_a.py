@@ -84,6 +84,10 @@ def prepared_model() -> Path:
     shutil.copytree(checkpoint(), folder)
     print("Race A: the peers' ONNX exports (sentence-transformers, optimum) ...", flush=True)
     libraries(["prepare", str(folder)])
+    # Saving rewrote the sentence-transformers files (modules.json, sentence_bert_config.json)
+    # in the libraries venv's format, which infinity-emb's older sentence-transformers cannot
+    # read; the published files are read by every version. The ONNX files stay.
+    shutil.copytree(checkpoint(), folder, dirs_exist_ok=True)
     return folder
 
 

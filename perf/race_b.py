@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf.workload import RUN, T0, served_pipeline
+from perf.workload import RUN, T0, model_stats, served_pipeline, stats_delta
 
 BATCH = 32
 
@@ -77,7 +77,7 @@ class HandWritten:
                 return SentenceTransformer(str(folder), device="cpu")
             word = Transformer(str(folder), max_seq_length=embedder(block).max_length)
             return SentenceTransformer(device="cpu", modules=[
-                word, Pooling(word.get_word_embedding_dimension(), "mean"), Normalize()])
+                word, Pooling(word.get_embedding_dimension(), "mean"), Normalize()])
 
         self.st = {b: sentence_transformer(b) for b in ("E1", "E7", "E8", "E11")}
         mlm = Transformer(str(folders["E6"]), max_seq_length=embedder("E6").max_length,
@@ -104,6 +104,7 @@ class HandWritten:
         self.validator = Validator()
         self.order = [e.id for e in EMBEDDERS]
         self.max_length = {e.id: e.max_length for e in EMBEDDERS}
+        self.seconds: dict[str, float] = {}  # per block, the last call of blocks()
 
     # -- the models no library loads with their convention: loops of 32, by length --------
 
@@ -152,30 +153,41 @@ class HandWritten:
         raw = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)
         texts, _ = scrub_texts(self.validator.texts(raw), self.validator.limits.pii_scrubbing)
         stamps = self.validator.timestamps(np.full(len(texts), T0))
-        out = {
-            "E1": self.st["E1"].encode([f"passage: {t}" for t in texts], batch_size=BATCH),
-            "E7": self.st["E7"].encode(texts, batch_size=BATCH),
-            "E8": self.st["E8"].encode(texts, batch_size=BATCH, normalize_embeddings=True),
-            "E11": self.st["E11"].encode(texts, batch_size=BATCH, normalize_embeddings=True),
-            "E5": _l2(self._loop(texts, self._longformer)),
-            "E10": self._loop(texts, self._clip),
-            "E12": _l2(self._loop(texts, self._colbert)),
+        steps = {
+            "E1": lambda: self.st["E1"].encode([f"passage: {t}" for t in texts],
+                                               batch_size=BATCH),
+            "E5": lambda: _l2(self._loop(texts, self._longformer)),
+            "E6": lambda: _l2(self.splade.encode(
+                texts, batch_size=BATCH, convert_to_tensor=True,
+                convert_to_sparse_tensor=False).cpu().numpy() @ self.splade_projection),
+            "E7": lambda: self.st["E7"].encode(texts, batch_size=BATCH),
+            "E8": lambda: self.st["E8"].encode(texts, batch_size=BATCH,
+                                               normalize_embeddings=True),
+            "E10": lambda: self._loop(texts, self._clip),
+            "E11": lambda: self.st["E11"].encode(texts, batch_size=BATCH,
+                                                 normalize_embeddings=True),
+            "E12": lambda: _l2(self._loop(texts, self._colbert)),
         }
-        sparse = self.splade.encode(texts, batch_size=BATCH, convert_to_tensor=True,
-                                    convert_to_sparse_tensor=False)
-        out["E6"] = _l2(sparse.cpu().numpy() @ self.splade_projection)
         for block, encoder in self.custom.items():
-            out[block] = (encoder.embed_texts(texts) if encoder.hdc is not None
-                          else encoder.embed_times(stamps))
+            steps[block] = ((lambda e=encoder: e.embed_texts(texts)) if encoder.hdc is not None
+                            else (lambda e=encoder: e.embed_times(stamps)))
+        out = {}
+        for block, step in steps.items():
+            start = time.perf_counter()
+            out[block] = step()
+            self.seconds[block] = time.perf_counter() - start
         return {b: np.asarray(out[b], dtype=np.float32) for b in self.order}
 
     def embed(self, texts: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         from ensemble import fusemoe
 
         blocks = self.blocks(texts)
+        start = time.perf_counter()
         x = self.torch.from_numpy(np.concatenate([blocks[b] for b in self.order], axis=1))
         controls = self.validator.controls(len(texts))
-        return fusemoe.fuse(self.fusemoe, x, controls).fused.numpy(), blocks
+        fused = fusemoe.fuse(self.fusemoe, x, controls).fused.numpy()
+        self.seconds["fusemoe"] = time.perf_counter() - start
+        return fused, blocks
 
 
 def _mean(states, mask):
@@ -211,7 +223,8 @@ def hand_written_run(hand: HandWritten, texts: list[str]) -> dict:
     hand.embed(texts)
     seconds = time.perf_counter() - start
     print(f"  hand-written pipeline: {len(texts) / seconds:.2f} texts/s", flush=True)
-    return {"texts": len(texts), "seconds": seconds, "items_per_s": len(texts) / seconds}
+    return {"texts": len(texts), "seconds": seconds, "items_per_s": len(texts) / seconds,
+            "model_seconds": dict(hand.seconds)}
 
 
 def race(hand: HandWritten, grpc_url: str, texts: list[str], turns: int,
@@ -232,6 +245,39 @@ def race(hand: HandWritten, grpc_url: str, texts: list[str], turns: int,
                      "ratio": best / alone["items_per_s"]})
     return {"turns": rows, "texts": len(texts),
             "ratio": float(np.median([t["ratio"] for t in rows]))}
+
+
+def race_with_stats(hand: HandWritten, grpc_url: str, http_url: str, texts: list[str],
+                    turns: int) -> dict:
+    """``race`` with Triton's per-model statistics over the served runs (``models``)."""
+    before = model_stats(http_url)
+    result = race(hand, grpc_url, texts, turns)
+    result["models"] = stats_delta(before, model_stats(http_url))
+    return result
+
+
+def time_table(result: dict) -> list[str]:
+    """Where each side spends its time, per model and batch of 32 texts: the hand-written
+    side's seconds (median over the turns, whole list, every core) against the served
+    side's compute ms per request of 32 (Triton's statistics over every served run, one
+    thread per model)."""
+    from export.registry import EMBEDDERS, FUSEMOE_MODEL
+
+    served_names = {e.id: e.triton_model for e in EMBEDDERS} | {"fusemoe": FUSEMOE_MODEL}
+    turns = [t["hand_written"] for t in result["turns"] if "model_seconds" in t["hand_written"]]
+    if not turns:
+        return []
+    per_batch = BATCH / result["texts"]
+    lines = [("| model | hand-written ms per 32 texts (every core) | "
+              "served compute ms per request of 32 (one thread) |"), "|---|---|---|"]
+    first = turns[0]["model_seconds"]
+    for block in sorted(first, key=lambda b: -first[b]):
+        hand = 1000 * per_batch * float(np.median([t["model_seconds"][block] for t in turns]))
+        model = served_names.get(block, block)
+        served = result.get("models", {}).get(model, {}).get("compute_ms")
+        lines.append(f"| {block} ({model}) | {hand:.0f} | "
+                     + (f"{served:.0f}" if served is not None else "") + " |")
+    return lines
 
 
 def table(result: dict) -> list[str]:

@@ -46,3 +46,21 @@ def test_a_client_that_cannot_warm_up_does_not_hang_the_others():
 
     row = closed_loop(make, TEXTS, 1, 2, 0.1, dim=4)
     assert row["errors"] == 1 and row["requests"] > 0
+
+
+def test_race_b_time_table_puts_both_sides_per_batch_of_32_slowest_first():
+    from perf.race_b import time_table
+
+    def turn(e1: float, e5: float) -> dict:
+        return {"hand_written": {"model_seconds": {"E1": e1, "E5": e5, "fusemoe": 0.1}},
+                "served": [{}]}
+
+    result = {"texts": 128, "turns": [turn(4.0, 40.0), turn(8.0, 60.0), turn(6.0, 50.0)],
+              "models": {"e01_semantic": {"compute_ms": 900.0},
+                         "e05_causal": {"compute_ms": 300.0}}}
+    rows = time_table(result)[2:]
+    # median over the turns, scaled from 128 texts to 32: E5 50 s -> 12500 ms, E1 6 s -> 1500
+    assert rows[0] == "| E5 (e05_causal) | 12500 | 300 |"
+    assert rows[1] == "| E1 (e01_semantic) | 1500 | 900 |"
+    assert rows[2] == "| fusemoe (fusemoe) | 25 |  |"  # no served statistics: left blank
+    assert time_table({"texts": 128, "turns": [{"hand_written": {}, "served": []}]}) == []
