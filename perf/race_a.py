@@ -13,7 +13,8 @@ Every side's vectors are compared with sentence-transformers' FP32 vectors of th
   model alone gets both), gRPC with tritonclient.
 - infinity-emb 0.0.78 (perf/requirements-infinity.txt, its own venv): ``--engine optimum``
   over an ONNX folder holding optimum's AVX-512 VNNI INT8 file (the file its optimum engine
-  prefers on a CPU), and ``--engine torch``; batch size 32, its OpenAI-style HTTP API over
+  prefers on a CPU) with ``--pooling-method mean`` (the model's pooling; the engine's
+  default pools the CLS token), and ``--engine torch``; batch size 32, its OpenAI-style HTTP API over
   keep-alive connections.
 - In-process libraries (perf/race_a_libraries.py in .run/libraries-venv):
   sentence-transformers 5.7 with its ONNX backend on its own INT8 (avx512_vnni) export and
@@ -27,6 +28,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,13 +130,15 @@ def infinity(texts: list[str], seconds: float, folder: Path, engine: str, name: 
     script = tools.infinity()
     port = free_port()
     log_path = RUN_A / f"infinity-{engine}.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0",
+    env = dict(os.environ, COLUMNS="400", HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0",
                DO_NOT_TRACK="1", HF_HOME=str(RUN_A / "hf-home"))
     cmd = [str(script), "v2", "--model-id", str(folder), "--served-model-name", "minilm",
            "--engine", engine, "--device", "cpu", "--batch-size", "32",
            "--host", "127.0.0.1", "--port", str(port)]
     if engine == "torch":
         cmd.append("--no-bettertransformer")
+    else:  # the optimum engine pools the CLS token unless told the model's mean pooling
+        cmd += ["--pooling-method", "mean"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
@@ -178,16 +182,22 @@ def infinity(texts: list[str], seconds: float, folder: Path, engine: str, name: 
 
 
 def infinity_notes() -> list[str]:
-    """What infinity's optimum engine printed about the file it chose and its optimiser."""
+    """What infinity's optimum engine printed about the file it chose and its optimiser (its
+    log wraps long lines, paths included: paths are joined back)."""
     log = RUN_A / "infinity-optimum.log"
     if not log.is_file():
         return []
-    text = " ".join(log.read_text(errors="replace").split())
+    text = " ".join(re.sub(r"\S+\.py:\d+", " ", log.read_text(errors="replace")).split())
     notes = []
-    for marker in ("as the model", "Optimization failed with"):
-        at = text.find(marker)
-        if at >= 0:
-            notes.append(text[max(0, at - 60):at + 120])
+    used = re.search(r"Using (.+?) as the model", text)
+    if used:
+        notes.append(f"used {used.group(1).replace(' ', '')}")
+    found = re.search(r"Optimized model found at (.+?), skipping optimization", text)
+    if found:
+        notes.append(f"its optimiser's copy of that file, {found.group(1).replace(' ', '')}")
+    failed = text.find("Optimization failed with")
+    if failed >= 0:
+        notes.append(text[failed:failed + 180])
     return notes
 
 
@@ -343,7 +353,7 @@ def section(ra: dict) -> list[str]:
               f"{ra['e11_vs_best_in_process_throughput_ratio']:.2f}** against "
               f"{ra['best_in_process']} (goal ≥ 1).")]
     if ra.get("infinity_notes"):
-        lines += ["", "infinity-emb's optimum engine printed: "
+        lines += ["", "infinity-emb's optimum engine, from its log: "
                   + "; ".join(f"`{n}`" for n in ra["infinity_notes"])]
     return lines
 

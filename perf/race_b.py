@@ -269,7 +269,8 @@ def time_table(result: dict) -> list[str]:
         return []
     per_batch = BATCH / result["texts"]
     lines = [("| model | hand-written ms per 32 texts (every core) | "
-              "served compute ms per request of 32 (one thread) |"), "|---|---|---|"]
+              "served compute ms per request of 32 (one thread, the cores shared with every "
+              "other model) |"), "|---|---|---|"]
     first = turns[0]["model_seconds"]
     for block in sorted(first, key=lambda b: -first[b]):
         hand = 1000 * per_batch * float(np.median([t["model_seconds"][block] for t in turns]))
