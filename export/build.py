@@ -155,9 +155,11 @@ def build_tokenizer(family: TokenizerFamily, directory: Path, key: str,
         tok = build_published(family.name, directory / TOKENIZER_FILE, family.max_length)
         vocabulary = VOCABULARIES[family.name]
         source = f"published vocabulary: {vocabulary.what} ({vocabulary.requirement})"
+        size = "full"
     elif checkpoint is None:
         tok = build_tiny(family, directory / TOKENIZER_FILE)
         source = f"tiny {family.name} (offline, fixed corpus)"
+        size = "tiny"
     else:
         from transformers import AutoTokenizer
 
@@ -166,8 +168,10 @@ def build_tokenizer(family: TokenizerFamily, directory: Path, key: str,
         tok.enable_truncation(max_length=family.max_length)
         tok.save(str(directory / TOKENIZER_FILE))
         source = f"tokenizer of {checkpoint.path.name} ({checkpoint.origin})"
+        size = "full"
+    # size: what `fusedembed info` shows for a tokenizer that is not a checkpoint's
     _write_info(directory, key=key, pretrained=checkpoint is not None, source=source,
-                vocab_size=tok.get_vocab_size())
+                size=size, vocab_size=tok.get_vocab_size())
 
 
 def built_tokenizer(family: TokenizerFamily, repo: Path):

@@ -102,6 +102,19 @@ def test_clip_vocabulary_is_clips():
     assert tok.encode("a photo of a cat").ids == [49406, 320, 1125, 539, 320, 2368, 49407]
 
 
+def test_a_full_build_tokenizer_says_it_is_the_published_vocabulary(tmp_path):
+    from export.build import build_tokenizer
+
+    family = tokenizer_family("clip-bpe")
+    build_tokenizer(family, tmp_path / "full", "k", None, "full")
+    build_tokenizer(family, tmp_path / "tiny", "k", None, "tiny")
+    full = json.loads((tmp_path / "full" / "build.json").read_text())
+    tiny = json.loads((tmp_path / "tiny" / "build.json").read_text())
+    assert (full["size"], full["vocab_size"], full["pretrained"]) == ("full", 49408, False)
+    assert full["source"].startswith("published vocabulary")
+    assert tiny["size"] == "tiny" and tiny["vocab_size"] < 49408
+
+
 def test_a_vocabulary_that_does_not_match_its_checksum_is_refused(tmp_path, monkeypatch):
     from dataclasses import replace
 
