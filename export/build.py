@@ -169,7 +169,7 @@ def build_tokenizer(family: TokenizerFamily, directory: Path, key: str,
         tok.save(str(directory / TOKENIZER_FILE))
         source = f"tokenizer of {checkpoint.path.name} ({checkpoint.origin})"
         size = "full"
-    # size: what `fusedembed info` shows for a tokenizer that is not a checkpoint's
+    # size: what `fusedembed info` shows for a tokenizer that is not pretrained
     _write_info(directory, key=key, pretrained=checkpoint is not None, source=source,
                 size=size, vocab_size=tok.get_vocab_size())
 

@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                                       args.interval_ms))
         print("[4/5] Race B (taking turns), response cache:", flush=True)
         race_texts = texts[:args.race_b_texts]
-        results["race_b"] = race_b.race_with_stats(hand, server.grpc_url, server.http_url,
+        results["race_b"] = race_b.race(hand, server.grpc_url, server.http_url,
                                                    race_texts, args.race_b_turns)
         results["race_b"]["agreement"] = race_b.agreement(hand, server.grpc_url, race_texts[:32])
         del hand

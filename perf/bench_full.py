@@ -53,9 +53,7 @@ SERVED = "int8"  # the precision fused_text is raced in (it keeps the accuracy b
 # Each precision's build plan: FuseMoE stays FP32 in the INT8 build (its INT8 experts moved
 # FUSED to cosine 0.987 against FP32, perf/reports/precision.md).
 PLANS = {"fp32": "fp32", "int8": "int8,fusemoe=fp32"}
-
-
-PARTIAL = RUN_FULL / "partial.json"
+PARTIAL = RUN_FULL / "partial.json"  # what is measured so far (--resume)
 
 
 def checkpoint(result: dict, start: float) -> None:
@@ -64,15 +62,15 @@ def checkpoint(result: dict, start: float) -> None:
     PARTIAL.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def timed_build(precision: str) -> tuple[Path, float]:
+def timed_build(repo: Path, precision: str) -> float:
+    """Seconds to build the full profile in ``precision`` into ``repo`` from nothing."""
     from export.build import build
 
-    repo = RUN_FULL / precision
     shutil.rmtree(repo, ignore_errors=True)
     print(f"[build] full profile, {precision}, from nothing ...", flush=True)
     start = time.perf_counter()
     build(repo, "full", force=True, precision=PLANS[precision], fusemoe_checkpoint="seeded")
-    return repo, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
 def warm_memory(server, texts: list[str]) -> dict:
@@ -200,12 +198,13 @@ def write(result: dict, seconds: float) -> Path:
     for p in PRECISIONS:
         lines += ["", f"### {p.upper()}", "", *roofline.tables(result["roofline"][p])]
     fraction = result["full_pipeline_fraction_of_peak"]
+    gflop_per_text = result["roofline"][SERVED]["pipeline_gflop_per_text"]
     peak_all = result["roofline"][SERVED]["peak"][SERVED][str(result["roofline"][SERVED]["cores"])]
     lines += ["", "![time](bench-full-time.png)", "", "![roofline](bench-full-roofline.png)", "",
               (f"The served pipeline ({SERVED}) at batch 32: "
                f"{result['full_pipeline_texts_per_s']:.2f} texts/s x "
-               f"{result['roofline'][SERVED]['pipeline_gflop_per_text']:.1f} GFLOP per text = "
-               f"{result['full_pipeline_texts_per_s'] * result['roofline'][SERVED]['pipeline_gflop_per_text']:.0f}"
+               f"{gflop_per_text:.1f} GFLOP per text = "
+               f"{result['full_pipeline_texts_per_s'] * gflop_per_text:.0f}"
                f" GFLOP/s, **{100 * fraction:.0f} %** of the {SERVED} peak on all "
                f"{result['roofline'][SERVED]['cores']} cores ({peak_all:.0f} GFLOP/s); "
                "full_pipeline_fraction_of_peak."), "",
@@ -262,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     repos = {p: RUN_FULL / p for p in PRECISIONS}
     for p in PRECISIONS:
         if p not in result["builds"]:
-            repos[p], result["builds"][p] = timed_build(p)
+            result["builds"][p] = timed_build(repos[p], p)
             checkpoint(result, start)
     for p in PRECISIONS:
         if p in result["servers"]:
@@ -283,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         hand = race_b.HandWritten(repos[SERVED])
         race_texts = texts[:args.race_b_texts]
         with started_server(repos[SERVED], RUN_FULL / "triton-race-b.log") as server:
-            race = race_b.race_with_stats(hand, server.grpc_url, server.http_url,
-                                          race_texts, args.race_b_turns)
+            race = race_b.race(hand, server.grpc_url, server.http_url, race_texts,
+                               args.race_b_turns)
             race["agreement"] = race_b.agreement(hand, server.grpc_url, race_texts[:32])
         del hand
         result["race_b"] = race

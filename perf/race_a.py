@@ -14,8 +14,8 @@ Every side's vectors are compared with sentence-transformers' FP32 vectors of th
 - infinity-emb 0.0.78 (perf/requirements-infinity.txt, its own venv): ``--engine optimum``
   over an ONNX folder holding optimum's AVX-512 VNNI INT8 file (the file its optimum engine
   prefers on a CPU) with ``--pooling-method mean`` (the model's pooling; the engine's
-  default pools the CLS token), and ``--engine torch``; batch size 32, its OpenAI-style HTTP API over
-  keep-alive connections.
+  default pools the CLS token), and ``--engine torch``; batch size 32, its OpenAI-style
+  HTTP API over keep-alive connections.
 - In-process libraries (perf/race_a_libraries.py in .run/libraries-venv):
   sentence-transformers 5.7 with its ONNX backend on its own INT8 (avx512_vnni) export and
   on its FP32 export, fastembed on that INT8 file; sentence-transformers 6.2 (PyTorch) in
@@ -82,14 +82,15 @@ def prepared_model() -> Path:
     folder = RUN_A / "minilm"
     if (folder / "onnx" / "model_quantized.onnx").is_file():
         return folder
+    source = checkpoint()
     shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(checkpoint(), folder)
+    shutil.copytree(source, folder)
     print("Race A: the peers' ONNX exports (sentence-transformers, optimum) ...", flush=True)
     libraries(["prepare", str(folder)])
     # Saving rewrote the sentence-transformers files (modules.json, sentence_bert_config.json)
     # in the libraries venv's format, which infinity-emb's older sentence-transformers cannot
     # read; the published files are read by every version. The ONNX files stay.
-    shutil.copytree(checkpoint(), folder, dirs_exist_ok=True)
+    shutil.copytree(source, folder, dirs_exist_ok=True)
     return folder
 
 
@@ -130,8 +131,9 @@ def infinity(texts: list[str], seconds: float, folder: Path, engine: str, name: 
     script = tools.infinity()
     port = free_port()
     log_path = RUN_A / f"infinity-{engine}.log"
-    env = dict(os.environ, COLUMNS="400", HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0",
-               DO_NOT_TRACK="1", HF_HOME=str(RUN_A / "hf-home"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0",
+               DO_NOT_TRACK="1", HF_HOME=str(RUN_A / "hf-home"),
+               COLUMNS="400")  # rich wraps its log at the terminal's width
     cmd = [str(script), "v2", "--model-id", str(folder), "--served-model-name", "minilm",
            "--engine", engine, "--device", "cpu", "--batch-size", "32",
            "--host", "127.0.0.1", "--port", str(port)]

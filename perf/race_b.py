@@ -227,13 +227,15 @@ def hand_written_run(hand: HandWritten, texts: list[str]) -> dict:
             "model_seconds": dict(hand.seconds)}
 
 
-def race(hand: HandWritten, grpc_url: str, texts: list[str], turns: int,
+def race(hand: HandWritten, grpc_url: str, http_url: str, texts: list[str], turns: int,
          concurrency: tuple[int, ...] = (2, 4)) -> dict:
     """The two sides taking turns ``turns`` times on the same texts (the hand-written side
     gets the whole list, the served side the same texts as requests of 32 from each of
     ``concurrency`` clients); ratio = median over turns of the best served texts/s over
-    the hand-written texts/s measured just before it."""
+    the hand-written texts/s measured just before it; ``models``: Triton's per-model
+    statistics over the served runs."""
     hand.embed(texts[:BATCH])  # warm-up: both sides are measured warm
+    before = model_stats(http_url)
     chunks = [texts[i:i + BATCH] for i in range(0, len(texts), BATCH)]
     rows = []
     for k in range(turns):
@@ -244,16 +246,8 @@ def race(hand: HandWritten, grpc_url: str, texts: list[str], turns: int,
         rows.append({"hand_written": alone, "served": served,
                      "ratio": best / alone["items_per_s"]})
     return {"turns": rows, "texts": len(texts),
-            "ratio": float(np.median([t["ratio"] for t in rows]))}
-
-
-def race_with_stats(hand: HandWritten, grpc_url: str, http_url: str, texts: list[str],
-                    turns: int) -> dict:
-    """``race`` with Triton's per-model statistics over the served runs (``models``)."""
-    before = model_stats(http_url)
-    result = race(hand, grpc_url, texts, turns)
-    result["models"] = stats_delta(before, model_stats(http_url))
-    return result
+            "ratio": float(np.median([t["ratio"] for t in rows])),
+            "models": stats_delta(before, model_stats(http_url))}
 
 
 def time_table(result: dict) -> list[str]:
