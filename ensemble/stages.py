@@ -34,6 +34,8 @@ from export.registry import (
     INPUT_IDS,
     LIBRARY_DEFAULTS,
     POOL_MASK,
+    TEXT,
+    TRUNCATE,
     Embedder,
     Input,
     Kind,
@@ -158,6 +160,39 @@ class Convention:
                    info.get("mask_token_id"), tuple(info.get("skip_ids", ())))
 
 
+@dataclass(frozen=True)
+class TokenLimit:
+    """How many tokens an embedder takes per text and kind, its convention's extra tokens in."""
+
+    spec: Embedder
+    convention: Convention
+    max_length: int
+
+    @classmethod
+    def read(cls, spec: Embedder, directory: Path) -> TokenLimit:
+        info = read_build_info(directory)
+        return cls(spec, Convention.from_info(info.get("convention")), int(info["max_length"]))
+
+    def limit(self, kind: Kind) -> int:
+        c = self.convention
+        return c.query_length if kind is Kind.QUERY and c.query_length else self.max_length
+
+    def counts(self, batch: TokenBatch, kind: Kind) -> np.ndarray:
+        """Tokens per row once the convention's extra tokens are in (before truncation)."""
+        return batch.attention_mask.sum(axis=1) + len(self.convention.insert.get(kind.value, []))
+
+    def refusal(self, batch: TokenBatch, kinds: list[Kind]) -> str | None:
+        """Why the first row over the limit is refused when truncation is not allowed."""
+        for i, kind in enumerate(kinds):
+            tokens = int(self.counts(TokenBatch(batch.input_ids[i:i + 1],
+                                                batch.attention_mask[i:i + 1]), kind)[0])
+            if tokens > self.limit(kind):
+                return (f"{TEXT}[{i}]: {tokens} tokens exceed the {self.limit(kind)}-token "
+                        f"limit of {self.spec.id} ({self.spec.triton_model}); send "
+                        f"{TRUNCATE}=true to truncate")
+        return None
+
+
 class TokenEmbedder:
     """A neural embedder: tokens in, pooled unit vectors out (ONNX Runtime or PyTorch)."""
 
@@ -165,12 +200,14 @@ class TokenEmbedder:
                  runtime: Runtime = LIBRARY_DEFAULTS) -> None:
         self.spec = spec
         self.length_buckets = runtime.length_buckets
+        self.max_batch_tokens = runtime.max_batch_tokens
         info = read_build_info(directory)
         self.info = info
         self.pad_id = int(info["pad_token_id"])
         self.max_length = int(info["max_length"])
         self.runtime = info["runtime"]
         self.convention = Convention.from_info(info.get("convention"))
+        self.limits = TokenLimit(spec, self.convention, self.max_length)
         self.precision = info.get("precision", "fp32")
         # Longest text the ONNX graph serves exactly (E5); longer rows run the PyTorch module.
         self.exact_limit = info.get("exact_path_max_tokens")
@@ -190,6 +227,9 @@ class TokenEmbedder:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(str(directory / ONNX_FILE), options,
                                                 providers=["CPUExecutionProvider"])
+            self.shrink_after_tokens = runtime.shrink_after_tokens
+            self.shrink = ort.RunOptions()
+            self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
             self.output = self.session.get_outputs()[0].name
             self.inputs = [i.name for i in self.session.get_inputs()]
         if "torch" in self.runtime:
@@ -204,14 +244,18 @@ class TokenEmbedder:
         self.projection = None
         if spec.pooling is Pooling.SPLADE_MAX:
             self.projection = load_numpy(directory, SPLADE_STEM, SPLADE_VERSION)["projection"]
+            if runtime.max_logits_mib:  # [rows, tokens, vocabulary] float32 logits per run
+                vocabulary = self.projection.shape[0]
+                logits_tokens = max(1, runtime.max_logits_mib * 2 ** 20 // (vocabulary * 4))
+                self.max_batch_tokens = min(self.max_batch_tokens or logits_tokens,
+                                            logits_tokens)
 
     def embed(self, batch: TokenBatch, kinds: list[Kind] | None = None) -> np.ndarray:
         """Rows of ``batch`` (one text each) -> [rows, dim]; ``kinds`` default to passages."""
         return self.embed_with_flags(batch, kinds)[0]
 
     def token_limit(self, kind: Kind) -> int:
-        c = self.convention
-        return c.query_length if kind is Kind.QUERY and c.query_length else self.max_length
+        return self.limits.limit(kind)
 
     def embed_with_flags(self, batch: TokenBatch, kinds: list[Kind] | None = None,
                          ) -> tuple[np.ndarray, np.ndarray]:
@@ -232,8 +276,7 @@ class TokenEmbedder:
         return out, cut
 
     def token_counts(self, batch: TokenBatch, kind: Kind) -> np.ndarray:
-        """Tokens per row once the convention's extra tokens are in (before truncation)."""
-        return batch.attention_mask.sum(axis=1) + len(self.convention.insert.get(kind.value, []))
+        return self.limits.counts(batch, kind)
 
     def _embed_kind(self, batch: TokenBatch, kind: Kind) -> tuple[np.ndarray, np.ndarray]:
         c = self.convention
@@ -258,10 +301,28 @@ class TokenEmbedder:
             out = l2_normalize(out @ self.projection)
         return out, cut
 
+    def rows_per_run(self, width: int) -> int:
+        """Rows of ``width`` tokens one run may take under ``max_batch_tokens`` (at least 1)."""
+        if not self.max_batch_tokens:
+            return 1 << 30
+        return max(1, self.max_batch_tokens // max(1, width))
+
     def forward(self, batch: TokenBatch, pool: np.ndarray | None = None) -> np.ndarray:
-        """The exported module itself on prepared tokens (E6: before its projection)."""
+        """The exported module itself on prepared tokens (E6: before its projection), in
+        runs of at most ``max_batch_tokens`` tokens."""
+        pool = batch.attention_mask if pool is None else pool
+        rows, width = batch.input_ids.shape
+        step = self.rows_per_run(width)
+        if rows <= step:
+            return self._forward(batch, pool)
+        return np.concatenate([
+            self._forward(TokenBatch(batch.input_ids[i:i + step],
+                                     batch.attention_mask[i:i + step]), pool[i:i + step])
+            for i in range(0, rows, step)])
+
+    def _forward(self, batch: TokenBatch, pool: np.ndarray) -> np.ndarray:
         feeds = {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask,
-                 POOL_MASK: (batch.attention_mask if pool is None else pool).astype(np.int64)}
+                 POOL_MASK: pool.astype(np.int64)}
         if self.runtime == "onnx":
             return self._onnx(feeds)
         if self.runtime == "torch":
@@ -277,7 +338,10 @@ class TokenEmbedder:
         return out
 
     def _onnx(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        out = self.session.run([self.output], {n: feeds[n] for n in self.inputs})[0]
+        tokens = feeds[INPUT_IDS].size
+        large = bool(self.shrink_after_tokens) and tokens > self.shrink_after_tokens
+        out = self.session.run([self.output], {n: feeds[n] for n in self.inputs},
+                               self.shrink if large else None)[0]
         return out.astype(np.float32, copy=False)
 
     def _torch(self, feeds: dict[str, np.ndarray]) -> np.ndarray:

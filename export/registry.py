@@ -58,6 +58,12 @@ class Batching:
     max_batch_size: int = 32
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
     max_queue_delay_us: int = 2000
+    # Back-pressure (Triton's queue policy, REJECT): a request finding this many requests
+    # already queued, or waiting longer than the timeout, is refused at once with
+    # UNAVAILABLE (HTTP 503) instead of waiting without bound. Sized in
+    # perf/reports/backpressure.md; 0 = unbounded.
+    max_queue_size: int = 64
+    queue_timeout_us: int = 60_000_000
 
 
 @dataclass(frozen=True)
@@ -78,10 +84,23 @@ class Runtime:
     # A batch is split by token count into these buckets, each padded only to its own
     # longest row; empty = one padded batch (padding to the longest row of the batch).
     length_buckets: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96, 128, 256, 512)
+    # Memory bounds of one forward pass (0 = none): at most this many tokens (rows x padded
+    # length) per run, a batch of long texts running in several; and SPLADE's MLM logits
+    # ([rows, tokens, vocabulary] floats, the largest tensor of any model) at most this many
+    # MiB per run. Measured in perf/reports/burst.md.
+    max_batch_tokens: int = 8192
+    max_logits_mib: int = 128
+    # ONNX Runtime's arena keeps the largest buffers it ever needed; after a run of more
+    # than this many tokens it gives them back (0 = never), so a burst of long texts does
+    # not leave its peak resident.
+    shrink_after_tokens: int = 2048
 
     def parameters(self) -> dict[str, str]:
         return {"threads": str(self.threads), "graph_optimization": self.graph_optimization,
-                "length_buckets": ",".join(map(str, self.length_buckets))}
+                "length_buckets": ",".join(map(str, self.length_buckets)),
+                "max_batch_tokens": str(self.max_batch_tokens),
+                "max_logits_mib": str(self.max_logits_mib),
+                "shrink_after_tokens": str(self.shrink_after_tokens)}
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> Runtime:
@@ -89,11 +108,16 @@ class Runtime:
         buckets = params.get("length_buckets", "")
         return cls(threads=int(params.get("threads", "0")),
                    graph_optimization=params.get("graph_optimization", "all"),
-                   length_buckets=tuple(int(b) for b in buckets.split(",") if b))
+                   length_buckets=tuple(int(b) for b in buckets.split(",") if b),
+                   max_batch_tokens=int(params.get("max_batch_tokens", "0")),
+                   max_logits_mib=int(params.get("max_logits_mib", "0")),
+                   shrink_after_tokens=int(params.get("shrink_after_tokens", "0")))
 
 
-# What running a model by hand gets: every core, full graph optimisation, one padded batch.
-LIBRARY_DEFAULTS = Runtime(threads=0, length_buckets=())
+# What running a model by hand gets: every core, full graph optimisation, one padded batch,
+# no bound on a run's memory.
+LIBRARY_DEFAULTS = Runtime(threads=0, length_buckets=(), max_batch_tokens=0, max_logits_mib=0,
+                           shrink_after_tokens=0)
 
 
 RUNTIME = Runtime()
@@ -260,6 +284,23 @@ class Limits:
 
 
 LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Resident memory (MiB) the server stays under at the worst valid load: concurrent
+    requests of 32 texts past every model's token limit (perf/burst.py). Per process (the
+    tritonserver process and each model's Python stub) and for the whole server."""
+
+    server_mib: int
+    default_process_mib: int
+    process_overrides: tuple[tuple[str, int], ...] = ()
+
+    def process_mib(self, name: str) -> int:
+        return dict(self.process_overrides).get(name, self.default_process_mib)
+
+
+MEMORY_BUDGET = MemoryBudget(server_mib=24576, default_process_mib=4096)
 PREPROCESS_MODEL = "preprocess"
 FUSEMOE_MODEL = "fusemoe"
 ENSEMBLE_MODEL = "fused_text"

@@ -40,8 +40,14 @@ def _tensor(cls, name: str, dtype: int, dims: list[int], **kw):
 
 
 def _dynamic_batching(b: Batching) -> mc.ModelDynamicBatching:
-    return mc.ModelDynamicBatching(preferred_batch_size=list(b.preferred_batch_sizes),
-                                   max_queue_delay_microseconds=b.max_queue_delay_us)
+    batching = mc.ModelDynamicBatching(preferred_batch_size=list(b.preferred_batch_sizes),
+                                       max_queue_delay_microseconds=b.max_queue_delay_us)
+    if b.max_queue_size or b.queue_timeout_us:
+        batching.default_queue_policy.CopyFrom(mc.ModelQueuePolicy(
+            timeout_action=mc.ModelQueuePolicy.REJECT,
+            default_timeout_microseconds=b.queue_timeout_us, allow_timeout_override=True,
+            max_queue_size=b.max_queue_size))
+    return batching
 
 
 def _python_model(name: str, adapter: str, batching: Batching,
@@ -241,10 +247,13 @@ def single_embedder_config(spec: Embedder, name: str) -> mc.ModelConfig:
 
 def failsafe_config() -> mc.ModelConfig:
     """BLS entry point: embedders called concurrently under a deadline; missing -> zeros."""
-    f = r.FAILSAFE
+    f, limits = r.FAILSAFE, r.LIMITS
     cfg = _python_model(r.FAILSAFE_MODEL, "failsafe", Batching(), {
         "deadline_ms": str(f.deadline_ms), "required": ",".join(f.required),
-        "min_other_blocks": str(f.min_other_blocks)})
+        "min_other_blocks": str(f.min_other_blocks),
+        "max_text_bytes": str(limits.max_text_bytes),
+        "min_timestamp": str(limits.min_timestamp),
+        "max_timestamp": str(limits.max_timestamp)})
     ensemble = ensemble_config()
     cfg.input.extend(ensemble.input)
     for out in ensemble.output:

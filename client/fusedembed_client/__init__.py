@@ -7,6 +7,8 @@ from fusedembed_client.client import (
     FusedEmbedClient,
     FusedEmbedError,
     GateControls,
+    Retry,
 )
 
-__all__ = ["CACHED_MODEL", "MODEL", "Embedding", "FusedEmbedClient", "FusedEmbedError", "GateControls"]
+__all__ = ["CACHED_MODEL", "MODEL", "Embedding", "FusedEmbedClient", "FusedEmbedError", "GateControls",
+           "Retry"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,8 +23,43 @@ BLOCKS = tuple(f"E{i}" for i in range(1, 13))
 KINDS = ("query", "passage")
 
 
+# Answers that mean "busy, try again later": the server's queue was full or its request
+# waited past the queue's timeout (Triton's UNAVAILABLE; HTTP 503, or 429 from a proxy).
+RETRYABLE = frozenset({"503", "429", "StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"})
+
+
 class FusedEmbedError(RuntimeError):
-    """The server refused a request or could not be reached."""
+    """The server refused a request or could not be reached.
+
+    ``status`` is the transport's status ("400", "StatusCode.INVALID_ARGUMENT", ...; empty when
+    none came back); ``retryable`` says whether the refusal was back-pressure.
+    """
+
+    def __init__(self, message: str, status: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Back-off for refusals under load: ``attempts`` tries in all, sleeping ``first_s``
+    doubled after each refusal (at most ``max_s``, with jitter), and never past ``deadline_s``
+    from the first try. Client errors (4xx, INVALID_ARGUMENT) and faults are never retried."""
+
+    attempts: int = 6
+    first_s: float = 0.1
+    max_s: float = 2.0
+    deadline_s: float = 30.0
+
+    def delays(self) -> list[float]:
+        return [min(self.max_s, self.first_s * 2 ** i) for i in range(self.attempts - 1)]
+
+
+NO_RETRY = Retry(attempts=1)
 
 
 @dataclass(frozen=True)
@@ -92,13 +128,15 @@ class ModelInfo:
 
 class FusedEmbedClient:
     def __init__(self, url: str | None = None, protocol: str = "http", model: str = MODEL,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, retry: Retry = Retry()) -> None:
         if protocol not in DEFAULT_URLS:
             raise ValueError(f"protocol must be 'http' or 'grpc', not {protocol!r}")
         self.protocol = protocol
         self.url = url or DEFAULT_URLS[protocol]
         self.model = model
         self.timeout_s = timeout_s
+        self.retry = retry
+        self.retries = 0  # refusals retried so far (back-pressure seen by this client)
         if protocol == "http":
             import tritonclient.http as tc
 
@@ -181,6 +219,26 @@ class FusedEmbedClient:
             return self._client.get_model_config(name)
         return self._client.get_model_config(name, as_json=True)["config"]
 
+    def _send(self, inputs: list[Any], kwargs: dict[str, Any]) -> Any:
+        """One inference, retried with back-off while the server says it is busy."""
+        start = time.monotonic()
+        delays = iter(self.retry.delays())
+        while True:
+            try:
+                return self._client.infer(self.model, inputs, **kwargs)
+            except Exception as err:  # tritonclient raises InferenceServerException
+                status = getattr(err, "status", lambda: None)() or ""
+                error = FusedEmbedError(
+                    f"{self.model} at {self.url} ({self.protocol}): {err}", str(status))
+                delay = next(delays, None) if error.retryable else None
+                if delay is None:
+                    raise error from err
+                delay *= random.uniform(0.5, 1.0)
+                if time.monotonic() - start + delay > self.retry.deadline_s:
+                    raise error from err
+                self.retries += 1
+                time.sleep(delay)
+
     def _infer(self, texts: Sequence[str], timestamps: Sequence[int], kind: str,
                blocks: tuple[str, ...], truncate: bool, gate: GateControls,
                ) -> list[Embedding]:
@@ -208,10 +266,7 @@ class FusedEmbedClient:
         kwargs: dict[str, Any] = {"outputs": outputs}
         if self.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout_s
-        try:
-            result = self._client.infer(self.model, inputs, **kwargs)
-        except Exception as err:  # tritonclient raises InferenceServerException
-            raise FusedEmbedError(f"{self.model} at {self.url} ({self.protocol}): {err}") from err
+        result = self._send(inputs, kwargs)
         if self.model == CACHED_MODEL:
             empty = np.zeros(0, dtype=np.float32)
             return [Embedding(v, empty, empty.astype(np.int32)) for v in result.as_numpy("FUSED")]

@@ -1,7 +1,9 @@
 """What every adapter shares: reading the model config, decoding inputs, per-request errors.
 
 A bad request gets an error response naming the input; the other requests of the same
-batch are still answered.
+batch are still answered. Errors carry Triton's codes so that clients can act on them: the
+caller's mistakes are INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT: not worth retrying),
+faults of ours INTERNAL (500) and a missing embedder UNAVAILABLE (503: retry later).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ import triton_python_backend_utils as pb_utils
 
 class RequestError(ValueError):
     """A request's input is unusable; the message names the input."""
+
+
+class ServiceError(RuntimeError):
+    """A fault of ours that a later retry may not meet (e.g. an embedder down or late)."""
 
 
 def decode_texts(name: str, array: np.ndarray) -> list[str]:
@@ -48,8 +54,22 @@ def optional_texts(request: Any, name: str) -> list[str] | None:
     return None if array is None else decode_texts(name, array)
 
 
+def error_code(err: Exception) -> int:
+    """The Triton code of ``err``: its own ``code`` where it carries one (an error passed on
+    from another model), else by kind."""
+    code = getattr(err, "code", None)
+    if code is not None:
+        return code
+    if isinstance(err, RequestError):
+        return pb_utils.TritonError.INVALID_ARG
+    if isinstance(err, ServiceError):
+        return pb_utils.TritonError.UNAVAILABLE
+    return pb_utils.TritonError.INTERNAL
+
+
 def error_response(err: Exception) -> Any:
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(err)))
+    return pb_utils.InferenceResponse(
+        output_tensors=[], error=pb_utils.TritonError(str(err), error_code(err)))
 
 
 class Adapter:

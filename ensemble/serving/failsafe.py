@@ -14,7 +14,16 @@ import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ensemble.serving.base import Adapter, RequestError, error_response, optional_array
+from ensemble.serving.base import (
+    Adapter,
+    RequestError,
+    ServiceError,
+    error_response,
+    optional_array,
+)
+from ensemble.serving.token_embedder import read_kinds
+from ensemble.stages import TokenBatch, TokenLimit, version_dir
+from ensemble.validation import InvalidInput, Validator
 from export.registry import (
     ATTENTION_MASK,
     CLEAN_TEXT,
@@ -23,6 +32,7 @@ from export.registry import (
     EMBEDDING,
     EXPERT_WEIGHTS,
     FLAG,
+    FOCUS,
     FUSED,
     FUSEMOE_MODEL,
     FUSION_VERSION,
@@ -34,18 +44,26 @@ from export.registry import (
     PRESENCE,
     REDACTIONS,
     SELECTED_EXPERTS,
+    TEMPERATURE,
     TEXT,
     TIMESTAMP,
     TOKENIZER_FAMILIES,
+    TOP_K,
     TRUNCATE,
     TRUNCATED,
     TRUNCATED_SUFFIX,
     Input,
+    Kind,
+    Limits,
     tokenizer_family,
 )
 
 
-class StepError(RuntimeError):
+class StepError(ServiceError):
+    """A step's error response. Triton 2.51 hands a BLS caller every step error as INTERNAL,
+    whatever its code, so the caller's mistakes are found before the steps run (_validate);
+    what a step still refuses is a fault of ours or overload (UNAVAILABLE)."""
+
     def __init__(self, model: str, message: str) -> None:
         super().__init__(f"{model}: {message}")
         self.model = model
@@ -66,9 +84,43 @@ async def call(model: str, inputs: dict[str, np.ndarray], outputs: list[str],
 
 class TritonPythonModel(Adapter):
     def setup(self) -> None:
-        self.deadline_s = float(self.params["deadline_ms"]) / 1000.0
-        self.required = [r for r in self.params["required"].split(",") if r]
-        self.min_others = int(self.params["min_other_blocks"])
+        p = self.params
+        self.deadline_s = float(p["deadline_ms"]) / 1000.0
+        self.required = [r for r in p["required"].split(",") if r]
+        self.min_others = int(p["min_other_blocks"])
+        # The same checks as the steps, with the same limits, so that the caller's mistakes
+        # are INVALID_ARG here too.
+        self.validator = Validator(Limits(int(p["max_text_bytes"]), int(p["min_timestamp"]),
+                                          int(p["max_timestamp"])))
+        repository = self.directory.parent.parent
+        self.token_limits = {s.id: TokenLimit.read(s, version_dir(repository, s.triton_model))
+                             for s in EMBEDDERS if s.input is Input.TOKENS}
+
+    def _validate(self, request, given: dict[str, np.ndarray]) -> tuple[int, list[Kind]]:
+        """Rows and kinds of a request whose TEXT, TIMESTAMP, KIND and gate controls are valid
+        (RequestError naming the field otherwise)."""
+        try:
+            rows = len(self.validator.texts(given[TEXT]))
+            stamps = self.validator.timestamps(given[TIMESTAMP])
+            if len(stamps) != rows:
+                raise InvalidInput(f"{TIMESTAMP}: {len(stamps)} values for {rows} texts")
+            self.validator.controls(rows, given.get(TOP_K), given.get(TEMPERATURE),
+                                    given.get(FOCUS), given.get(PRESENCE))
+        except InvalidInput as err:
+            raise RequestError(str(err)) from err
+        return rows, read_kinds(request, rows)
+
+    def _check_lengths(self, tokens: dict[str, dict[str, np.ndarray]], kinds: list[Kind]) -> None:
+        """TRUNCATE=false: a text over any embedder's token limit is refused."""
+        for spec in EMBEDDERS:
+            if spec.input is not Input.TOKENS:
+                continue
+            family = tokens[tokenizer_family(spec.tokenizer or "").name]
+            batch = TokenBatch(family[INPUT_IDS], family[ATTENTION_MASK])
+            refusal = self.token_limits[spec.id].refusal(
+                batch, kinds if spec.convention.kind_aware else [Kind.PASSAGE] * len(kinds))
+            if refusal:
+                raise RequestError(refusal)
 
     async def execute(self, requests):
         return list(await asyncio.gather(*(self._answer(r) for r in requests)))
@@ -76,7 +128,7 @@ class TritonPythonModel(Adapter):
     async def _answer(self, request):
         try:
             return await self._run(request)
-        except (RequestError, StepError) as err:
+        except (RequestError, ServiceError) as err:
             return error_response(err)
 
     async def _run(self, request):
@@ -88,11 +140,14 @@ class TritonPythonModel(Adapter):
                 given[name] = value
         if TEXT not in given or TIMESTAMP not in given:
             raise RequestError(f"{TEXT} and {TIMESTAMP} are required")
+        _, kinds = self._validate(request, given)
         clean = await call(PREPROCESS_MODEL, {TEXT: given[TEXT], TIMESTAMP: given[TIMESTAMP]},
                            [CLEAN_TEXT, CLEAN_TIMESTAMP, REDACTIONS])
         tokens = dict(zip([f.name for f in TOKENIZER_FAMILIES], await asyncio.gather(*(
             call(f.triton_model, {TEXT: clean[CLEAN_TEXT]}, [INPUT_IDS, ATTENTION_MASK])
             for f in TOKENIZER_FAMILIES))))
+        if TRUNCATE in given and not np.all(given[TRUNCATE]):
+            self._check_lengths(tokens, kinds)
         rows = clean[CLEAN_TEXT].shape[0]
 
         async def block(spec):
@@ -114,8 +169,6 @@ class TritonPythonModel(Adapter):
         present = np.ones((rows, len(EMBEDDERS)), dtype=bool)
         reasons = {}
         for j, (spec, result) in enumerate(zip(EMBEDDERS, results)):
-            if isinstance(result, StepError) and TRUNCATE in result.message:
-                raise result  # the caller's own choice (TRUNCATE=false), not a fault
             if isinstance(result, BaseException):
                 present[:, j] = False
                 reasons[spec.id] = ("no answer within the deadline"
@@ -130,11 +183,11 @@ class TritonPythonModel(Adapter):
         missing = [s.id for s, r in zip(EMBEDDERS, results) if isinstance(r, BaseException)]
         for required in self.required:
             if required in missing:
-                raise RequestError(f"{required} is required and did not answer: "
+                raise ServiceError(f"{required} is required and did not answer: "
                                    f"{reasons[required]}")
         others = len(EMBEDDERS) - len(self.required) - len(missing)
         if others < self.min_others:
-            raise RequestError(f"only {others} embedders besides {', '.join(self.required)} "
+            raise ServiceError(f"only {others} embedders besides {', '.join(self.required)} "
                                f"answered within {self.deadline_s * 1000:.0f} ms; "
                                f"{self.min_others} are needed (missing: {', '.join(missing)})")
         # The caller's own gate controls go through; a block that did not answer is missing

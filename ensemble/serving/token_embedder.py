@@ -19,7 +19,6 @@ from export.registry import (
     FLAG,
     INPUT_IDS,
     KIND,
-    TEXT,
     TRUNCATE,
     Kind,
     Runtime,
@@ -59,15 +58,9 @@ class TritonPythonModel(Adapter):
         batch = TokenBatch(input_array(request, INPUT_IDS), input_array(request, ATTENTION_MASK))
         kinds = read_kinds(request, batch.input_ids.shape[0])
         if not truncation_allowed(request):
-            for i, kind in enumerate(kinds):
-                row = TokenBatch(batch.input_ids[i:i + 1], batch.attention_mask[i:i + 1])
-                tokens = int(self.embedder.token_counts(row, kind)[0])
-                limit = self.embedder.token_limit(kind)
-                if tokens > limit:
-                    spec = self.embedder.spec
-                    raise RequestError(
-                        f"{TEXT}[{i}]: {tokens} tokens exceed the {limit}-token limit of "
-                        f"{spec.id} ({spec.triton_model}); send {TRUNCATE}=true to truncate")
+            refusal = self.embedder.limits.refusal(batch, kinds)
+            if refusal:
+                raise RequestError(refusal)
         return batch, kinds
 
     def _embed(self, items: list[tuple[TokenBatch, list[Kind]]]) -> list[dict[str, np.ndarray]]:

@@ -38,9 +38,22 @@ def test_the_server_listens_on_loopback_only(server):
     command = server.command(prepare_runtime())
     for flag in ("--http-address", "--grpc-address", "--metrics-address"):
         assert f"{flag}=127.0.0.1" in command
-    # Not reachable on another local address of this machine.
-    other = socket.gethostbyname(socket.gethostname())
-    if not other.startswith("127."):
-        with socket.socket() as s:
-            s.settimeout(1)
-            assert s.connect_ex((other, server.ports.http)) != 0
+    import psutil
+
+    # Not reachable on any other address of this machine, while a listener on every address
+    # is (so the check can see an exposed port).
+    others = sorted({a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                     if a.family == socket.AF_INET and not a.address.startswith("127.")})
+    if not others:
+        pytest.skip("this machine has no IPv4 address besides loopback to connect from")
+    with socket.socket() as exposed:
+        exposed.bind(("0.0.0.0", 0))
+        exposed.listen()
+        for address in others:
+            with socket.socket() as s:
+                s.settimeout(1)
+                assert s.connect_ex((address, exposed.getsockname()[1])) == 0, address
+            for port in (server.ports.http, server.ports.grpc, server.ports.metrics):
+                with socket.socket() as s:
+                    s.settimeout(1)
+                    assert s.connect_ex((address, port)) != 0, (address, port)

@@ -57,9 +57,16 @@ def test_other_timestamps_and_controls_are_other_entries(server):
 
 
 def test_an_error_is_never_cached(server):
+    """A refused request sent twice is refused twice and never counted as a cache hit, while
+    a valid request sent twice in the same test is (the counters do see caching)."""
     with FusedEmbedClient(server.http_url, model=CACHED_MODEL) as cached:
+        hits, _ = cache_counts(server)
         for _ in range(2):
             with pytest.raises(FusedEmbedError, match="TIMESTAMP"):
-                cached.embed("fine text", 9_999_999_999)
+                cached.embed("an error is not cached", 9_999_999_999)
+        assert cache_counts(server)[0] == hits
+        for _ in range(2):
+            cached.embed("a valid text is cached", T0)
+        assert cache_counts(server)[0] == hits + 1
         with pytest.raises(ValueError, match="FUSED only"):
             cached.embed("fine text", T0, blocks=("E11",))

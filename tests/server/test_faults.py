@@ -9,8 +9,10 @@ import time
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import InferenceServerException
 
 from ensemble.server import Ports, TritonServer, stub_models, stub_processes
 from export.build import linked_repository
@@ -76,8 +78,17 @@ def test_failsafe_fills_a_failing_and_a_slow_embedder(fault_server):
     fused = result.as_numpy("FUSED")
     np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-5)
     assert elapsed < DEADLINE_MS / 1000 + 3.0  # the slow embedder was not waited for
-    with pytest.raises(Exception, match="injected fault"):
+    # A fault of ours is a server error (retried by clients), never a client error.
+    with pytest.raises(InferenceServerException, match="injected fault") as err:
         client.infer("fused_text", _inputs(["the plain ensemble fails with E7"]))
+    assert err.value.status() == "500"
+    grpc = grpcclient.InferenceServerClient(fault_server.grpc_url)
+    inputs = [grpcclient.InferInput(i.name(), i.shape(), i.datatype()) for i in _inputs(["x"])]
+    inputs[0].set_data_from_numpy(np.array([[b"over gRPC"]], dtype=np.object_))
+    inputs[1].set_data_from_numpy(np.array([[T0]], dtype=np.int64))
+    with pytest.raises(InferenceServerException, match="injected fault") as err:
+        grpc.infer("fused_text", inputs)
+    assert err.value.status() == "StatusCode.INTERNAL"
     assert client.is_server_ready()
 
 

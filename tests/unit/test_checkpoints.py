@@ -36,9 +36,27 @@ def test_local_folders_win_and_pickled_weights_are_refused(tmp_path):
 
 
 def test_missing_checkpoints_are_none_not_a_download(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    """With the hub library in online mode and an empty cache, looking for a checkpoint
+    opens no connection: every socket connection and name lookup is refused and recorded."""
+    import socket
+
+    import huggingface_hub.constants
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("network access attempted")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     assert checkpoints.find(embedder("E1"), [tmp_path]) is None
+    assert attempts == []
 
 
 def test_splade_projection_keeps_pairwise_distances_within_20_percent():

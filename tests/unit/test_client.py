@@ -27,3 +27,60 @@ def test_gate_controls_become_one_row_per_optional_input():
     assert t["PRESENCE"][0] == "BOOL" and t["PRESENCE"][1].tolist() == [True] * 5 + [False] + [True] * 6
     with pytest.raises(ValueError, match="unknown block 'E13'"):
         GateControls(focus={"E13": 1.0}).tensors()
+
+
+class Refusing:
+    """Stands in for tritonclient's client: answers with the queued statuses, then a result."""
+
+    def __init__(self, statuses, result="result"):
+        from tritonclient.utils import InferenceServerException
+
+        self.errors = [InferenceServerException(f"refused ({s})", status=s) for s in statuses]
+        self.result = result
+        self.calls = 0
+
+    def infer(self, *args, **kwargs):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.result
+
+
+def _client(statuses, retry):
+    from fusedembed_client import Retry
+
+    client = FusedEmbedClient("127.0.0.1:9", retry=Retry(**retry))
+    client._client = Refusing(statuses)
+    return client
+
+
+@pytest.mark.parametrize("busy", ["503", "429", "StatusCode.UNAVAILABLE"])
+def test_back_pressure_is_retried_with_back_off(busy):
+    import time
+
+    client = _client([busy, busy], {"first_s": 0.05})
+    start = time.monotonic()
+    assert client._send([], {}) == "result"
+    assert client._client.calls == 3 and client.retries == 2
+    assert time.monotonic() - start >= 0.05 * 0.5 + 0.1 * 0.5  # it slept between the tries
+
+
+@pytest.mark.parametrize("status", ["400", "StatusCode.INVALID_ARGUMENT", "500",
+                                    "StatusCode.INTERNAL"])
+def test_client_errors_and_faults_are_never_retried(status):
+    client = _client([status], {"first_s": 0.01})
+    with pytest.raises(FusedEmbedError, match="refused") as err:
+        client._send([], {})
+    assert err.value.status == status and not err.value.retryable
+    assert client._client.calls == 1 and client.retries == 0
+
+
+def test_retries_stop_at_the_attempts_and_at_the_deadline():
+    client = _client(["503"] * 10, {"attempts": 3, "first_s": 0.01})
+    with pytest.raises(FusedEmbedError) as err:
+        client._send([], {})
+    assert err.value.retryable and client._client.calls == 3
+    slow = _client(["503"] * 10, {"attempts": 10, "first_s": 0.4, "deadline_s": 0.5})
+    with pytest.raises(FusedEmbedError):
+        slow._send([], {})
+    assert slow._client.calls <= 3  # 0.2..0.4 s, then 0.4..0.8 s would pass the deadline
