@@ -227,7 +227,6 @@ class TokenEmbedder:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(str(directory / ONNX_FILE), options,
                                                 providers=["CPUExecutionProvider"])
-            self.shrink_after_tokens = runtime.shrink_after_tokens
             self.shrink = ort.RunOptions()
             self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
             self.output = self.session.get_outputs()[0].name
@@ -338,8 +337,8 @@ class TokenEmbedder:
         return out
 
     def _onnx(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        tokens = feeds[INPUT_IDS].size
-        large = bool(self.shrink_after_tokens) and tokens > self.shrink_after_tokens
+        # A run of more than a quarter of the token budget gives its arena buffers back.
+        large = bool(self.max_batch_tokens) and feeds[INPUT_IDS].size > self.max_batch_tokens // 4
         out = self.session.run([self.output], {n: feeds[n] for n in self.inputs},
                                self.shrink if large else None)[0]
         return out.astype(np.float32, copy=False)

@@ -59,11 +59,12 @@ class Batching:
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
     max_queue_delay_us: int = 2000
     # Back-pressure (Triton's queue policy, REJECT): a request finding this many requests
-    # already queued, or waiting longer than the timeout, is refused at once with
-    # UNAVAILABLE (HTTP 503) instead of waiting without bound. Sized in
-    # perf/reports/backpressure.md; 0 = unbounded.
-    max_queue_size: int = 64
-    queue_timeout_us: int = 60_000_000
+    # already queued is refused at once with UNAVAILABLE (HTTP 503) instead of waiting
+    # without bound (0 = unbounded). No default queue timeout: the worst valid request
+    # waits minutes behind others at E5 (perf/reports/burst.md); a client that wants a
+    # shorter wait sends its own request timeout, which the queue honours by refusing.
+    max_queue_size: int = 32
+    queue_timeout_us: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,19 +89,17 @@ class Runtime:
     # length) per run, a batch of long texts running in several; and SPLADE's MLM logits
     # ([rows, tokens, vocabulary] floats, the largest tensor of any model) at most this many
     # MiB per run. Measured in perf/reports/burst.md.
+    # ONNX Runtime's arena keeps the largest buffers it ever needed: after a run of more than
+    # a quarter of its model's token budget it gives them back, so that a burst of long
+    # texts does not stay resident.
     max_batch_tokens: int = 8192
     max_logits_mib: int = 128
-    # ONNX Runtime's arena keeps the largest buffers it ever needed; after a run of more
-    # than this many tokens it gives them back (0 = never), so a burst of long texts does
-    # not leave its peak resident.
-    shrink_after_tokens: int = 2048
 
     def parameters(self) -> dict[str, str]:
         return {"threads": str(self.threads), "graph_optimization": self.graph_optimization,
                 "length_buckets": ",".join(map(str, self.length_buckets)),
                 "max_batch_tokens": str(self.max_batch_tokens),
-                "max_logits_mib": str(self.max_logits_mib),
-                "shrink_after_tokens": str(self.shrink_after_tokens)}
+                "max_logits_mib": str(self.max_logits_mib)}
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> Runtime:
@@ -110,14 +109,12 @@ class Runtime:
                    graph_optimization=params.get("graph_optimization", "all"),
                    length_buckets=tuple(int(b) for b in buckets.split(",") if b),
                    max_batch_tokens=int(params.get("max_batch_tokens", "0")),
-                   max_logits_mib=int(params.get("max_logits_mib", "0")),
-                   shrink_after_tokens=int(params.get("shrink_after_tokens", "0")))
+                   max_logits_mib=int(params.get("max_logits_mib", "0")))
 
 
 # What running a model by hand gets: every core, full graph optimisation, one padded batch,
 # no bound on a run's memory.
-LIBRARY_DEFAULTS = Runtime(threads=0, length_buckets=(), max_batch_tokens=0, max_logits_mib=0,
-                           shrink_after_tokens=0)
+LIBRARY_DEFAULTS = Runtime(threads=0, length_buckets=(), max_batch_tokens=0, max_logits_mib=0)
 
 
 RUNTIME = Runtime()

@@ -24,7 +24,15 @@ from typing import Self
 import numpy as np
 
 from export.registry import EMBEDDERS, LIMITS, MEMORY_BUDGET, Input, tokenizer_family
-from perf.workload import REPORTS, ROOT, T0, sentences, server_memory, started_server
+from perf.workload import (
+    REPORTS,
+    ROOT,
+    T0,
+    pss_mib,
+    sentences,
+    server_memory,
+    started_server,
+)
 
 BURST_REQUESTS = 8
 TEXTS_PER_REQUEST = 32
@@ -63,10 +71,10 @@ def limit_texts(n: int, repository: Path) -> list[str]:
 
 @dataclass
 class MemoryWatch:
-    """Resident MiB of every server process, sampled every ``interval_s`` in a thread."""
+    """MiB (PSS) of every server process, sampled every ``interval_s`` in a thread."""
 
     server: object
-    interval_s: float = 0.1
+    interval_s: float = 0.2
     samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
 
     def __enter__(self) -> Self:
@@ -78,7 +86,7 @@ class MemoryWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.monotonic() - self._start, server_memory(self.server)))
+            self.samples.append((time.monotonic() - self._start, footprint(self.server)))
             self._stop.wait(self.interval_s)
 
     def __exit__(self, *exc: object) -> None:
@@ -94,6 +102,13 @@ class MemoryWatch:
             for name, mib in m.items():
                 out[name] = max(out.get(name, 0.0), mib)
         return out
+
+
+def footprint(server) -> dict[str, float]:
+    """MiB per server process, shared pages split among their processes (PSS): the sum is
+    what the server takes from the machine (RSS would count the stubs' shared memory regions
+    with tritonserver twice)."""
+    return server_memory(server, pss_mib)
 
 
 def total(memory: dict[str, float]) -> float:
@@ -129,7 +144,7 @@ def settle(server, baseline: float, within_mib: float, timeout_s: float) -> dict
     ``timeout_s`` passed (the stubs free their buffers when their last request is answered)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        memory = server_memory(server)
+        memory = footprint(server)
         if total(memory) - baseline <= within_mib or time.monotonic() > deadline:
             return memory
         time.sleep(1.0)
@@ -150,7 +165,7 @@ def burst(server, texts: list[str], requests: int = BURST_REQUESTS,
           timeout_s: float = 1200.0) -> BurstResult:
     """Warm baseline, then ``requests`` concurrent requests of 32 texts, memory sampled."""
     send(server.grpc_url, ["a warm-up text"], 60.0)
-    baseline = server_memory(server)
+    baseline = footprint(server)
     chunks = [texts[(i * TEXTS_PER_REQUEST) % len(texts):][:TEXTS_PER_REQUEST]
               for i in range(requests)]
     start = time.monotonic()
@@ -169,8 +184,11 @@ def write_report(result: BurstResult, name: str, title: str, command: str) -> Pa
     lines = [f"# {title}", "",
              (f"Command: `{command}`. {len(result.outcomes)} concurrent gRPC requests of "
               f"{TEXTS_PER_REQUEST} texts of about {0.95 * LIMITS.max_text_bytes / 1024:.0f} KiB "
-              "(past every model's token limit: each one truncates), resident memory of every "
-              "server process sampled every 0.1 s."), "",
+              "(past every model's token limit: each one truncates). Memory of every server "
+              "process sampled every 0.2 s as its proportional set size (PSS: resident "
+              "pages, each shared page split among the processes that map it; the Python "
+              "stubs share their tensor regions with tritonserver, which a sum of RSS would "
+              "count twice)."), "",
              f"Answers: {sum(o == 'vector' for o, _ in result.outcomes)} of "
              f"{len(result.outcomes)} requests got unit vectors in "
              f"{result.seconds:.0f} s (slowest answer {max(s for _, s in result.outcomes):.0f} s)"

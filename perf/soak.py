@@ -70,9 +70,14 @@ def write_report(args, stats: list[dict], samples, restarts: list[str]) -> Path:
     lines = ["# Soak: bounded Locust run on loopback", "",
              (f"Command: `python -m perf.soak --users {args.users} --minutes {args.minutes:g}`. "
              f"Machine: {platform.machine()}, 2 cores (shared by server and load generator), "
-             f"Python {platform.python_version()}. HTTP and gRPC users, 80% valid requests, "
-             "20% bad ones (empty text, invalid UTF-8, timestamp out of range, oversized text) "
-             "that must be refused with an error naming the field."), "",
+             f"Python {platform.python_version()}. HTTP and gRPC users: 70% valid short requests "
+             "(3-40 words), 10% valid long ones (520 words, about 512 tokens: the limit of "
+             "most embedders), 20% bad ones (empty text, invalid UTF-8, timestamp out of "
+             "range, oversized text) that must be refused with a client error (HTTP 400, "
+             "gRPC INVALID_ARGUMENT) naming the field. A valid request refused by a full "
+             "queue (HTTP 503, gRPC UNAVAILABLE) is retried with back-off and counted under "
+             "`refused (retried)`; the queue limits are the committed ones "
+             "(`Batching.max_queue_size`)."), "",
              "| request | count | failures | median ms | p95 ms | p99 ms | req/s |",
              "|---|---|---|---|---|---|---|"]
     for r in stats:

@@ -227,14 +227,24 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def server_memory(server) -> dict[str, float]:
-    """Resident MiB of tritonserver and of each Python stub (named by its model)."""
+def pss_mib(pid: int) -> float:
+    """Proportional set size: resident MiB with each shared page split among the processes
+    that map it (the stubs share memory regions with tritonserver, which RSS counts twice)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def server_memory(server, measure: Callable[[int], float] = rss_mib) -> dict[str, float]:
+    """Resident MiB (or ``measure``) of tritonserver and of each Python stub (named by its
+    model)."""
     from ensemble.server import stub_processes
 
     memory = {}
     for name, pid in ({"tritonserver": server.pid} | stub_processes(server.pid)).items():
         try:
-            memory[name] = rss_mib(pid)
+            memory[name] = measure(pid)
         except OSError:
             continue
     return memory
