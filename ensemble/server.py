@@ -101,10 +101,12 @@ def prepare_runtime(run_dir: Path = RUN_DIR) -> Path:
     return target
 
 
-def stub_processes(server_pid: int) -> dict[str, int]:
-    """The live Python stub processes under this server: model name -> pid."""
-    stubs = {}
-    for entry in Path("/proc").iterdir():
+def stub_processes(server_pid: int, every_instance: bool = False) -> dict[str, int]:
+    """The live Python stub processes under this server: model name -> pid (with
+    ``every_instance``, a model's further instances as ``model#2``, ``model#3``, ...)."""
+    stubs: dict[str, int] = {}
+    for entry in sorted(Path("/proc").iterdir(), key=lambda e: int(e.name) if e.name.isdigit()
+                        else 0):
         if not entry.name.isdigit():
             continue
         try:
@@ -114,7 +116,11 @@ def stub_processes(server_pid: int) -> dict[str, int]:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         if ppid == server_pid and argv and argv[0].endswith(b"triton_python_backend_stub"):
-            stubs[Path(argv[1].decode()).parent.parent.name] = int(entry.name)
+            name = Path(argv[1].decode()).parent.parent.name
+            n = 1
+            while every_instance and (name if n == 1 else f"{name}#{n}") in stubs:
+                n += 1
+            stubs[name if n == 1 else f"{name}#{n}"] = int(entry.name)
     return stubs
 
 

@@ -79,7 +79,9 @@ class Runtime:
 
     # Intra-op threads per instance (ONNX Runtime / torch); 0 = the library default (all cores).
     threads: int = 1
-    instances: int = 1
+    # Two instances per token embedder: a short request runs beside a batch of long texts
+    # instead of behind it (p50 0.11 s against 14.8 s, perf/reports/headofline.md).
+    instances: int = 2
     # ONNX Runtime graph optimisation level: disabled | basic | extended | all.
     graph_optimization: str = "extended"
     # A batch is split by token count into these buckets, each padded only to its own
@@ -294,10 +296,18 @@ class MemoryBudget:
     process_overrides: tuple[tuple[str, int], ...] = ()
 
     def process_mib(self, name: str) -> int:
-        return dict(self.process_overrides).get(name, self.default_process_mib)
+        """The budget of a process: ``model`` or a further instance ``model#2``."""
+        return dict(self.process_overrides).get(name.split("#")[0], self.default_process_mib)
 
 
-MEMORY_BUDGET = MemoryBudget(server_mib=24576, default_process_mib=4096)
+# The default profile (tiny models, the real E11 and the trained FuseMoE), two instances per
+# token embedder: measured peak 8.3 GiB for the whole server, FuseMoE's weights 1.5 GiB,
+# each E5 instance (4096 tokens) 1.1 GiB, every other process under 0.7 GiB
+# (perf/reports/burst.md).
+MEMORY_BUDGET = MemoryBudget(server_mib=10240, default_process_mib=1024,
+                             process_overrides=(("fusemoe", 2048), ("e05_causal", 2048)))
+# The full profile, INT8 (perf/reports/burst-full.md).
+FULL_MEMORY_BUDGET = MemoryBudget(server_mib=16384, default_process_mib=4096)
 PREPROCESS_MODEL = "preprocess"
 FUSEMOE_MODEL = "fusemoe"
 ENSEMBLE_MODEL = "fused_text"

@@ -23,7 +23,15 @@ from typing import Self
 
 import numpy as np
 
-from export.registry import EMBEDDERS, LIMITS, MEMORY_BUDGET, Input, tokenizer_family
+from export.registry import (
+    EMBEDDERS,
+    FULL_MEMORY_BUDGET,
+    LIMITS,
+    MEMORY_BUDGET,
+    Input,
+    MemoryBudget,
+    tokenizer_family,
+)
 from perf.workload import (
     REPORTS,
     ROOT,
@@ -177,9 +185,9 @@ def burst(server, texts: list[str], requests: int = BURST_REQUESTS,
                        watch.samples)
 
 
-def write_report(result: BurstResult, name: str, title: str, command: str) -> Path:
+def write_report(result: BurstResult, name: str, title: str, command: str,
+                 budget: MemoryBudget = MEMORY_BUDGET) -> Path:
     REPORTS.mkdir(parents=True, exist_ok=True)
-    budget = MEMORY_BUDGET
     b, p, a = result.baseline, result.peaks, result.after
     lines = [f"# {title}", "",
              (f"Command: `{command}`. {len(result.outcomes)} concurrent gRPC requests of "
@@ -201,7 +209,8 @@ def write_report(result: BurstResult, name: str, title: str, command: str) -> Pa
     lines.append(f"| **server (sum)** | {total(b):.0f} | {result.peak_total:.0f} | "
                  f"{total(a):.0f} | {budget.server_mib} |")
     lines += ["", ("The peak of the sum is the largest sum of one sample, not the sum of the "
-                   "per-process peaks. Budgets: export/registry.py `MEMORY_BUDGET`."), "",
+                   "per-process peaks. Budgets: export/registry.py `MEMORY_BUDGET` (default profile), "
+                   "`FULL_MEMORY_BUDGET` (full profile)."), "",
               f"![memory]({name}-memory.png)"]
     path = REPORTS / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
@@ -209,11 +218,11 @@ def write_report(result: BurstResult, name: str, title: str, command: str) -> Pa
         {"baseline_mib": b, "peak_mib": p, "peak_total_mib": result.peak_total,
          "after_mib": a, "outcomes": result.outcomes, "seconds": result.seconds,
          "samples": [{"t": t, "rss": m} for t, m in result.samples[::10]]}, indent=1) + "\n")
-    plot(result, REPORTS / f"{name}-memory.png")
+    plot(result, REPORTS / f"{name}-memory.png", budget)
     return path
 
 
-def plot(result: BurstResult, path: Path) -> None:
+def plot(result: BurstResult, path: Path, budget: MemoryBudget) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,7 +234,7 @@ def plot(result: BurstResult, path: Path) -> None:
     top = sorted(result.peaks, key=lambda k: -result.peaks[k])[:4]
     for name in top:
         ax.plot(t, [m.get(name, 0) / 1024 for _, m in result.samples], label=name)
-    ax.axhline(MEMORY_BUDGET.server_mib / 1024, color="red", linestyle="--", label="budget")
+    ax.axhline(budget.server_mib / 1024, color="red", linestyle="--", label="budget")
     ax.set_xlabel("seconds into the burst")
     ax.set_ylabel("resident memory (GiB)")
     ax.legend()
@@ -238,16 +247,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--full", action="store_true",
+                        help="burst the full profile's INT8 repository (built or updated "
+                             "first, in .run/bench-full/int8) against its budget")
     parser.add_argument("--requests", type=int, default=BURST_REQUESTS)
     parser.add_argument("--name", default="burst")
     parser.add_argument("--title", default="Burst: the worst valid load, default profile")
     args = parser.parse_args(argv)
     repository = args.repository.resolve()
+    if args.full:
+        from export.build import build
+        from perf.bench_full import PLANS, RUN_FULL, SERVED
+
+        repository = RUN_FULL / SERVED
+        build(repository, "full", precision=PLANS[SERVED], fusemoe_checkpoint="seeded")
     texts = limit_texts(TEXTS_PER_REQUEST * 2, repository)
     with started_server(repository, ROOT / ".run" / args.name / "tritonserver.log") as server:
         result = burst(server, texts, args.requests)
     command = " ".join(["python -m perf.burst", *(argv if argv is not None else sys.argv[1:])])
-    path = write_report(result, args.name, args.title, command)
+    path = write_report(result, args.name, args.title, command,
+                        FULL_MEMORY_BUDGET if args.full else MEMORY_BUDGET)
     print(f"report: {path}")
     return 0 if all(o == "vector" for o, _ in result.outcomes) else 1
 

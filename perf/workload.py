@@ -242,7 +242,8 @@ def server_memory(server, measure: Callable[[int], float] = rss_mib) -> dict[str
     from ensemble.server import stub_processes
 
     memory = {}
-    for name, pid in ({"tritonserver": server.pid} | stub_processes(server.pid)).items():
+    stubs = stub_processes(server.pid, every_instance=True)
+    for name, pid in ({"tritonserver": server.pid} | stubs).items():
         try:
             memory[name] = measure(pid)
         except OSError:

@@ -4,22 +4,18 @@ a burst beyond the queues is refused at once with UNAVAILABLE, never queued with
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from export.registry import MEMORY_BUDGET
 from fusedembed_client import FusedEmbedClient, Retry
+from perf.backpressure import FLOOD_REQUESTS, REFUSED, flood
 from perf.burst import BURST_REQUESTS, TEXTS_PER_REQUEST, burst, limit_texts, total
 
 pytestmark = pytest.mark.server
 
 T0 = 1_700_000_000
-BURST = 200  # concurrent requests, each of 32 texts
-REFUSED = "StatusCode.UNAVAILABLE"
 ANSWER_S = 600.0  # no answer, vector or refusal, may take longer: nothing hangs
 
 
@@ -35,39 +31,12 @@ def test_the_worst_valid_burst_stays_within_the_memory_budget(server, repository
     assert total(result.after) - total(result.baseline) <= 1024, (result.baseline, result.after)
 
 
-def _request(i: int) -> tuple[str, float]:
-    texts = [f"burst request {i} text {j}: a few ordinary words to embed" for j in range(32)]
-    text = np.array([[t.encode()] for t in texts], dtype=np.object_)
-    stamp = np.full((len(texts), 1), T0, dtype=np.int64)
-    inputs = [grpcclient.InferInput("TEXT", list(text.shape), "BYTES"),
-              grpcclient.InferInput("TIMESTAMP", list(stamp.shape), "INT64")]
-    inputs[0].set_data_from_numpy(text)
-    inputs[1].set_data_from_numpy(stamp)
-    return inputs
-
-
 def test_a_burst_beyond_the_queues_is_refused_at_once_and_nothing_is_lost(server):
-    def send(i: int) -> tuple[str, float]:
-        client = grpcclient.InferenceServerClient(server.grpc_url)
-        start = time.monotonic()
-        try:
-            fused = client.infer("fused_text", _request(i), client_timeout=ANSWER_S,
-                                 outputs=[grpcclient.InferRequestedOutput("FUSED")]
-                                 ).as_numpy("FUSED")
-            norms = np.linalg.norm(fused, axis=1)
-            ok = fused.shape == (32, 1536) and np.allclose(norms, 1.0, atol=1e-4)
-            return ("vector" if ok else "bad vector"), time.monotonic() - start
-        except InferenceServerException as err:
-            return str(err.status()), time.monotonic() - start
-        finally:
-            client.close()
-
     start = time.monotonic()
-    with ThreadPoolExecutor(BURST) as pool:
-        outcomes = list(pool.map(send, range(BURST)))
+    outcomes = flood(server.grpc_url, FLOOD_REQUESTS, ANSWER_S)
     elapsed = time.monotonic() - start
     kinds = {o for o, _ in outcomes}
-    assert len(outcomes) == BURST and kinds <= {"vector", REFUSED}, kinds
+    assert len(outcomes) == FLOOD_REQUESTS and kinds <= {"vector", REFUSED}, kinds
     served = [s for o, s in outcomes if o == "vector"]
     refused = [s for o, s in outcomes if o == REFUSED]
     assert served and refused  # the queues filled, and what they held was served

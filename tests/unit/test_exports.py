@@ -71,3 +71,44 @@ def test_length_buckets_and_threads_leave_the_vectors_unchanged(block, repositor
     batch = TokenBatch(np.where(mask == 1, tokens, ids.pad).astype(np.int64), mask)
     assert len(set(length_bucket(lengths, tuned.length_buckets))) == 4
     np.testing.assert_allclose(tuned.embed(batch), plain.embed(batch), atol=1e-5)
+
+
+@pytest.mark.parametrize("block", ["E6", "E5", "E1"])
+def test_a_token_budget_bounds_every_run_and_leaves_the_vectors_unchanged(block, repository):
+    """A batch runs in pieces of at most ``max_batch_tokens`` tokens (SPLADE: of at most
+    ``max_logits_mib`` MiB of [rows, tokens, vocabulary] logits), with the same vectors; a
+    run over a quarter of the budget shrinks the arena."""
+    spec = embedder(block)
+    ids = tokenizer_ids(tokenizer_family(spec.tokenizer), repository)
+    directory = version_dir(repository, spec.triton_model)
+    plain = TokenEmbedder(spec, directory)
+    bounded = TokenEmbedder(spec, directory, Runtime(max_batch_tokens=200, max_logits_mib=2,
+                                                     length_buckets=()))
+    budget = 200
+    if block == "E6":  # 2 MiB of float32 logits over the vocabulary
+        budget = 2 * 2 ** 20 // (bounded.projection.shape[0] * 4)
+        assert bounded.max_batch_tokens == budget < 200
+    runs: list[tuple[tuple[int, int], bool]] = []
+    for model in (bounded, plain):
+        if hasattr(model, "session"):
+            real = model.session
+
+            class Recording:
+                def __init__(self, session, log):
+                    self.session, self.log = session, log
+
+                def run(self, names, feeds, options=None):
+                    if self.log is not None:
+                        self.log.append((feeds["input_ids"].shape, options is not None))
+                    return self.session.run(names, feeds, options)
+
+            model.session = Recording(real, runs if model is bounded else None)
+    lengths = np.array([60, 9, 33, 60, 12, 48, 60, 5, 27, 41])
+    mask = (np.arange(60)[None, :] < lengths[:, None]).astype(np.int64)
+    tokens = np.random.default_rng(11).integers(5, ids.vocab_size, size=mask.shape)
+    batch = TokenBatch(np.where(mask == 1, tokens, ids.pad).astype(np.int64), mask)
+    np.testing.assert_allclose(bounded.embed(batch), plain.embed(batch), atol=1e-5)
+    if "onnx" in bounded.runtime and bounded.runtime != "onnx+torch":
+        assert len(runs) > 1
+        assert all(rows * width <= max(budget, width) for (rows, width), _ in runs), runs
+        assert all(shrunk == (rows * width > budget // 4) for (rows, width), shrunk in runs)

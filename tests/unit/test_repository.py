@@ -99,3 +99,23 @@ def test_every_embedder_batches_dynamically_and_token_inputs_are_ragged():
             token_inputs = [i for i in cfg.input if i.name not in (r.KIND, r.TRUNCATE)]
             assert [i.name for i in token_inputs] == [r.INPUT_IDS, r.ATTENTION_MASK]
             assert all(i.allow_ragged_batch for i in token_inputs)
+
+
+def test_every_python_model_refuses_past_its_queue_bound():
+    """Back-pressure: every model with a queue (all but the ensembles) refuses with REJECT
+    once max_queue_size requests wait; no default timeout refuses valid slow work."""
+    configs = _configs()
+    bound = r.Batching()
+    queued = [c for c in configs.values() if c.backend == "python"]
+    assert len(queued) == len(configs) - 2  # every model but the two ensembles
+    for cfg in queued:
+        policy = cfg.dynamic_batching.default_queue_policy
+        assert cfg.HasField("dynamic_batching"), cfg.name
+        assert policy.timeout_action == mc.ModelQueuePolicy.REJECT, cfg.name
+        assert policy.max_queue_size == bound.max_queue_size > 0, cfg.name
+        assert policy.default_timeout_microseconds == bound.queue_timeout_us, cfg.name
+        assert policy.allow_timeout_override, cfg.name
+    failsafe = {k: v.string_value for k, v in configs[r.FAILSAFE_MODEL].parameters.items()}
+    assert int(failsafe["max_text_bytes"]) == r.LIMITS.max_text_bytes
+    assert (int(failsafe["min_timestamp"]), int(failsafe["max_timestamp"])) == (
+        r.LIMITS.min_timestamp, r.LIMITS.max_timestamp)
