@@ -60,11 +60,19 @@ class Batching:
     max_queue_delay_us: int = 2000
     # Back-pressure (Triton's queue policy, REJECT): a request finding this many requests
     # already queued is refused at once with UNAVAILABLE (HTTP 503) instead of waiting
-    # without bound (0 = unbounded). No default queue timeout: the worst valid request
-    # waits minutes behind others at E5 (perf/reports/burst.md); a client that wants a
-    # shorter wait sends its own request timeout, which the queue honours by refusing.
-    max_queue_size: int = 32
+    # (0 = unbounded). Only the entry points bound their queues (ENTRY_BATCHING): Triton 2.51
+    # leaves an ensemble request stuck for good when a later step refuses it (fixed upstream
+    # in core PR #466; perf/reports/backpressure.md shows it here). No default queue
+    # timeout: the worst valid request waits minutes behind others at E5
+    # (perf/reports/burst.md); a client that wants a shorter wait sends its own request
+    # timeout, which the queues honour by refusing.
+    max_queue_size: int = 0
     queue_timeout_us: int = 0
+
+
+# The entry points' queues: `preprocess` (the first step of both ensembles) and the
+# fail-safe. Sized in perf/reports/backpressure.md.
+ENTRY_BATCHING = Batching(max_queue_size=32)
 
 
 @dataclass(frozen=True)
@@ -303,11 +311,16 @@ class MemoryBudget:
 # The default profile (tiny models, the real E11 and the trained FuseMoE), two instances per
 # token embedder: measured peak 8.3 GiB for the whole server, FuseMoE's weights 1.5 GiB,
 # each E5 instance (4096 tokens) 1.1 GiB, every other process under 0.7 GiB
-# (perf/reports/burst.md).
+# (perf/reports/burst-2inst.md).
 MEMORY_BUDGET = MemoryBudget(server_mib=10240, default_process_mib=1024,
                              process_overrides=(("fusemoe", 2048), ("e05_causal", 2048)))
-# The full profile, INT8 (perf/reports/burst-full.md).
-FULL_MEMORY_BUDGET = MemoryBudget(server_mib=16384, default_process_mib=4096)
+# The full profile, INT8, two instances per token embedder: measured peak 13.1 GiB, each E5
+# instance 2.4 GiB, each E1 instance 1.5 GiB, FuseMoE 1.4 GiB, every other process under
+# 1 GiB (perf/reports/burst-full.md).
+FULL_MEMORY_BUDGET = MemoryBudget(server_mib=16384, default_process_mib=1536,
+                                  process_overrides=(("e05_causal", 3072),
+                                                     ("e01_semantic", 2048),
+                                                     ("fusemoe", 2048)))
 PREPROCESS_MODEL = "preprocess"
 FUSEMOE_MODEL = "fusemoe"
 ENSEMBLE_MODEL = "fused_text"

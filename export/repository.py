@@ -77,7 +77,7 @@ def preprocess_config() -> mc.ModelConfig:
     from ensemble.pii import TYPES
 
     limits = r.LIMITS
-    cfg = _python_model(r.PREPROCESS_MODEL, "preprocess", Batching(), {
+    cfg = _python_model(r.PREPROCESS_MODEL, "preprocess", r.ENTRY_BATCHING, {
         "max_text_bytes": str(limits.max_text_bytes),
         "min_timestamp": str(limits.min_timestamp),
         "max_timestamp": str(limits.max_timestamp),
@@ -248,7 +248,7 @@ def single_embedder_config(spec: Embedder, name: str) -> mc.ModelConfig:
 def failsafe_config() -> mc.ModelConfig:
     """BLS entry point: embedders called concurrently under a deadline; missing -> zeros."""
     f, limits = r.FAILSAFE, r.LIMITS
-    cfg = _python_model(r.FAILSAFE_MODEL, "failsafe", Batching(), {
+    cfg = _python_model(r.FAILSAFE_MODEL, "failsafe", r.ENTRY_BATCHING, {
         "deadline_ms": str(f.deadline_ms), "required": ",".join(f.required),
         "min_other_blocks": str(f.min_other_blocks),
         "max_text_bytes": str(limits.max_text_bytes),

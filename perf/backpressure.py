@@ -1,14 +1,15 @@
 """Back-pressure: a burst of 200 concurrent requests of 32 texts against each queue size,
 side by side in one run.
 
-    python -m perf.backpressure [--sizes 8,32,128,0] [--requests 200]
+    python -m perf.backpressure [--variants entry:32,entry:8,all:32,none] [--requests 200]
 
-For each ``max_queue_size`` (0 = unbounded; 32 is the committed default) a server is started
-over a linked copy of the repository with that size on every Python model; the burst is
-fired from one thread per request; each answer is a vector or a refusal (UNAVAILABLE), and
-its time is kept, with the server's memory (PSS) sampled throughout. Writes
-perf/reports/backpressure.md (+ .json). tests/server/test_backpressure.py fires the same
-burst (``flood``) at the test server.
+For each variant (``entry:N``: ``max_queue_size`` N on the entry points, preprocess and the
+fail-safe, the committed way with N = 32; ``all:N``: on every Python model; ``none``: no
+bound) a server is started over a linked copy of the repository; the burst is fired from
+one thread per request, each with a 120 s deadline; each answer is a vector, a refusal
+(UNAVAILABLE) or, for a request the server never answers, DEADLINE_EXCEEDED; the server's
+memory (PSS) is sampled throughout. Writes perf/reports/backpressure.md (+ .json).
+tests/server/test_backpressure.py fires the same burst (``flood``) at the test server.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.build import linked_repository
+from export.registry import FAILSAFE_MODEL, PREPROCESS_MODEL
 from perf.burst import MemoryWatch, footprint, total
 from perf.workload import REPORTS, ROOT, T0, started_server
 
 FLOOD_REQUESTS = 200
 REFUSED = "StatusCode.UNAVAILABLE"
+DEADLINE_S = 120.0  # a request unanswered by then is counted as never answered
 
 
 def flood_inputs(i: int) -> list:
@@ -71,42 +74,53 @@ def flood(grpc_url: str, requests: int = FLOOD_REQUESTS,
         return list(pool.map(send, range(requests)))
 
 
-def with_queue_size(size: int):
+def with_queues(variant: str):
+    """``entry:N`` | ``all:N`` | ``none`` as a config edit."""
+    where, _, size = variant.partition(":")
+    entry = {PREPROCESS_MODEL, FAILSAFE_MODEL}
+
     def edit(cfg: mc.ModelConfig) -> None:
         if cfg.HasField("dynamic_batching"):
-            cfg.dynamic_batching.default_queue_policy.max_queue_size = size
+            bounded = where == "all" or (where == "entry" and cfg.name in entry)
+            cfg.dynamic_batching.default_queue_policy.max_queue_size = (
+                int(size) if bounded else 0)
     return edit
 
 
-def measure(repository: Path, size: int, requests: int, work: Path) -> dict:
-    repo = linked_repository(repository, work / f"queue-{size}", with_queue_size(size),
-                             f"max_queue_size {size} (perf/backpressure.py)")
-    with started_server(repo, work / f"triton-{size}.log") as server:
+def measure(repository: Path, variant: str, requests: int, work: Path) -> dict:
+    tag = variant.replace(":", "-")
+    repo = linked_repository(repository, work / tag, with_queues(variant),
+                             f"queues {variant} (perf/backpressure.py)")
+    with started_server(repo, work / f"triton-{tag}.log") as server:
         flood(server.grpc_url, 4)  # warm
         baseline = total(footprint(server))
         start = time.monotonic()
         with MemoryWatch(server) as watch:
-            outcomes = flood(server.grpc_url, requests)
+            outcomes = flood(server.grpc_url, requests, DEADLINE_S)
         seconds = time.monotonic() - start
-    return {"max_queue_size": size, "outcomes": outcomes, "seconds": seconds,
+    return {"variant": variant, "outcomes": outcomes, "seconds": seconds,
             "baseline_mib": baseline, "peak_mib": watch.peak_total()}
 
 
 def write_report(rows: list[dict], args) -> Path:
     lines = ["# Back-pressure: a burst of concurrent requests against each queue size", "",
-             (f"Command: `python -m perf.backpressure --sizes {args.sizes} --requests "
+             (f"Command: `python -m perf.backpressure --variants {args.variants} --requests "
               f"{args.requests}`. {args.requests} concurrent gRPC requests of 32 short texts "
-              "(one thread each), fired at once at a fresh server per queue size "
-              "(`max_queue_size` on every Python model; 0 = unbounded, 32 = the committed "
-              "default). A refusal is Triton's queue policy answering UNAVAILABLE (HTTP 503). "
-              "Memory: the server's PSS sum, sampled every 0.2 s."), "",
-             ("| max_queue_size | served | refused | other | refusal p50 ms | refusal max ms | "
-              "served p50 s | served max s | burst s | peak MiB (warm) |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]
+              f"(one thread each, a {DEADLINE_S:.0f} s deadline each), fired at once at a "
+              "fresh server per variant: `entry:N` = `max_queue_size` N on the entry points "
+              "(preprocess, the first step of both ensembles, and the fail-safe; the committed "
+              "way, N = 32), `all:N` = on every Python model, `none` = unbounded. A refusal "
+              "is Triton's queue policy answering UNAVAILABLE (HTTP 503); `never answered` "
+              "counts requests the server had not answered by the deadline. Memory: the "
+              "server's PSS sum, sampled every 0.2 s."), "",
+             ("| queues | served | refused | never answered | other | refusal p50 ms | "
+              "refusal max ms | served p50 s | served max s | burst s | peak MiB (warm) |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         served = [s for o, s in r["outcomes"] if o == "vector"]
         refused = [s for o, s in r["outcomes"] if o == REFUSED]
-        other = len(r["outcomes"]) - len(served) - len(refused)
+        lost = [s for o, s in r["outcomes"] if o == "StatusCode.DEADLINE_EXCEEDED"]
+        other = len(r["outcomes"]) - len(served) - len(refused) - len(lost)
 
         def ms(xs, f):
             return f"{f(xs) * 1000:.0f}" if xs else "-"
@@ -115,7 +129,7 @@ def write_report(rows: list[dict], args) -> Path:
             return f"{f(xs):.1f}" if xs else "-"
 
         lines.append(
-            f"| {r['max_queue_size'] or 'unbounded'} | {len(served)} | {len(refused)} | {other} | "
+            f"| {r['variant']} | {len(served)} | {len(refused)} | {len(lost)} | {other} | "
             f"{ms(refused, np.median)} | {ms(refused, max)} | {s(served, np.median)} | "
             f"{s(served, max)} | {r['seconds']:.1f} | {r['peak_mib']:.0f} "
             f"({r['baseline_mib']:.0f}) |")
@@ -128,15 +142,15 @@ def write_report(rows: list[dict], args) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="8,32,128,0")
+    parser.add_argument("--variants", default="entry:32,entry:8,all:32,none")
     parser.add_argument("--requests", type=int, default=FLOOD_REQUESTS)
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(dir=ROOT / ".run") as tmp:
-        for size in (int(x) for x in args.sizes.split(",")):
-            rows.append(measure(args.repository.resolve(), size, args.requests, Path(tmp)))
-            print(f"max_queue_size {size}: done in {rows[-1]['seconds']:.1f} s", flush=True)
+        for variant in args.variants.split(","):
+            rows.append(measure(args.repository.resolve(), variant, args.requests, Path(tmp)))
+            print(f"{variant}: done in {rows[-1]['seconds']:.1f} s", flush=True)
     print(f"report: {write_report(rows, args)}")
     return 0
 

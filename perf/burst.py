@@ -215,7 +215,8 @@ def write_report(result: BurstResult, name: str, title: str, command: str,
     path = REPORTS / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     (REPORTS / f"{name}.json").write_text(json.dumps(
-        {"baseline_mib": b, "peak_mib": p, "peak_total_mib": result.peak_total,
+        {"command": command, "baseline_mib": b, "peak_mib": p,
+         "peak_total_mib": result.peak_total,
          "after_mib": a, "outcomes": result.outcomes, "seconds": result.seconds,
          "samples": [{"t": t, "rss": m} for t, m in result.samples[::10]]}, indent=1) + "\n")
     plot(result, REPORTS / f"{name}-memory.png", budget)
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report again from perf/reports/<name>.json (e.g. "
+                             "after a budget changed), without a server")
     parser.add_argument("--full", action="store_true",
                         help="burst the full profile's INT8 repository (built or updated "
                              "first, in .run/bench-full/int8) against its budget")
@@ -254,6 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="burst")
     parser.add_argument("--title", default="Burst: the worst valid load, default profile")
     args = parser.parse_args(argv)
+    budget = FULL_MEMORY_BUDGET if args.full else MEMORY_BUDGET
+    if args.report_only:
+        saved = json.loads((REPORTS / f"{args.name}.json").read_text())
+        result = BurstResult(saved["baseline_mib"], saved["peak_mib"], saved["peak_total_mib"],
+                             saved["after_mib"], [tuple(o) for o in saved["outcomes"]],
+                             saved["seconds"], [(x["t"], x["rss"]) for x in saved["samples"]])
+        print(f"report: {write_report(result, args.name, args.title, saved['command'], budget)}")
+        return 0
     repository = args.repository.resolve()
     if args.full:
         from export.build import build
@@ -265,8 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     with started_server(repository, ROOT / ".run" / args.name / "tritonserver.log") as server:
         result = burst(server, texts, args.requests)
     command = " ".join(["python -m perf.burst", *(argv if argv is not None else sys.argv[1:])])
-    path = write_report(result, args.name, args.title, command,
-                        FULL_MEMORY_BUDGET if args.full else MEMORY_BUDGET)
+    path = write_report(result, args.name, args.title, command, budget)
     print(f"report: {path}")
     return 0 if all(o == "vector" for o, _ in result.outcomes) else 1
 

@@ -101,20 +101,24 @@ def test_every_embedder_batches_dynamically_and_token_inputs_are_ragged():
             assert all(i.allow_ragged_batch for i in token_inputs)
 
 
-def test_every_python_model_refuses_past_its_queue_bound():
-    """Back-pressure: every model with a queue (all but the ensembles) refuses with REJECT
-    once max_queue_size requests wait; no default timeout refuses valid slow work."""
+def test_the_entry_points_refuse_past_their_queue_bound():
+    """Back-pressure at the entry: preprocess (the ensembles' first step) and the fail-safe
+    refuse with REJECT once max_queue_size requests wait; the later steps do not refuse
+    (Triton 2.51 would leave an ensemble request stuck), and no default timeout refuses
+    valid slow work."""
     configs = _configs()
-    bound = r.Batching()
-    queued = [c for c in configs.values() if c.backend == "python"]
-    assert len(queued) == len(configs) - 2  # every model but the two ensembles
-    for cfg in queued:
+    entry = {r.PREPROCESS_MODEL, r.FAILSAFE_MODEL}
+    python = [c for c in configs.values() if c.backend == "python"]
+    assert len(python) == len(configs) - 2  # every model but the two ensembles
+    for cfg in python:
         policy = cfg.dynamic_batching.default_queue_policy
         assert cfg.HasField("dynamic_batching"), cfg.name
-        assert policy.timeout_action == mc.ModelQueuePolicy.REJECT, cfg.name
-        assert policy.max_queue_size == bound.max_queue_size > 0, cfg.name
-        assert policy.default_timeout_microseconds == bound.queue_timeout_us, cfg.name
-        assert policy.allow_timeout_override, cfg.name
+        if cfg.name in entry:
+            assert policy.timeout_action == mc.ModelQueuePolicy.REJECT, cfg.name
+            assert policy.max_queue_size == r.ENTRY_BATCHING.max_queue_size > 0, cfg.name
+            assert policy.default_timeout_microseconds == 0 and policy.allow_timeout_override
+        else:
+            assert policy.max_queue_size == 0, cfg.name
     failsafe = {k: v.string_value for k, v in configs[r.FAILSAFE_MODEL].parameters.items()}
     assert int(failsafe["max_text_bytes"]) == r.LIMITS.max_text_bytes
     assert (int(failsafe["min_timestamp"]), int(failsafe["max_timestamp"])) == (
