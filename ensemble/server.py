@@ -128,11 +128,16 @@ def stub_models(server_pid: int) -> set[str]:
     return set(stub_processes(server_pid))
 
 
-class StubWatchdog(threading.Thread):
-    """Reloads a model whose Python stub died (a crash, an OOM kill).
+def stub_instances(server_pid: int) -> set[str]:
+    """Every live stub, a model's further instances as ``model#2``, ``model#3``, ..."""
+    return set(stub_processes(server_pid, every_instance=True))
 
-    This Triton keeps such a model READY while every request to it fails; reloading it
-    through the repository API starts a new stub.
+
+class StubWatchdog(threading.Thread):
+    """Reloads a model one of whose Python stubs died (a crash, an OOM kill).
+
+    This Triton keeps such a model READY while every request to the dead instance fails;
+    reloading it through the repository API starts new stubs.
     """
 
     def __init__(self, server: TritonServer, interval_s: float = 1.0) -> None:
@@ -140,15 +145,16 @@ class StubWatchdog(threading.Thread):
         self.server = server
         self.interval_s = interval_s
         self.stopped = threading.Event()
-        self.python_models = stub_models(server.pid)
+        self.python_stubs = stub_instances(server.pid)
         self.restarts: list[str] = []
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
             try:
-                dead = self.python_models - stub_models(self.server.pid)
-                if not dead:
+                gone = self.python_stubs - stub_instances(self.server.pid)
+                if not gone:
                     continue  # the repository index is asked only when a stub is gone
+                dead = {stub.split("#")[0] for stub in gone}
                 for model in sorted(dead & self.server.ready_models()):
                     self.server.reload(model)
                     self.restarts.append(model)
