@@ -65,7 +65,7 @@ class Batching:
     # in core PR #466; perf/reports/backpressure.md shows it here). No default queue
     # timeout: the worst valid request waits minutes behind others at E5
     # (perf/reports/burst.md); a client that wants a shorter wait sends its own request
-    # timeout, which the queues honour by refusing.
+    # timeout, which the entry queues honour by refusing.
     max_queue_size: int = 0
     queue_timeout_us: int = 0
 

@@ -1,7 +1,7 @@
 """Back-pressure: a burst of 200 concurrent requests of 32 texts against each queue size,
 side by side in one run.
 
-    python -m perf.backpressure [--variants entry:32,entry:8,all:32,none] [--requests 200]
+    python -m perf.backpressure [--variants entry:32,entry:8,all:32,all:8,none]
 
 For each variant (``entry:N``: ``max_queue_size`` N on the entry points, preprocess and the
 fail-safe, the committed way with N = 32; ``all:N``: on every Python model; ``none``: no
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -98,8 +98,23 @@ def measure(repository: Path, variant: str, requests: int, work: Path) -> dict:
         with MemoryWatch(server) as watch:
             outcomes = flood(server.grpc_url, requests, DEADLINE_S)
         seconds = time.monotonic() - start
+        pending = pending_requests(server)
     return {"variant": variant, "outcomes": outcomes, "seconds": seconds,
-            "baseline_mib": baseline, "peak_mib": watch.peak_total()}
+            "baseline_mib": baseline, "peak_mib": watch.peak_total(),
+            "pending_after": pending}
+
+
+def pending_requests(server) -> int:
+    """Requests the server still holds (queued or executing), from its metrics."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.ports.metrics}/metrics",
+                                      timeout=10).read().decode()
+    except OSError:
+        return -1  # the server no longer answers
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("nv_inference_pending_request_count")))
 
 
 def write_report(rows: list[dict], args) -> Path:
@@ -110,12 +125,16 @@ def write_report(rows: list[dict], args) -> Path:
               "fresh server per variant: `entry:N` = `max_queue_size` N on the entry points "
               "(preprocess, the first step of both ensembles, and the fail-safe; the committed "
               "way, N = 32), `all:N` = on every Python model, `none` = unbounded. A refusal "
-              "is Triton's queue policy answering UNAVAILABLE (HTTP 503); `never answered` "
-              "counts requests the server had not answered by the deadline. Memory: the "
-              "server's PSS sum, sampled every 0.2 s."), "",
-             ("| queues | served | refused | never answered | other | refusal p50 ms | "
-              "refusal max ms | served p50 s | served max s | burst s | peak MiB (warm) |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "is Triton's queue policy answering UNAVAILABLE (HTTP 503). `no answer` counts "
+              "requests without an answer by the deadline; `pending after` is what the server "
+              "still held then (Triton's `nv_inference_pending_request_count`): requests "
+              "without an answer that the server no longer holds were dropped, stuck for "
+              "good; -1: the server's metrics no longer answered. Servers' logs: .run/backpressure/. "
+              "Memory: the server's PSS sum, sampled every 0.2 s."), "",
+             ("| queues | served | refused | no answer | pending after | other | "
+              "refusal p50 ms | refusal max ms | served p50 s | served max s | burst s | "
+              "peak MiB (warm) |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         served = [s for o, s in r["outcomes"] if o == "vector"]
         refused = [s for o, s in r["outcomes"] if o == REFUSED]
@@ -129,7 +148,8 @@ def write_report(rows: list[dict], args) -> Path:
             return f"{f(xs):.1f}" if xs else "-"
 
         lines.append(
-            f"| {r['variant']} | {len(served)} | {len(refused)} | {len(lost)} | {other} | "
+            f"| {r['variant']} | {len(served)} | {len(refused)} | {len(lost)} | "
+            f"{r['pending_after']} | {other} | "
             f"{ms(refused, np.median)} | {ms(refused, max)} | {s(served, np.median)} | "
             f"{s(served, max)} | {r['seconds']:.1f} | {r['peak_mib']:.0f} "
             f"({r['baseline_mib']:.0f}) |")
@@ -142,15 +162,16 @@ def write_report(rows: list[dict], args) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="entry:32,entry:8,all:32,none")
+    parser.add_argument("--variants", default="entry:32,entry:8,all:32,all:8,none")
     parser.add_argument("--requests", type=int, default=FLOOD_REQUESTS)
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     args = parser.parse_args(argv)
     rows = []
-    with tempfile.TemporaryDirectory(dir=ROOT / ".run") as tmp:
-        for variant in args.variants.split(","):
-            rows.append(measure(args.repository.resolve(), variant, args.requests, Path(tmp)))
-            print(f"{variant}: done in {rows[-1]['seconds']:.1f} s", flush=True)
+    work = ROOT / ".run" / "backpressure"  # the servers' logs stay here
+    shutil.rmtree(work, ignore_errors=True)
+    for variant in args.variants.split(","):
+        rows.append(measure(args.repository.resolve(), variant, args.requests, work))
+        print(f"{variant}: done in {rows[-1]['seconds']:.1f} s", flush=True)
     print(f"report: {write_report(rows, args)}")
     return 0
 
