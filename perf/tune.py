@@ -36,8 +36,6 @@ from perf.workload import REPORTS, RESULTS, ROOT
 
 RUN = ROOT / ".run" / "tune"
 NEURAL = [e.triton_model for e in r.EMBEDDERS if e.input is r.Input.TOKENS]
-# The five slowest stages per request in the first bench (perf/reports/bench.md).
-HEAVY = [r.embedder(b).triton_model for b in ("E1", "E5", "E6", "E7", "E11")]
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,8 @@ VARIANTS = [
     Variant("threads", "threads 0 (ONNX Runtime / torch default: every core)",
             {"threads": "0"}, fusemoe_threads="0"),
     Variant("threads", "threads 2", {"threads": "2"}, fusemoe_threads="2"),
-    Variant("instances", "2 instances of E1, E5, E6, E7, E11", instances=dict.fromkeys(HEAVY, 2)),
+    Variant("instances", "1 instance of every token embedder (the default is 2)",
+            instances=dict.fromkeys(NEURAL, 1)),
     *[Variant("graph", f"graph optimisation {level}", {"graph_optimization": level})
       for level in GRAPH_OPTIMIZATION if level != DEFAULT.graph_optimization],
     Variant("batching", "queue delay 0 µs", delay_us=0),
@@ -132,7 +131,8 @@ def point(server, data: Path, concurrency: int, interval_ms: int) -> dict:
 
 def defaults_text() -> str:
     d, b = DEFAULT, r.Batching()
-    return (f"threads {d.threads}, {d.instances} instance each, graph optimisation "
+    return (f"threads {d.threads}, {d.instances} instances of each token embedder, graph "
+            f"optimisation "
             f"{d.graph_optimization}, length buckets {','.join(map(str, d.length_buckets))}, "
             f"queue delay {b.max_queue_delay_us} µs, preferred sizes "
             f"{'/'.join(map(str, b.preferred_batch_sizes))}")

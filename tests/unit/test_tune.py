@@ -17,13 +17,13 @@ def _built(repo, name: str) -> mc.ModelConfig:
 
 def test_a_variant_changes_only_its_knob(repository, tmp_path):
     e11 = r.embedder("E11").triton_model
-    variant = Variant("test", "threads 3, 2 instances of E11, no delay", {"threads": "3"},
-                      fusemoe_threads="3", instances={e11: 2}, delay_us=0)
+    variant = Variant("test", "threads 3, 3 instances of E11, no delay", {"threads": "3"},
+                      fusemoe_threads="3", instances={e11: 3}, delay_us=0)
     repo = variant_repository(variant, tmp_path / "repo", repository)
     for name in NEURAL:
         before, after = _built(repository, name), _built(repo, name)
         assert after.parameters["threads"].string_value == "3"
-        assert after.instance_group[0].count == (2 if name == e11 else 1)
+        assert after.instance_group[0].count == (3 if name == e11 else r.RUNTIME.instances)
         assert after.dynamic_batching.max_queue_delay_microseconds == 0
         after.parameters["threads"].string_value = before.parameters["threads"].string_value
         after.instance_group[0].count = before.instance_group[0].count
