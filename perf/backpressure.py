@@ -27,8 +27,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.build import linked_repository
 from export.registry import FAILSAFE_MODEL, PREPROCESS_MODEL
-from perf.burst import MemoryWatch, footprint, total
-from perf.workload import REPORTS, ROOT, T0, started_server
+from perf.burst import MemoryWatch, footprint, grpc_inputs, total
+from perf.workload import REPORTS, ROOT, started_server
 
 FLOOD_REQUESTS = 200
 REFUSED = "StatusCode.UNAVAILABLE"
@@ -36,16 +36,8 @@ DEADLINE_S = 120.0  # a request unanswered by then is counted as never answered
 
 
 def flood_inputs(i: int) -> list:
-    import tritonclient.grpc as grpcclient
-
-    texts = [f"burst request {i} text {j}: a few ordinary words to embed" for j in range(32)]
-    text = np.array([[t.encode()] for t in texts], dtype=np.object_)
-    stamp = np.full((len(texts), 1), T0, dtype=np.int64)
-    inputs = [grpcclient.InferInput("TEXT", list(text.shape), "BYTES"),
-              grpcclient.InferInput("TIMESTAMP", list(stamp.shape), "INT64")]
-    inputs[0].set_data_from_numpy(text)
-    inputs[1].set_data_from_numpy(stamp)
-    return inputs
+    return grpc_inputs([f"burst request {i} text {j}: a few ordinary words to embed"
+                        for j in range(32)])
 
 
 def flood(grpc_url: str, requests: int = FLOOD_REQUESTS,

@@ -123,17 +123,25 @@ def total(memory: dict[str, float]) -> float:
     return sum(memory.values())
 
 
-def send(grpc_url: str, texts: list[str], timeout_s: float) -> tuple[str, float]:
-    """One request of ``texts``: ("vector", s) for unit FUSED rows, else ("error: ...", s)."""
+def grpc_inputs(texts: list[str]) -> list:
+    """TEXT and TIMESTAMP (T0) of a gRPC request of ``texts``."""
     import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(grpc_url)
     text = np.array([[t.encode()] for t in texts], dtype=np.object_)
     stamp = np.full((len(texts), 1), T0, dtype=np.int64)
     inputs = [grpcclient.InferInput("TEXT", list(text.shape), "BYTES"),
               grpcclient.InferInput("TIMESTAMP", list(stamp.shape), "INT64")]
     inputs[0].set_data_from_numpy(text)
     inputs[1].set_data_from_numpy(stamp)
+    return inputs
+
+
+def send(grpc_url: str, texts: list[str], timeout_s: float) -> tuple[str, float]:
+    """One request of ``texts``: ("vector", s) for unit FUSED rows, else ("error: ...", s)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    inputs = grpc_inputs(texts)
     start = time.monotonic()
     try:
         fused = client.infer("fused_text", inputs, client_timeout=timeout_s,
