@@ -59,8 +59,6 @@ class Retry:
         return [min(self.max_s, self.first_s * 2 ** i) for i in range(self.attempts - 1)]
 
 
-NO_RETRY = Retry(attempts=1)
-
 
 @dataclass(frozen=True)
 class Embedding:

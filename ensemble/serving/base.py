@@ -56,11 +56,7 @@ def optional_texts(request: Any, name: str) -> list[str] | None:
 
 
 def error_code(err: Exception) -> int:
-    """The Triton code of ``err``: its own ``code`` where it carries one (an error passed on
-    from another model), else by kind."""
-    code = getattr(err, "code", None)
-    if code is not None:
-        return code
+    """The Triton code of ``err``, by kind."""
     if isinstance(err, RequestError):
         return pb_utils.TritonError.INVALID_ARG
     if isinstance(err, ServiceError):
