@@ -17,7 +17,12 @@ FUSEMOE       ?= latest
 PRECISION     ?= fp32
 endif
 
-.PHONY: serve test test-unit build train weights sts soak bench precision tune venv clean lint
+# DEVICE=gpu places the token embedders and FuseMoE on the GPU in the built configs
+# (KIND_GPU; TensorRT, then CUDA, then CPU providers: registry Gpu).
+DEVICE        ?= cpu
+
+.PHONY: serve test test-unit build train weights sts soak bench precision tune venv clean lint \
+        image dashboard
 
 serve: train
 	$(PY) -m ensemble.server
@@ -29,7 +34,7 @@ test-unit: venv
 	$(PY) -m pytest -m "not server and not trained and not gpu"
 
 build: venv
-	$(PY) -m export.build --profile $(PROFILE) --fusemoe $(FUSEMOE) --precision $(PRECISION)
+	$(PY) -m export.build --profile $(PROFILE) --fusemoe $(FUSEMOE) --precision $(PRECISION) --device $(DEVICE)
 
 # Train FuseMoE for the built blocks when no checkpoint for them exists (once, 7 min on
 # 2 CPU cores: perf/reports/fusemoe-training), then build again so the fusemoe model serves
@@ -37,7 +42,7 @@ build: venv
 train: build
 ifneq ($(FUSEMOE),seeded)
 	$(PY) -m ensemble.train --if-missing
-	$(PY) -m export.build --profile $(PROFILE) --fusemoe $(FUSEMOE) --precision $(PRECISION)
+	$(PY) -m export.build --profile $(PROFILE) --fusemoe $(FUSEMOE) --precision $(PRECISION) --device $(DEVICE)
 endif
 
 # Fetch (when the hub is reachable) and verify pretrained checkpoints, then rebuild.
@@ -75,9 +80,20 @@ tune: train
 soak: build
 	$(PY) -m perf.soak --users $(or $(USERS),16) --minutes $(or $(MINUTES),10)
 
+# The CPU container image localhost/fusedembed:cpu (docker/Containerfile) from nothing: podman
+# and mmdebstrap from Debian's packages when missing, a Debian base made with mmdebstrap (no
+# registry needed), the trained FuseMoE of `make train` copied in (docker/image.sh).
+image: train
+	PY=$(abspath $(PY)) bash docker/image.sh
+
+# The Grafana dashboard's queries against a real Prometheus (Debian's, installed when missing)
+# scraping a server under mixed load: perf/reports/dashboard.md and dashboard.png.
+dashboard: train
+	$(PY) -m perf.dashboard --live --minutes $(or $(MINUTES),5)
+
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml client/pyproject.toml scripts/check_python.sh \
+$(STAMP): requirements.txt requirements-serve.txt pyproject.toml client/pyproject.toml scripts/check_python.sh \
           export/vocabularies.py
 	bash scripts/check_python.sh $(SYSTEM_PYTHON)
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)

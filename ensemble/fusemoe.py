@@ -33,6 +33,10 @@ class FusionOutput:
     expert_weights: torch.Tensor  # [B, 8], gate probabilities, sum 1
     selected_experts: torch.Tensor  # [B, k], int32, by descending weight
 
+    def to(self, device: str | torch.device) -> FusionOutput:
+        return FusionOutput(self.fused.to(device), self.expert_weights.to(device),
+                            self.selected_experts.to(device))
+
 
 class Expert(nn.Module):
     def __init__(self, cfg: FuseMoEConfig) -> None:
@@ -133,12 +137,12 @@ class FuseMoE(nn.Module):
 
 def fuse(model: FuseMoE, x: torch.Tensor, controls: GateControls) -> FusionOutput:
     """Inference with validated per-item gate controls (what the served model and the
-    reference pipeline both run)."""
+    reference pipeline both run), on ``x``'s device."""
     with torch.inference_mode():
-        return model(x, presence=torch.from_numpy(controls.presence).float(),
-                     top_k=torch.from_numpy(controls.top_k),
-                     temperature=torch.from_numpy(controls.temperature),
-                     focus=torch.from_numpy(controls.focus))
+        return model(x, presence=torch.from_numpy(controls.presence).float().to(x.device),
+                     top_k=torch.from_numpy(controls.top_k).to(x.device),
+                     temperature=torch.from_numpy(controls.temperature).to(x.device),
+                     focus=torch.from_numpy(controls.focus).to(x.device))
 
 
 def seeded(cfg: FuseMoEConfig = FUSEMOE) -> FuseMoE:

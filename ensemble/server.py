@@ -24,12 +24,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
-RUN_DIR = ROOT / ".run"
+# Writable state (the generated admin key, the server's working folder): FUSEDEMBED_RUN_DIR,
+# e.g. a tmpfs in a container whose root filesystem is read-only.
+RUN_DIR = Path(os.environ.get("FUSEDEMBED_RUN_DIR", ROOT / ".run"))
+# The server copied with the stub for this Python: FUSEDEMBED_TRITON_DIR, e.g. prepared once
+# when a container image is built.
+TRITON_DIR = Path(os.environ.get("FUSEDEMBED_TRITON_DIR", RUN_DIR / "tritonserver"))
 CACHE_BYTES = 256 * 1024 * 1024  # local response cache of fused_text_cached
 # The model-repository (load/unload) and shared-memory APIs need this header with the admin
 # key, over HTTP and gRPC, unless FUSEDEMBED_OPEN_ADMIN=1 opens them explicitly.
 ADMIN_HEADER = "fusedembed-admin-key"
 RESTRICTED_APIS = ("model-repository", "shared-memory")
+
+
+class ServerError(RuntimeError):
+    pass
 
 
 def admin_headers(protocol: str, key: str) -> dict[str, str]:
@@ -39,8 +48,9 @@ def admin_headers(protocol: str, key: str) -> dict[str, str]:
 
 
 def admin_key(run_dir: Path = RUN_DIR) -> str | None:
-    """FUSEDEMBED_ADMIN_KEY, else a random key kept in .run/admin-key (mode 0600);
-    None when the admin APIs are explicitly opened."""
+    """FUSEDEMBED_ADMIN_KEY, else the file FUSEDEMBED_ADMIN_KEY_FILE names (a mounted secret),
+    else a random key kept in RUN_DIR/admin-key (mode 0600); None when the admin APIs are
+    explicitly opened."""
     import secrets
 
     if os.environ.get("FUSEDEMBED_OPEN_ADMIN") == "1":
@@ -48,16 +58,22 @@ def admin_key(run_dir: Path = RUN_DIR) -> str | None:
     key = os.environ.get("FUSEDEMBED_ADMIN_KEY")
     if key:
         return key
+    secret = os.environ.get("FUSEDEMBED_ADMIN_KEY_FILE")
+    if secret:
+        try:
+            key = Path(secret).read_text().strip()
+        except OSError as err:
+            raise ServerError(f"FUSEDEMBED_ADMIN_KEY_FILE: cannot read {secret}: "
+                              f"{err.strerror}") from err
+        if not key:
+            raise ServerError(f"FUSEDEMBED_ADMIN_KEY_FILE: {secret} is empty")
+        return key
     path = run_dir / "admin-key"
     if not path.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(24))
     return path.read_text().strip()
-
-
-class ServerError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -74,7 +90,14 @@ class Ports:
 
 
 def triton_distribution() -> tuple[Path, Path]:
-    """The wheel's ``tritonserver`` folder and its bundled shared libraries."""
+    """The ``tritonserver`` folder to run and its shared libraries: the wheel's, or an
+    installed Triton named by FUSEDEMBED_TRITON_HOME (the NGC image's /opt/tritonserver)."""
+    home = os.environ.get("FUSEDEMBED_TRITON_HOME")
+    if home:
+        dist = Path(home)
+        if not (dist / "bin" / "tritonserver").is_file():
+            raise ServerError(f"FUSEDEMBED_TRITON_HOME: no bin/tritonserver in {dist}")
+        return dist, dist / "lib"
     import pytriton
 
     package = Path(pytriton.__file__).resolve().parent
@@ -84,18 +107,41 @@ def triton_distribution() -> tuple[Path, Path]:
     return dist, libs
 
 
-def prepare_runtime(run_dir: Path = RUN_DIR) -> Path:
-    """Copy the server with the stub matching this Python into ``run_dir`` (once)."""
-    dist, _ = triton_distribution()
-    target = run_dir / "tritonserver"
+def python_stub() -> Path:
+    """The wheel's Python backend stub for this interpreter (an installed Triton's own stub
+    is built for its system Python, 3.10 in the NGC 24.10 image)."""
+    import pytriton
+
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    stub = (Path(pytriton.__file__).resolve().parent / "tritonserver" / "python_backend_stubs"
+            / version / "triton_python_backend_stub")
     if not stub.is_file():
         raise ServerError(f"the Triton wheel has no Python backend stub for Python {version}")
+    return stub
+
+
+def prepare_runtime(target: Path = TRITON_DIR) -> Path:
+    """Copy the server with the stub matching this Python into ``target`` (once)."""
+    dist, _ = triton_distribution()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
     marker = target / f".prepared-{version}"
     if not marker.is_file():
+        stub = python_stub()
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(dist, target, ignore=shutil.ignore_patterns("python_backend_stubs"))
+        if os.environ.get("FUSEDEMBED_TRITON_HOME"):
+            # An installed Triton is gigabytes: link it, copy only the Python backend.
+            (target / "backends").mkdir(parents=True)
+            for entry in dist.iterdir():
+                if entry.name != "backends":
+                    (target / entry.name).symlink_to(entry)
+            for backend in (dist / "backends").iterdir():
+                if backend.name == "python":
+                    shutil.copytree(backend, target / "backends" / "python", symlinks=True)
+                else:
+                    (target / "backends" / backend.name).symlink_to(backend)
+        else:
+            shutil.copytree(dist, target, symlinks=True,
+                            ignore=shutil.ignore_patterns("python_backend_stubs"))
         shutil.copy2(stub, target / "backends" / "python" / "triton_python_backend_stub")
         marker.touch()
     return target
@@ -218,6 +264,9 @@ class TritonServer:
             f"--grpc-address={host}", f"--grpc-port={self.ports.grpc}",
             f"--metrics-address={host}", f"--metrics-port={self.ports.metrics}",
             "--allow-cpu-metrics=true",
+            # p50/p90/p95/p99 per model (nv_*_summary_us) beside the duration counters: the
+            # dashboard's latency percentiles.
+            "--metrics-config=summary_latencies=true",
             "--strict-readiness=true",
             # configs/built.pbtxt (written by the build) adds the weights' provenance.
             "--model-config-name=built",
@@ -241,6 +290,7 @@ class TritonServer:
 
     def start(self, timeout: float = 300.0) -> None:
         runtime = prepare_runtime()
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(runtime), env=self.environment(), cwd=str(RUN_DIR),
@@ -312,8 +362,8 @@ def usage_text(server: TritonServer) -> str:
     if server.admin_key is None:
         admin = "model-repository and shared-memory APIs open (FUSEDEMBED_OPEN_ADMIN=1)"
     else:
-        where = ("FUSEDEMBED_ADMIN_KEY" if os.environ.get("FUSEDEMBED_ADMIN_KEY")
-                 else str(RUN_DIR / "admin-key"))
+        where = next((name for name in ("FUSEDEMBED_ADMIN_KEY", "FUSEDEMBED_ADMIN_KEY_FILE")
+                      if os.environ.get(name)), str(RUN_DIR / "admin-key"))
         admin = (f"model-repository and shared-memory APIs need the header {ADMIN_HEADER}: "
                  f"the key in {where}")
     cli = Path(sys.executable).parent / "fusedembed"
@@ -341,7 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=REPOSITORY,
                         help="model repository to serve (default: the project's)")
     args = parser.parse_args(argv)
-    server = TritonServer(args.repository.resolve())
+    try:
+        server = TritonServer(args.repository.resolve())
+    except ServerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     stopping = False
 
     def on_signal(signum, _frame):

@@ -37,6 +37,7 @@ from export.registry import (
     TEXT,
     TRUNCATE,
     Embedder,
+    Gpu,
     Input,
     Kind,
     Pooling,
@@ -193,12 +194,82 @@ class TokenLimit:
         return None
 
 
+# Gpu.providers names -> ONNX Runtime execution providers.
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider"}
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one model instance runs: the CPU, or GPU ``device_id`` with ``gpu``'s settings
+    (from the instance group Triton gave the instance and the config's parameters)."""
+
+    gpu: Gpu | None = None
+    device_id: int = 0
+    model: str = ""
+
+    @classmethod
+    def of_instance(cls, kind: str, device_id: str | int, params: dict[str, str],
+                    model: str = "") -> Placement:
+        if kind.upper() != "GPU":
+            return cls()
+        return cls(Gpu.from_parameters(params), int(device_id), model)
+
+
+def execution_providers(placement: Placement, available: list[str], precision: str = "fp32",
+                        ) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
+    """ONNX Runtime providers (name, options) for a session, the CPU last, and why each
+    accelerator asked for is not among them."""
+    if placement.gpu is None:
+        return [(CPU_PROVIDER, {})], []
+    providers: list[tuple[str, dict[str, str]]] = []
+    notes = []
+    for name in placement.gpu.providers:
+        provider = PROVIDERS.get(name)
+        if provider is None:
+            notes.append(f"{name}: not an execution provider this server knows "
+                         f"({', '.join(PROVIDERS)})")
+        elif provider not in available:
+            notes.append(f"{name}: this onnxruntime has no {provider} (available: "
+                         f"{', '.join(available)}; install onnxruntime-gpu)")
+        elif provider == PROVIDERS["tensorrt"]:
+            cache = Path(placement.gpu.engine_cache) / (placement.model or "model")
+            providers.append((provider, {
+                "device_id": str(placement.device_id),
+                # FP32 models stay FP32; FP16 and FP8 (Q/DQ) graphs build FP16 engines.
+                "trt_fp16_enable": "False" if precision == "fp32" else "True",
+                "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}))
+        else:
+            providers.append((provider, {"device_id": str(placement.device_id),
+                                         "arena_extend_strategy": "kSameAsRequested"}))
+    providers.append((CPU_PROVIDER, {}))
+    return providers, notes
+
+
+def unused_providers(asked: list[tuple[str, dict[str, str]]], active: list[str]) -> list[str]:
+    """Providers asked for that the session did not take (they failed to initialise)."""
+    return [f"{name}: failed to initialise; the session runs on {', '.join(active)}"
+            for name, _ in asked if name not in active]
+
+
+def torch_device(placement: Placement, cuda_available: bool) -> tuple[str, list[str]]:
+    """The torch device of an instance and, when a GPU instance falls back, why."""
+    if placement.gpu is None:
+        return "cpu", []
+    if not cuda_available:
+        return "cpu", ["torch: CUDA is not available to this torch build; running on the CPU"]
+    return f"cuda:{placement.device_id}", []
+
+
 class TokenEmbedder:
     """A neural embedder: tokens in, pooled unit vectors out (ONNX Runtime or PyTorch)."""
 
     def __init__(self, spec: Embedder, directory: Path,
-                 runtime: Runtime = LIBRARY_DEFAULTS) -> None:
+                 runtime: Runtime = LIBRARY_DEFAULTS, placement: Placement = Placement()) -> None:
         self.spec = spec
+        # Why an accelerator asked for is not used (the adapter logs them).
+        self.placement_notes: list[str] = []
         self.length_buckets = runtime.length_buckets
         self.max_batch_tokens = runtime.max_batch_tokens
         info = read_build_info(directory)
@@ -225,10 +296,18 @@ class TokenEmbedder:
                 ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[level])
             # Many models share few cores: idle threads must sleep, not spin.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            providers, notes = execution_providers(placement, ort.get_available_providers(),
+                                                   self.precision)
             self.session = ort.InferenceSession(str(directory / ONNX_FILE), options,
-                                                providers=["CPUExecutionProvider"])
+                                                providers=[p for p, _ in providers],
+                                                provider_options=[o for _, o in providers])
+            active = self.session.get_providers()
+            self.placement_notes += notes + unused_providers(providers, active)
+            arenas = ["cpu:0"] + ([f"gpu:{placement.device_id}"]
+                                  if PROVIDERS["cuda"] in active else [])
             self.shrink = ort.RunOptions()
-            self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+            self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage",
+                                             ";".join(arenas))
             self.output = self.session.get_outputs()[0].name
             self.inputs = [i.name for i in self.session.get_inputs()]
         if "torch" in self.runtime:
@@ -239,7 +318,15 @@ class TokenEmbedder:
             if runtime.threads:
                 torch.set_num_threads(runtime.threads)
             dtype = torch.float16 if self.precision == "fp16" else torch.float32
-            self.module = architecture(spec).pretrained_module(spec, directory / TORCH_DIR, dtype)
+            self.device, notes = torch_device(placement, torch.cuda.is_available())
+            self.placement_notes += notes
+            self.module = architecture(spec).pretrained_module(
+                spec, directory / TORCH_DIR, dtype).to(self.device)
+        # What runs this model: the session's providers and/or the torch device.
+        self.where = "; ".join(
+            ([f"onnxruntime {', '.join(self.session.get_providers())}"]
+             if "onnx" in self.runtime else [])
+            + ([f"torch {self.device}"] if "torch" in self.runtime else []))
         self.projection = None
         if spec.pooling is Pooling.SPLADE_MAX:
             self.projection = load_numpy(directory, SPLADE_STEM, SPLADE_VERSION)["projection"]
@@ -347,9 +434,9 @@ class TokenEmbedder:
         import torch
 
         with torch.inference_mode():
-            out = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[n]))
+            out = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device)
                                 for n in self.inputs))
-        return out.float().numpy()
+        return out.float().cpu().numpy()
 
 
 class CustomEmbedder:

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 from export.registry import (
     ATTENTION_MASK,
     CACHED_MODEL,
+    DEVICES,
     EMBEDDERS,
     FUSEMOE_MODEL,
     INPUT_IDS,
@@ -337,10 +338,12 @@ def build_fusemoe(directory: Path, key: str, checkpoint: Path | None,
                 source=f"FuseMoE {manifest.version} (trained)", checkpoint=str(checkpoint))
 
 
-def write_built_config(repo: Path, name: str, overrides: dict[str, str] | None = None) -> None:
-    """configs/built.pbtxt: the committed config plus the build's provenance as parameters
-    (and any parameter ``overrides``)."""
-    cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
+def write_built_config(repo: Path, name: str, overrides: dict[str, str] | None = None,
+                       device: str = "cpu") -> None:
+    """configs/built.pbtxt: the committed config placed on ``device`` plus the build's
+    provenance as parameters (and any parameter ``overrides``)."""
+    cfg = repository.placed(text_format.Parse((repo / name / "config.pbtxt").read_text(),
+                                              mc.ModelConfig()), device)
     info = json.loads((_vdir(repo, name) / BUILD_INFO).read_text())
     weights = "pretrained" if info.get("pretrained") else info.get("size", "tiny")
     if name == FUSEMOE_MODEL:
@@ -395,14 +398,16 @@ def linked_repository(source: Path, target: Path, edit: Callable[[mc.ModelConfig
 def build(repo: Path, profile: str = "pretrained", force: bool = False,
           checkpoint_dirs: list[Path] | None = None,
           only: set[str] | None = None, precision: str | PrecisionPlan = "fp32",
-          pii_scrubbing: bool = True, fusemoe_checkpoint: str = "latest") -> list[str]:
+          pii_scrubbing: bool = True, fusemoe_checkpoint: str = "latest",
+          device: str = "cpu") -> list[str]:
     """Build every missing or outdated model; returns the names of the models built.
 
     ``only`` limits the build to these embedders (ids) and their tokenizers; ``precision``
     is one of PRECISIONS for every model or a plan with per-block exceptions
     (``"int8,E6=fp32,fusemoe=fp32"``). ``fusemoe_checkpoint``: ``latest`` (the newest
     trained checkpoint made for these blocks, else the seeded init), ``seeded``, or a
-    checkpoint folder.
+    checkpoint folder. ``device``: where the served configs place the neural models (the
+    artifacts are the same for both).
     """
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
@@ -430,7 +435,7 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
             fn(directory)
             built.append(name)
             print(f"built {name:<24} {time.perf_counter() - start:6.1f} s", flush=True)
-        write_built_config(repo, name, overrides)
+        write_built_config(repo, name, overrides, device)
 
     step(PREPROCESS_MODEL, recipe, lambda d: _write_info(
         d, key=recipe, pretrained=False, source="validation and PII scrubbing (no weights)"),
@@ -517,13 +522,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="FuseMoE weights: the newest trained checkpoint under "
                              "checkpoints/fusemoe made for these blocks (default), the seeded "
                              "init, or a checkpoint folder")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="place the token embedders and FuseMoE on the GPU (KIND_GPU, "
+                             "TensorRT/CUDA providers) or the CPU (default)")
     parser.add_argument("--force", action="store_true", help="rebuild every model")
     parser.add_argument("--repository", type=Path, default=repository.REPOSITORY)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     built = build(args.repository, args.profile, args.force, args.checkpoints,
                   precision=args.precision, pii_scrubbing=args.pii_scrubbing == "on",
-                  fusemoe_checkpoint=args.fusemoe)
+                  fusemoe_checkpoint=args.fusemoe, device=args.device)
     elapsed = time.perf_counter() - start
     print(f"model repository {args.repository}: {len(built)} models built in {elapsed:.1f} s"
           if built else f"model repository {args.repository}: up to date ({args.profile})")

@@ -122,6 +122,38 @@ class Runtime:
                    max_logits_mib=int(params.get("max_logits_mib", "0")))
 
 
+@dataclass(frozen=True)
+class Gpu:
+    """How the neural models run on a GPU (``make build DEVICE=gpu``; docker/Containerfile.gpu).
+
+    The committed configs are the CPU ones; a GPU build writes its built configs with
+    ``KIND_GPU`` instance groups for the token embedders and FuseMoE (tokenizers, the custom
+    encoders and the entry points stay on CPU) and these settings as parameters. ONNX Runtime
+    tries ``providers`` in order, then the CPU, and logs why each one it skipped was skipped;
+    TensorRT builds its engines (FP16 unless a model is served in FP32; an FP8 model's Q/DQ
+    graph as it is) into ``engine_cache``, a volume, so a restart does not rebuild them.
+    FuseMoE (and any module served from PyTorch) runs on CUDA, or on the CPU with a logged
+    reason. Unmeasured: no GPU was available where this was written.
+    """
+
+    providers: tuple[str, ...] = ("tensorrt", "cuda")
+    engine_cache: str = "/opt/fusedembed/trt-cache"
+
+    def parameters(self) -> dict[str, str]:
+        return {"device": "gpu", "execution_providers": ",".join(self.providers),
+                "trt_engine_cache": self.engine_cache}
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> Gpu:
+        providers = params.get("execution_providers", ",".join(cls.providers))
+        return cls(providers=tuple(p for p in providers.split(",") if p),
+                   engine_cache=params.get("trt_engine_cache", cls.engine_cache))
+
+
+GPU = Gpu()
+DEVICES = ("cpu", "gpu")
+
+
 # What running a model by hand gets: every core, full graph optimisation, one padded batch,
 # no bound on a run's memory.
 LIBRARY_DEFAULTS = Runtime(threads=0, length_buckets=(), max_batch_tokens=0, max_logits_mib=0)

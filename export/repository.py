@@ -278,6 +278,26 @@ def all_configs() -> list[tuple[mc.ModelConfig, str | None]]:
     return out
 
 
+# The adapters that run a neural network: the ones a GPU build places on the GPU.
+GPU_ADAPTERS = (ADAPTERS["token_embedder"], ADAPTERS["fusemoe"])
+
+
+def placed(cfg: mc.ModelConfig, device: str, gpu: r.Gpu = r.GPU) -> mc.ModelConfig:
+    """``cfg`` for ``device``: on ``gpu`` a neural model's instance groups become KIND_GPU
+    (``count`` instances on every visible GPU) and it gets the GPU settings as parameters;
+    everything else is the CPU config unchanged."""
+    if device not in r.DEVICES:
+        raise ValueError(f"device: {device!r} is not one of {', '.join(r.DEVICES)}")
+    out = mc.ModelConfig()
+    out.CopyFrom(cfg)
+    if device == "gpu" and cfg.parameters["adapter"].string_value in GPU_ADAPTERS:
+        for group in out.instance_group:
+            group.kind = mc.ModelInstanceGroup.KIND_GPU
+        for key, value in gpu.parameters().items():
+            out.parameters[key].string_value = value
+    return out
+
+
 def rendered(repository: Path = REPOSITORY) -> dict[Path, str]:
     files: dict[Path, str] = {}
     for cfg, adapter in all_configs():

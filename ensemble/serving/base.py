@@ -84,10 +84,19 @@ class Adapter:
         # Fault injection for resilience tests, off unless a config sets these parameters.
         self.fault_delay_s = float(self.params.get("inject_delay_ms", "0")) / 1000.0
         self.fault_error = self.params.get("inject_error", "") == "true"
+        # The instance group Triton placed this instance in (KIND_GPU in a GPU build).
+        self.instance = (args.get("model_instance_kind", "CPU"),
+                         args.get("model_instance_device_id", "0"))
         self.setup()
 
     def setup(self) -> None:
         raise NotImplementedError
+
+    def log_placement(self, where: str, notes: list[str]) -> None:
+        """Where this instance runs, and why an accelerator it asked for is not used."""
+        pb_utils.Logger.log_info(f"{self.name}: instance on {where}")
+        for note in notes:
+            pb_utils.Logger.log_warn(f"{self.name}: {note}")
 
     def response(self, outputs: dict[str, np.ndarray], names: set[str] | None = None) -> Any:
         """A response holding ``outputs`` (only ``names`` when given) in the config's dtypes."""

@@ -21,6 +21,7 @@ from ensemble.serving.base import (
     error_response,
     optional_array,
 )
+from ensemble.serving.metrics import FAILSAFE_MISSING, LabelledCounter
 from ensemble.serving.token_embedder import read_kinds
 from ensemble.stages import TokenBatch, TokenLimit, version_dir
 from ensemble.validation import InvalidInput, Validator
@@ -95,6 +96,9 @@ class TritonPythonModel(Adapter):
         repository = self.directory.parent.parent
         self.token_limits = {s.id: TokenLimit.read(s, version_dir(repository, s.triton_model))
                              for s in EMBEDDERS if s.input is Input.TOKENS}
+        self.missing_blocks = LabelledCounter(
+            FAILSAFE_MISSING, "Blocks (one per text) the fail-safe fused without: their "
+            "embedder failed or missed the deadline", "block", [s.id for s in EMBEDDERS])
 
     def _validate(self, request, given: dict[str, np.ndarray]) -> tuple[int, list[Kind]]:
         """Rows and kinds of a request whose TEXT, TIMESTAMP, KIND and gate controls are valid
@@ -181,6 +185,8 @@ class TritonPythonModel(Adapter):
             if spec.input is Input.TOKENS:
                 fuse_inputs[spec.block_name + TRUNCATED_SUFFIX] = flag
         missing = [s.id for s, r in zip(EMBEDDERS, results) if isinstance(r, BaseException)]
+        for block in missing:
+            self.missing_blocks.add(block, rows)
         for required in self.required:
             if required in missing:
                 raise ServiceError(f"{required} is required and did not answer: "

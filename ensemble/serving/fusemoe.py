@@ -18,6 +18,14 @@ from ensemble.serving.base import (
     optional_array,
     split_rows,
 )
+from ensemble.serving.metrics import (
+    EXPERT_SELECTIONS,
+    FUSION_VERSION_INFO,
+    TRUNCATIONS,
+    LabelledCounter,
+    VersionInfo,
+)
+from ensemble.stages import Placement, torch_device
 from ensemble.validation import GateControls, InvalidInput, Validator
 from export.registry import (
     BLOCK_SUFFIX,
@@ -47,7 +55,22 @@ class TritonPythonModel(Adapter):
             torch.set_num_threads(threads)
         precision = self.params.get("precision", "fp32")
         self.model, self.manifest = fusemoe.load(self.directory, precision=precision)
+        self.device, notes = torch_device(
+            Placement.of_instance(*self.instance, self.params, self.name),
+            torch.cuda.is_available())
+        self.model.to(self.device)
+        self.log_placement(f"torch {self.device}", notes)
         self.validator = Validator()
+        self.truncations = LabelledCounter(
+            TRUNCATIONS, "Texts a token embedder cut to its token limit (TRUNCATE true)",
+            "block", [e.id for e in EMBEDDERS if e.input is Input.TOKENS])
+        self.selections = LabelledCounter(
+            EXPERT_SELECTIONS, "Items routed to each FuseMoE expert (top-k per item)", "expert",
+            [str(i) for i in range(self.model.cfg.num_experts)])
+        # Kept: a family that is garbage-collected leaves the metrics page.
+        self.version_info = VersionInfo(FUSION_VERSION_INFO,
+                                        "1 for the FuseMoE checkpoint being served")
+        self.version_info.serve(self.manifest.version)
 
     def execute(self, requests):
         return self.run_batched(requests, self._read, self._fuse)
@@ -70,7 +93,8 @@ class TritonPythonModel(Adapter):
               ) -> list[dict[str, np.ndarray]]:
         per_request = [blocks for blocks, _, _ in items]
         x = torch.from_numpy(np.concatenate(per_request).astype(np.float32, copy=False))
-        out = fusemoe.fuse(self.model, x, GateControls.concat([c for _, _, c in items]))
+        out = fusemoe.fuse(self.model, x.to(self.device),
+                           GateControls.concat([c for _, _, c in items])).to("cpu")
         counts = [len(p) for p in per_request]
         version = self.manifest.version.encode("utf-8")
         results = []
@@ -84,4 +108,14 @@ class TritonPythonModel(Adapter):
             for e, (start, end) in zip(EMBEDDERS, OFFSETS):
                 result[e.block_name + BLOCK_SUFFIX] = blocks[:, start:end]
             results.append(result)  # the base adapter sends only the requested outputs
+            self._count(cut, s, controls)
         return results
+
+    def _count(self, cut: np.ndarray, selected: np.ndarray, controls: GateControls) -> None:
+        for j, e in enumerate(EMBEDDERS):
+            if e.input is Input.TOKENS:
+                self.truncations.add(e.id, int(cut[:, j].sum()))
+        kept = np.arange(selected.shape[1])[None, :] < controls.top_k.reshape(-1, 1)
+        experts, counts = np.unique(selected[kept], return_counts=True)
+        for expert, count in zip(experts, counts):
+            self.selections.add(str(int(expert)), int(count))

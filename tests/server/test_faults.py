@@ -18,6 +18,7 @@ from ensemble.server import Ports, TritonServer, stub_models, stub_processes
 from export.build import linked_repository
 from fusedembed_client import FusedEmbedClient
 from tests.server.conftest import free_port
+from tests.server.test_metrics import delta, scrape
 
 pytestmark = pytest.mark.server
 
@@ -69,12 +70,17 @@ def test_failsafe_equals_fused_text_when_every_embedder_is_healthy(server):
 
 def test_failsafe_fills_a_failing_and_a_slow_embedder(fault_server):
     client = httpclient.InferenceServerClient(fault_server.http_url, network_timeout=120)
+    before = scrape(fault_server)
     start = time.monotonic()
     result = client.infer("fused_text_failsafe", _inputs(["degraded but answered", "twice"]))
     elapsed = time.monotonic() - start
     missing = result.as_numpy("MISSING")
     blocks = [f"E{i}" for i in range(1, 13)]
     assert [{b for b, m in zip(blocks, row) if m} for row in missing] == [{"E7", "E8"}] * 2
+    after = scrape(fault_server)
+    for block in blocks:  # the metric counts the blocks left out, one per text
+        assert (delta(after, before, "fusedembed_failsafe_missing_blocks_total", block=block)
+                == (2 if block in ("E7", "E8") else 0)), block
     fused = result.as_numpy("FUSED")
     np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-5)
     assert elapsed < DEADLINE_MS / 1000 + 3.0  # the slow embedder was not waited for

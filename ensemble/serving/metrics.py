@@ -1,0 +1,56 @@
+"""What only fusedembed knows, as Prometheus metrics on Triton's metrics port.
+
+Made with the Python backend's custom-metrics API (``pb_utils.MetricFamily``): Triton serves
+them beside its own ``nv_*`` metrics. Every label value is created when a model loads, so
+each series exists (at 0) before the first request and ``rate()`` is defined from the start.
+Instances of a model share one series per label set.
+
+- ``fusedembed_pii_redactions_total{type}``: PII spans replaced by a typed placeholder.
+- ``fusedembed_truncations_total{block}``: texts a token embedder cut to its limit (TRUNCATE
+  true), counted where FuseMoE fuses them; an answer from the response cache is not counted.
+- ``fusedembed_failsafe_missing_blocks_total{block}``: blocks the fail-safe entry point had
+  to leave out because their embedder failed or was late.
+- ``fusedembed_expert_selections_total{expert}``: items routed to each FuseMoE expert.
+- ``fusedembed_fusion_version_info{version}``: 1 for the FuseMoE checkpoint being served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import triton_python_backend_utils as pb_utils
+
+PII_REDACTIONS = "fusedembed_pii_redactions_total"
+TRUNCATIONS = "fusedembed_truncations_total"
+FAILSAFE_MISSING = "fusedembed_failsafe_missing_blocks_total"
+EXPERT_SELECTIONS = "fusedembed_expert_selections_total"
+FUSION_VERSION_INFO = "fusedembed_fusion_version_info"
+
+
+class LabelledCounter:
+    """A counter family with one label, every value of which is created up front."""
+
+    def __init__(self, name: str, description: str, label: str, values: Iterable[str]) -> None:
+        self.family = pb_utils.MetricFamily(name=name, description=description,
+                                            kind=pb_utils.MetricFamily.COUNTER)
+        self.metrics = {v: self.family.Metric(labels={label: v}) for v in values}
+
+    def add(self, value: str, amount: float) -> None:
+        if amount > 0:
+            self.metrics[value].increment(float(amount))
+
+
+class VersionInfo:
+    """A gauge that is 1 for the version being served (0 for one served before it)."""
+
+    def __init__(self, name: str, description: str) -> None:
+        self.family = pb_utils.MetricFamily(name=name, description=description,
+                                            kind=pb_utils.MetricFamily.GAUGE)
+        self.metrics: dict[str, object] = {}
+
+    def serve(self, version: str) -> None:
+        for metric in self.metrics.values():
+            metric.set(0.0)
+        if version not in self.metrics:
+            self.metrics[version] = self.family.Metric(labels={"version": version})
+        self.metrics[version].set(1.0)
