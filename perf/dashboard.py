@@ -4,6 +4,7 @@ its rendering against a real Prometheus.
     python -m perf.dashboard --write                 # regenerate the JSON (a test checks it)
     python -m perf.dashboard --render http://127.0.0.1:9090 [--minutes 10]
     python -m perf.dashboard --live --minutes 5      # make dashboard
+    python -m perf.dashboard --render http://127.0.0.1:9090 --load 127.0.0.1:8001 --minutes 5
 
 ``--render`` runs every panel's PromQL through Prometheus' HTTP API over the last minutes and
 draws the answers as the dashboard lays them out (perf/reports/dashboard.png, with a table
@@ -136,9 +137,11 @@ def query_range(prometheus: str, expr: str, start: float, end: float, step: floa
 
 
 def legend(template: str, labels: dict[str, str]) -> str:
-    for key, value in labels.items():
-        template = template.replace("{{" + key + "}}", value)
-    return template
+    """Grafana's legend format: ``{{label}}`` replaced by the series' value ("" if absent)."""
+    import re
+
+    text = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template)
+    return text.strip() or "all"
 
 
 def render(prometheus: str, minutes: float, out_dir: Path = REPORTS,
@@ -212,7 +215,7 @@ def prometheus_binary() -> str:
     raise SystemExit("Prometheus is needed: apt-get install prometheus")
 
 
-def load(server, seconds: float) -> dict[str, int]:
+def load(grpc_url: str, seconds: float) -> dict[str, int]:
     """Mixed traffic on every entry point for ``seconds``: STS-B dev sentences, texts with
     PII, texts past the token limits, repeats for the response cache. Requests answered,
     by entry point."""
@@ -229,7 +232,7 @@ def load(server, seconds: float) -> dict[str, int]:
     lock = threading.Lock()
 
     def client(model: str, pool: list[str], batch: int, pause: float) -> None:
-        with FusedEmbedClient(server.grpc_url, "grpc", model=model) as c:
+        with FusedEmbedClient(grpc_url, "grpc", model=model) as c:
             n = 0
             while time.monotonic() < deadline:
                 chunk = [pool[(n + j) % len(pool)] for j in range(batch)]
@@ -278,7 +281,7 @@ def live(minutes: float) -> Path:
         try:
             time.sleep(10)
             print(f"load for {minutes:g} min on every entry point ...", flush=True)
-            answered = load(server, minutes * 60)
+            answered = load(server.grpc_url, minutes * 60)
             print(f"answered: {answered}", flush=True)
             time.sleep(15)  # the last scrapes
             return render(f"http://127.0.0.1:{port}", minutes + 0.5, command=(
@@ -297,15 +300,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", metavar="PROMETHEUS_URL")
     parser.add_argument("--live", action="store_true",
                         help="start a server and a Prometheus, load it for --minutes, render")
+    parser.add_argument("--load", metavar="GRPC_URL",
+                        help="with --render: first load this server for --minutes (e.g. the "
+                             "compose service, 127.0.0.1:8001)")
     parser.add_argument("--minutes", type=float, default=10.0)
     args = parser.parse_args(argv)
     if args.live:
         print(f"wrote {live(args.minutes)}")
+    command = ""
+    if args.render and args.load:
+        answered = load(args.load, args.minutes * 60)
+        time.sleep(15)  # the last scrapes
+        command = (f"python -m perf.dashboard --render {args.render} --load {args.load} "
+                   f"--minutes {args.minutes:g}`: the server at {args.load} under mixed load on "
+                   f"every entry point ({answered}); the render covers")
     if args.write:
         DASHBOARD.write_text(rendered_json())
         print(f"wrote {DASHBOARD}")
     if args.render:
-        print(f"wrote {render(args.render.rstrip('/'), args.minutes)}")
+        minutes = args.minutes + (0.5 if args.load else 0)
+        print(f"wrote {render(args.render.rstrip('/'), minutes, command=command)}")
     return 0
 
 

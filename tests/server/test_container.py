@@ -1,6 +1,7 @@
 """The CPU image (docker/Containerfile, `make image`) started with published ports, read-only,
 as the non-root user, its admin key from a mounted secret file: fused_text answers over
-HTTP and gRPC through tritonclient, and the container stops cleanly.
+HTTP and gRPC through tritonclient, and the container stops cleanly. Then the same image as
+the `cpu` service of docker/compose.yaml, brought up and down with podman-compose.
 
 Skipped, with the reason, where no container engine can run; the image is built (by
 docker/image.sh, as `make image` does) when it is missing."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,67 +21,66 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from ensemble.server import ADMIN_HEADER
+from perf import container as container_tools
 from tests.server.conftest import free_port
 
 pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = os.environ.get("IMAGE", "localhost/fusedembed:cpu")
-ENV = dict(os.environ, CONTAINERS_CONF=os.environ.get(
-    "CONTAINERS_CONF", str(ROOT / "docker" / "containers.conf")))
-
-
-def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["podman", *args], env=ENV, capture_output=True, text=True,
-                          check=check, timeout=timeout)
-
-
-def engine_problem() -> str | None:
-    try:
-        info = podman("info", check=False)
-    except FileNotFoundError:
-        return "no container engine: podman is not installed (apt-get install podman)"
-    if info.returncode != 0:
-        return f"podman cannot run here: {info.stderr.strip()[-300:]}"
-    return None
+IMAGE = container_tools.IMAGE
+ENV = container_tools.ENV
+podman = container_tools.podman
 
 
 @pytest.fixture(scope="module")
-def container(tmp_path_factory):
-    problem = engine_problem()
+def image() -> str:
+    problem = container_tools.engine_problem()
     if problem:
         pytest.skip(problem)
     if podman("image", "exists", IMAGE, check=False).returncode != 0:
         subprocess.run(["bash", str(ROOT / "docker" / "image.sh")], env=ENV | {"IMAGE": IMAGE},
                        check=True, timeout=3600)
+    return IMAGE
+
+
+def wait_ready(port: int, is_running) -> None:
+    try:
+        print(f"ready {container_tools.wait_ready(port, is_running):.1f} s after start")
+    except RuntimeError as err:
+        pytest.fail(str(err))
+
+
+def fused(protocol: str, url: str, texts: list[bytes]) -> np.ndarray:
+    mod = httpclient if protocol == "http" else grpcclient
+    client = mod.InferenceServerClient(url)
+    inputs = [mod.InferInput("TEXT", [len(texts), 1], "BYTES"),
+              mod.InferInput("TIMESTAMP", [len(texts), 1], "INT64")]
+    inputs[0].set_data_from_numpy(np.array([[t] for t in texts], dtype=np.object_))
+    inputs[1].set_data_from_numpy(np.full((len(texts), 1), 1_700_000_000, dtype=np.int64))
+    return client.infer("fused_text", inputs).as_numpy("FUSED")
+
+
+@pytest.fixture(scope="module")
+def container(image, tmp_path_factory):
     secret = tmp_path_factory.mktemp("secret") / "admin-key"
     secret.write_text("key-from-a-mounted-secret\n")
     secret.chmod(0o644)
     ports = {8000: free_port(), 8001: free_port(), 8002: free_port()}
     name = f"fusedembed-test-{os.getpid()}"
-    started = time.monotonic()
     podman("run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp",
            "--shm-size", "1g", *(a for inner, outer in ports.items()
                                  for a in ("-p", f"127.0.0.1:{outer}:{inner}")),
            "-v", f"{secret}:/run/secrets/admin-key:ro",
-           "-e", "FUSEDEMBED_ADMIN_KEY_FILE=/run/secrets/admin-key", IMAGE)
+           "-e", "FUSEDEMBED_ADMIN_KEY_FILE=/run/secrets/admin-key", image)
+
+    def is_running() -> str | None:
+        state = podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+        if state != "running":
+            return f"container {state}: {podman('logs', name, check=False).stderr[-2000:]}"
+        return None
+
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            state = podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
-            if state != "running":
-                pytest.fail(f"container {state}: {podman('logs', name, check=False).stderr[-2000:]}")
-            try:
-                with urllib.request.urlopen(
-                        f"http://127.0.0.1:{ports[8000]}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the container was not ready in 900 s")
-            time.sleep(1)
-        print(f"container ready {time.monotonic() - started:.1f} s after start")
+        wait_ready(ports[8000], is_running)
         yield name, ports
     finally:
         stopped = podman("stop", "--time", "40", name, check=False, timeout=120)
@@ -93,16 +93,12 @@ def container(tmp_path_factory):
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_fused_text_through_published_ports(container, protocol):
     _, ports = container
-    mod = httpclient if protocol == "http" else grpcclient
-    client = mod.InferenceServerClient(f"127.0.0.1:{ports[8000 if protocol == 'http' else 8001]}")
-    texts = [b"served from a container", b"over published ports"]
-    inputs = [mod.InferInput("TEXT", [2, 1], "BYTES"), mod.InferInput("TIMESTAMP", [2, 1], "INT64")]
-    inputs[0].set_data_from_numpy(np.array([[t] for t in texts], dtype=np.object_))
-    inputs[1].set_data_from_numpy(np.full((2, 1), 1_700_000_000, dtype=np.int64))
-    fused = client.infer("fused_text", inputs).as_numpy("FUSED")
-    assert fused.shape == (2, 1536) and fused.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-5)
-    assert not np.allclose(fused[0], fused[1])
+    port = ports[8000 if protocol == "http" else 8001]
+    vectors = fused(protocol, f"127.0.0.1:{port}",
+                    [b"served from a container", b"over published ports"])
+    assert vectors.shape == (2, 1536) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])
 
 
 def test_runs_as_non_root_with_the_mounted_admin_key(container):
@@ -122,3 +118,36 @@ def test_runs_as_non_root_with_the_mounted_admin_key(container):
     assert index({ADMIN_HEADER: "key-from-a-mounted-secret"}) == 200
     with urllib.request.urlopen(f"http://127.0.0.1:{ports[8002]}/metrics", timeout=10) as r:
         assert b"fusedembed_fusion_version_info" in r.read()
+
+
+def test_compose_cpu_service_serves(image, tmp_path):
+    compose = Path(sys.executable).parent / "podman-compose"
+    if not compose.is_file():
+        pytest.fail("podman-compose is missing from the venv (requirements.txt installs it)")
+    ports = {"HTTP_PORT": free_port(), "GRPC_PORT": free_port(), "METRICS_PORT": free_port()}
+    env = ENV | {k: str(v) for k, v in ports.items()} | {
+        "FUSEDEMBED_ADMIN_KEY": "compose-key", "FUSEDEMBED_IMAGE": image}
+    project = f"fusedembed-test-{os.getpid()}"
+    command = [str(compose), "-p", project, "-f", str(ROOT / "docker" / "compose.yaml"),
+               "--profile", "cpu"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*command, *args], check=False, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    up = run("up", "-d", "fusedembed")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        name = f"{project}_fusedembed_1"
+
+        def is_running() -> str | None:
+            state = podman("inspect", "--format", "{{.State.Status}}", name,
+                           check=False).stdout.strip()
+            return None if state == "running" else f"compose service {state or 'missing'}"
+
+        wait_ready(ports["HTTP_PORT"], is_running)
+        vectors = fused("grpc", f"127.0.0.1:{ports['GRPC_PORT']}", [b"served by compose"])
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    finally:
+        down = run("down", "--volumes")
+    assert down.returncode == 0, down.stdout + down.stderr
