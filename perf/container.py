@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -80,13 +81,13 @@ def build() -> float:
 
 
 def layers() -> list[tuple[str, float]]:
-    out = podman("history", "--format", "{{.Size}}\t{{.CreatedBy}}", "--human=false",
-                 IMAGE).stdout
+    """The image's layers over 1 MB, newest first: (what made it, GB)."""
     rows = []
-    for line in out.splitlines():
-        size, _, created = line.partition("\t")
-        if size.isdigit() and int(size) > 1_000_000:
-            rows.append((created.replace("/bin/sh -c ", "")[:90], int(size) / 1e9))
+    for layer in json.loads(podman("history", "--format", "json", IMAGE).stdout):
+        if layer["size"] > 1_000_000:
+            made_by = re.sub(r"(dir|file):[0-9a-f]{64} ", "", layer["CreatedBy"])
+            made_by = made_by.replace("/bin/sh -c ", "").replace("#(nop) ", "")
+            rows.append((" ".join(made_by.split())[:100], layer["size"] / 1e9))
     return rows
 
 

@@ -129,3 +129,21 @@ def test_gpu_instance_on_a_cpu_only_onnxruntime_serves_the_same_vectors(reposito
     tokenizer = FamilyTokenizer(repository / family.triton_model / "1", family)
     batch = tokenizer.encode(["a GPU instance that falls back", "to the CPU"])
     np.testing.assert_array_equal(fallback.embed(batch), on_cpu.embed(batch))
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_session_and_fusemoe_run_there(repository):
+    import onnxruntime as ort
+    import torch
+
+    if CUDA not in ort.get_available_providers() or not torch.cuda.is_available():
+        pytest.skip("needs onnxruntime-gpu and a CUDA device")
+    spec = next(e for e in EMBEDDERS if e.id == "E1")
+    directory = repository / spec.triton_model / "1"
+    on_gpu = TokenEmbedder(spec, directory, placement=Placement(Gpu(providers=("cuda",)), 0))
+    assert on_gpu.session.get_providers()[0] == CUDA and on_gpu.placement_notes == []
+    family = tokenizer_family(spec.tokenizer)
+    batch = FamilyTokenizer(repository / family.triton_model / "1", family).encode(
+        ["measured on a GPU", "against the CPU"])
+    cosine = np.sum(on_gpu.embed(batch) * TokenEmbedder(spec, directory).embed(batch), axis=1)
+    assert np.all(cosine >= 0.9999), cosine
