@@ -216,7 +216,7 @@ class Placement:
         return cls(Gpu.from_parameters(params), int(device_id), model)
 
 
-def execution_providers(placement: Placement, available: list[str], precision: str = "fp32",
+def execution_providers(placement: Placement, available: list[str],
                         ) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
     """ONNX Runtime providers (name, options) for a session, the CPU last, and why each
     accelerator asked for is not among them."""
@@ -236,8 +236,7 @@ def execution_providers(placement: Placement, available: list[str], precision: s
             cache = Path(placement.gpu.engine_cache) / (placement.model or "model")
             providers.append((provider, {
                 "device_id": str(placement.device_id),
-                # FP32 models stay FP32; FP16 and FP8 (Q/DQ) graphs build FP16 engines.
-                "trt_fp16_enable": "False" if precision == "fp32" else "True",
+                "trt_fp16_enable": str(placement.gpu.trt_fp16),
                 "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
                 "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}))
         else:
@@ -296,8 +295,7 @@ class TokenEmbedder:
                 ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[level])
             # Many models share few cores: idle threads must sleep, not spin.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            providers, notes = execution_providers(placement, ort.get_available_providers(),
-                                                   self.precision)
+            providers, notes = execution_providers(placement, ort.get_available_providers())
             self.session = ort.InferenceSession(str(directory / ONNX_FILE), options,
                                                 providers=[p for p, _ in providers],
                                                 provider_options=[o for _, o in providers])

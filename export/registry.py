@@ -130,24 +130,28 @@ class Gpu:
     ``KIND_GPU`` instance groups for the token embedders and FuseMoE (tokenizers, the custom
     encoders and the entry points stay on CPU) and these settings as parameters. ONNX Runtime
     tries ``providers`` in order, then the CPU, and logs why each one it skipped was skipped;
-    TensorRT builds its engines (FP16 unless a model is served in FP32; an FP8 model's Q/DQ
-    graph as it is) into ``engine_cache``, a volume, so a restart does not rebuild them.
+    TensorRT builds its engines (FP16 kernels where ``trt_fp16``, the standard choice on a
+    GPU; an FP8 model's Q/DQ layers in FP8) into ``engine_cache``, a volume, so a restart
+    does not rebuild them.
     FuseMoE (and any module served from PyTorch) runs on CUDA, or on the CPU with a logged
     reason. Unmeasured: no GPU was available where this was written.
     """
 
     providers: tuple[str, ...] = ("tensorrt", "cuda")
     engine_cache: str = "/opt/fusedembed/trt-cache"
+    trt_fp16: bool = True
 
     def parameters(self) -> dict[str, str]:
         return {"device": "gpu", "execution_providers": ",".join(self.providers),
-                "trt_engine_cache": self.engine_cache}
+                "trt_engine_cache": self.engine_cache,
+                "trt_fp16": "true" if self.trt_fp16 else "false"}
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> Gpu:
         providers = params.get("execution_providers", ",".join(cls.providers))
         return cls(providers=tuple(p for p in providers.split(",") if p),
-                   engine_cache=params.get("trt_engine_cache", cls.engine_cache))
+                   engine_cache=params.get("trt_engine_cache", cls.engine_cache),
+                   trt_fp16=params.get("trt_fp16", "true") == "true")
 
 
 GPU = Gpu()

@@ -61,7 +61,7 @@ def test_unknown_device_is_refused():
 
 
 def test_gpu_settings_round_trip_through_config_parameters():
-    gpu = Gpu(providers=("cuda",), engine_cache="/cache")
+    gpu = Gpu(providers=("cuda",), engine_cache="/cache", trt_fp16=False)
     assert Gpu.from_parameters(gpu.parameters()) == gpu
     assert Placement.of_instance("GPU", "2", gpu.parameters()) == Placement(gpu, 2)
     assert Placement.of_instance("CPU", "0", gpu.parameters()) == Placement()
@@ -73,7 +73,7 @@ def test_cpu_instance_asks_for_the_cpu_only():
 
 
 def test_gpu_instance_tries_tensorrt_then_cuda_then_cpu():
-    providers, notes = execution_providers(ON_GPU, [TRT, CUDA, CPU_PROVIDER], "fp16")
+    providers, notes = execution_providers(ON_GPU, [TRT, CUDA, CPU_PROVIDER])
     assert [name for name, _ in providers] == [TRT, CUDA, CPU_PROVIDER]
     assert notes == []
     trt = providers[0][1]
@@ -83,8 +83,9 @@ def test_gpu_instance_tries_tensorrt_then_cuda_then_cpu():
     assert providers[1][1]["device_id"] == "1"
 
 
-def test_fp32_model_builds_fp32_engines():
-    providers, _ = execution_providers(ON_GPU, [TRT, CUDA, CPU_PROVIDER], "fp32")
+def test_fp16_engines_can_be_turned_off():
+    fp32 = Placement(Gpu(trt_fp16=False), model="e01_semantic")
+    providers, _ = execution_providers(fp32, [TRT, CUDA, CPU_PROVIDER])
     assert providers[0][1]["trt_fp16_enable"] == "False"
 
 
