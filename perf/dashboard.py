@@ -25,11 +25,24 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.registry import (
+    CACHED_MODEL,
+    EMBEDDERS,
+    ENSEMBLE_MODEL,
+    FAILSAFE_MODEL,
+    FUSEMOE_MODEL,
+    PREPROCESS_MODEL,
+    TOKENIZER_FAMILIES,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "docker" / "grafana" / "fusedembed.json"
 REPORTS = ROOT / "perf" / "reports"
-ENTRY = 'model=~"fused_text|fused_text_cached|fused_text_failsafe"'
-STEPS = 'model=~"preprocess|tok_.*|e[0-9]+_.*|fusemoe"'
+ENTRY_MODELS = (ENSEMBLE_MODEL, CACHED_MODEL, FAILSAFE_MODEL)
+STEP_MODELS = (PREPROCESS_MODEL, *(f.triton_model for f in TOKENIZER_FAMILIES),
+               *(e.triton_model for e in EMBEDDERS), FUSEMOE_MODEL)
+ENTRY = f'model=~"{"|".join(ENTRY_MODELS)}"'
+STEPS = f'model=~"{"|".join(STEP_MODELS)}"'
 # The Pods metric of the HPA (docker/k8s/prometheus-adapter/values.yaml), per pod.
 QUEUE_PER_REQUEST = (
     "sum by (pod) (delta(nv_inference_queue_duration_us[30s])) / (1 + sum by (pod) "

@@ -15,14 +15,13 @@ import yaml
 
 from ensemble import server
 from export.registry import GPU, MEMORY_BUDGET
-from perf.dashboard import DASHBOARD, rendered_json
+from perf.dashboard import DASHBOARD, ENTRY_MODELS, rendered_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 BIN = Path(sys.executable).parent
 OVERLAYS = ("cpu", "gpu")
 KUBERNETES = ("1.31.0", "1.37.0")  # the releases the manifests are checked against
-ENTRY_MODELS = ("fused_text", "fused_text_cached", "fused_text_failsafe")
 
 
 def tool(name: str) -> str:
@@ -72,8 +71,9 @@ def test_deployment_serves_as_the_server_expects(rendered):
     docs = documents(text)
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     (main,) = pod["containers"]
+    ports = server.Ports()  # the server's defaults, which the image keeps
     assert {p["name"]: p["containerPort"] for p in main["ports"]} == {
-        "http": 8000, "grpc": 8001, "metrics": 8002}
+        "http": ports.http, "grpc": ports.grpc, "metrics": ports.metrics}
     assert main["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert main["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert main["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
