@@ -5,11 +5,13 @@
 # (mmdebstrap -> podman import) unless BASE names an image that can be had. The context is
 # staged under .run/image/context: the project's files (tracked and untracked, not ignored),
 # the trained FuseMoE checkpoint of the built blocks, and the CPU torch wheel when it lies on
-# this disk. Settings: IMAGE, BASE, SUITE (Debian suite of the made base), ENGINE (podman).
+# this disk. Settings: IMAGE, BASE, SUITE (Debian suite of the made base), CONTAINERFILE
+# (docker/Containerfile; the GPU one with BASE=nvcr.io/nvidia/tritonserver:24.10-py3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 IMAGE=${IMAGE:-localhost/fusedembed:cpu}
+CONTAINERFILE=${CONTAINERFILE:-docker/Containerfile}
 SUITE=${SUITE:-bookworm}
 BASE=${BASE:-localhost/fusedembed-base:$SUITE}
 WORK=$ROOT/.run/image
@@ -71,6 +73,6 @@ done
 echo "building $IMAGE FROM $BASE ..."
 start=$(date +%s)
 podman build --isolation=chroot --format docker --build-arg "BASE=$BASE" \
-  -f docker/Containerfile -t "$IMAGE" "$WORK/context"
+  -f "$CONTAINERFILE" -t "$IMAGE" "$WORK/context"
 rm -rf "$WORK/context"
 echo "built $IMAGE in $(( $(date +%s) - start )) s: $(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')"
