@@ -140,8 +140,7 @@ def prepare_runtime(target: Path = TRITON_DIR) -> Path:
                 else:
                     (target / "backends" / backend.name).symlink_to(backend)
         else:
-            shutil.copytree(dist, target, symlinks=True,
-                            ignore=shutil.ignore_patterns("python_backend_stubs"))
+            shutil.copytree(dist, target, ignore=shutil.ignore_patterns("python_backend_stubs"))
         shutil.copy2(stub, target / "backends" / "python" / "triton_python_backend_stub")
         marker.touch()
     return target
