@@ -77,6 +77,10 @@ PANELS = (
            ((f'max by (model) (nv_inference_request_summary_us{{{ENTRY},quantile="0.95"}}) '
             "/ 1000"), "p95 {{model}}")),
           "Triton's latency summaries (--metrics-config summary_latencies=true)"),
+    Panel("Latency p95 by step", "ms",
+          (((f'max by (model) (nv_inference_request_summary_us{{{STEPS},quantile="0.95"}}) '
+            "/ 1000"), "{{model}}"),),
+          "Each model's own p95 (queue and compute), from Triton's latency summaries"),
     Panel("Average latency per request by model", "ms",
           ((per_request("nv_inference_request_duration_us", 'model=~".+"'), "{{model}}"),),
           "From Triton's duration counters"),
