@@ -148,3 +148,26 @@ def test_on_a_gpu_the_session_and_fusemoe_run_there(repository):
         ["measured on a GPU", "against the CPU"])
     cosine = np.sum(on_gpu.embed(batch) * TokenEmbedder(spec, directory).embed(batch), axis=1)
     assert np.all(cosine >= 0.9999), cosine
+
+
+@pytest.mark.parametrize("model", ["e01_semantic", "tok_bert_uncased"])
+def test_a_gpu_build_writes_placed_built_configs(repository, tmp_path, model):
+    import shutil
+
+    from google.protobuf import text_format
+
+    from export.build import BUILT_CONFIG, write_built_config
+
+    (tmp_path / model / "1").mkdir(parents=True)
+    shutil.copy(repository / model / "config.pbtxt", tmp_path / model)
+    shutil.copy(repository / model / "1" / "build.json", tmp_path / model / "1")
+    built = {}
+    for device in ("cpu", "gpu"):
+        write_built_config(tmp_path, model, device=device)
+        built[device] = text_format.Parse(
+            (tmp_path / model / "configs" / f"{BUILT_CONFIG}.pbtxt").read_text(),
+            mc.ModelConfig())
+    assert built["gpu"].parameters["weights"] == built["cpu"].parameters["weights"]
+    assert built["gpu"] == placed(built["cpu"], "gpu")
+    neural = model.startswith("e01")
+    assert (built["gpu"].instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU) == neural
