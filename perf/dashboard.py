@@ -49,6 +49,11 @@ QUEUE_PER_REQUEST = (
     f"(delta(nv_inference_request_success{{{ENTRY}}}[30s])))")
 
 
+def rate_by(counter: str, label: str) -> str:
+    """Per second over 5 minutes, by ``label``."""
+    return f"sum by ({label}) (rate({counter}[5m]))"
+
+
 def per_request(counter: str, selector: str, scale: float = 1000.0) -> str:
     """Microseconds of ``counter`` per successful request, by model, in ms."""
     return (f"sum by (model) (rate({counter}{{{selector}}}[1m])) / sum by (model) "
@@ -96,14 +101,13 @@ PANELS = (
           ((("sum(rate(nv_cache_num_hits_per_model[5m])) / (sum(rate(nv_cache_num_hits_per_model"
             "[5m])) + sum(rate(nv_cache_num_misses_per_model[5m])))"), "fused_text_cached"),)),
     Panel("PII redactions per second by type", "ops",
-          (("sum by (type) (rate(fusedembed_pii_redactions_total[5m]))", "{{type}}"),)),
+          ((rate_by("fusedembed_pii_redactions_total", "type"), "{{type}}"),)),
     Panel("Truncated texts per second by block", "ops",
-          (("sum by (block) (rate(fusedembed_truncations_total[5m]))", "{{block}}"),)),
+          ((rate_by("fusedembed_truncations_total", "block"), "{{block}}"),)),
     Panel("Fail-safe: blocks left out per second", "ops",
-          (("sum by (block) (rate(fusedembed_failsafe_missing_blocks_total[5m]))",
-            "{{block}}"),)),
+          ((rate_by("fusedembed_failsafe_missing_blocks_total", "block"), "{{block}}"),)),
     Panel("FuseMoE expert share", "percentunit",
-          ((("sum by (expert) (rate(fusedembed_expert_selections_total[5m])) / ignoring (expert) "
+          (((f"{rate_by('fusedembed_expert_selections_total', 'expert')} / ignoring (expert) "
             "group_left sum(rate(fusedembed_expert_selections_total[5m]))"), "expert {{expert}}"),)),
     Panel("Fusion version served", "none",
           (("max by (version) (fusedembed_fusion_version_info)", "{{version}}"),)),

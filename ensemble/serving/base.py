@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from ensemble.stages import Placement
+
 
 class RequestError(ValueError):
     """A request's input is unusable; the message names the input."""
@@ -84,9 +86,10 @@ class Adapter:
         # Fault injection for resilience tests, off unless a config sets these parameters.
         self.fault_delay_s = float(self.params.get("inject_delay_ms", "0")) / 1000.0
         self.fault_error = self.params.get("inject_error", "") == "true"
-        # The instance group Triton placed this instance in (KIND_GPU in a GPU build).
-        self.instance = (args.get("model_instance_kind", "CPU"),
-                         args.get("model_instance_device_id", "0"))
+        # Where Triton placed this instance (its instance group: KIND_GPU in a GPU build).
+        self.placement = Placement.of_instance(args.get("model_instance_kind", "CPU"),
+                                               args.get("model_instance_device_id", "0"),
+                                               self.params, self.name)
         self.setup()
 
     def setup(self) -> None:

@@ -25,7 +25,7 @@ from ensemble.serving.metrics import (
     LabelledCounter,
     VersionInfo,
 )
-from ensemble.stages import Placement, torch_device
+from ensemble.stages import torch_device
 from ensemble.validation import GateControls, InvalidInput, Validator
 from export.registry import (
     BLOCK_SUFFIX,
@@ -55,9 +55,7 @@ class TritonPythonModel(Adapter):
             torch.set_num_threads(threads)
         precision = self.params.get("precision", "fp32")
         self.model, self.manifest = fusemoe.load(self.directory, precision=precision)
-        self.device, notes = torch_device(
-            Placement.of_instance(*self.instance, self.params, self.name),
-            torch.cuda.is_available())
+        self.device, notes = torch_device(self.placement, torch.cuda.is_available())
         self.model.to(self.device)
         self.log_placement(f"torch {self.device}", notes)
         self.validator = Validator()
@@ -69,8 +67,8 @@ class TritonPythonModel(Adapter):
             [str(i) for i in range(self.model.cfg.num_experts)])
         # Kept: a family that is garbage-collected leaves the metrics page.
         self.version_info = VersionInfo(FUSION_VERSION_INFO,
-                                        "1 for the FuseMoE checkpoint being served")
-        self.version_info.serve(self.manifest.version)
+                                        "1 for the FuseMoE checkpoint being served",
+                                        self.manifest.version)
 
     def execute(self, requests):
         return self.run_batched(requests, self._read, self._fuse)

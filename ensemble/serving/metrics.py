@@ -41,16 +41,11 @@ class LabelledCounter:
 
 
 class VersionInfo:
-    """A gauge that is 1 for the version being served (0 for one served before it)."""
+    """A gauge at 1 labelled with the version an instance serves. It lives as long as its
+    instance: a hot swap unloads the old version's and loads the new one's."""
 
-    def __init__(self, name: str, description: str) -> None:
+    def __init__(self, name: str, description: str, version: str) -> None:
         self.family = pb_utils.MetricFamily(name=name, description=description,
                                             kind=pb_utils.MetricFamily.GAUGE)
-        self.metrics: dict[str, object] = {}
-
-    def serve(self, version: str) -> None:
-        for metric in self.metrics.values():
-            metric.set(0.0)
-        if version not in self.metrics:
-            self.metrics[version] = self.family.Metric(labels={"version": version})
-        self.metrics[version].set(1.0)
+        self.metric = self.family.Metric(labels={"version": version})
+        self.metric.set(1.0)

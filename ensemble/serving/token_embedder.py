@@ -12,7 +12,7 @@ from ensemble.serving.base import (
     optional_texts,
     split_rows,
 )
-from ensemble.stages import Placement, TokenBatch, TokenEmbedder, merge
+from ensemble.stages import TokenBatch, TokenEmbedder, merge
 from export.registry import (
     ATTENTION_MASK,
     EMBEDDING,
@@ -48,9 +48,8 @@ def truncation_allowed(request) -> bool:
 
 class TritonPythonModel(Adapter):
     def setup(self) -> None:
-        placement = Placement.of_instance(*self.instance, self.params, self.name)
         self.embedder = TokenEmbedder(embedder(self.params["block_id"]), self.directory,
-                                      Runtime.from_parameters(self.params), placement)
+                                      Runtime.from_parameters(self.params), self.placement)
         self.log_placement(self.embedder.where, self.embedder.placement_notes)
 
     def execute(self, requests):
