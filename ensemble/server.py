@@ -2,6 +2,10 @@
 
     python -m ensemble.server        # HTTP_PORT, GRPC_PORT, METRICS_PORT (8000/8001/8002)
 
+Once Triton is ready it starts the OpenAI-compatible gateway beside it on GATEWAY_PORT (8080;
+``fusedembed gateway``, bound like Triton; GATEWAY_PORT=off leaves it out) and stops it with
+the server.
+
 The wheel's binary needs: its bundled libraries on ``LD_LIBRARY_PATH``; the Python stub for
 this interpreter's version copied into the backend folder; ``--cache-directory`` pointing at
 its ``caches/``; and the venv's ``python3`` first on ``PATH`` (the stub finds its packages
@@ -357,7 +361,61 @@ class TritonServer:
         self.process = None
 
 
-def usage_text(server: TritonServer) -> str:
+@dataclass
+class Gateway:
+    """``fusedembed gateway`` as a child process talking to ``triton_grpc``."""
+
+    triton_grpc: str
+    port: int = 8080
+    host: str = field(default_factory=lambda: os.environ.get("FUSEDEMBED_HOST", "127.0.0.1"))
+    log_path: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fusedembed_client.gateway", "--triton-url", self.triton_grpc,
+             "--host", self.host, "--port", str(self.port), *self.extra_args],
+            stdout=log or None, stderr=subprocess.STDOUT if log else None)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"the gateway exited with code {self.process.returncode}"
+                                  + (f"; see {self.log_path}" if self.log_path else ""))
+            try:
+                with urllib.request.urlopen(f"{self.url}/info", timeout=2):
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        self.stop()
+        raise ServerError(f"the gateway did not answer on {self.url} within {timeout:.0f} s")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def gateway_port() -> int | None:
+    """GATEWAY_PORT (default 8080); "off" or "0" for no gateway."""
+    value = os.environ.get("GATEWAY_PORT", "8080").strip().lower()
+    return None if value in ("off", "0", "") else int(value)
+
+
+def usage_text(server: TritonServer, gateway: Gateway | None = None) -> str:
     if server.admin_key is None:
         admin = "model-repository and shared-memory APIs open (FUSEDEMBED_OPEN_ADMIN=1)"
     else:
@@ -365,19 +423,23 @@ def usage_text(server: TritonServer) -> str:
                       if os.environ.get(name)), str(RUN_DIR / "admin-key"))
         admin = (f"model-repository and shared-memory APIs need the header {ADMIN_HEADER}: "
                  f"the key in {where}")
+    curl = (f"\n  curl {gateway.url}/v1/embeddings -H 'Content-Type: application/json' "
+            """-d '{"model": "fusedembed", "input": "hello world"}'""" if gateway else "")
     cli = Path(sys.executable).parent / "fusedembed"
     try:
         cli = cli.relative_to(Path.cwd())
     except ValueError:
         pass
+    openai = (f"\n  OpenAI   {gateway.url}/v1/embeddings   (also /embed, /health, /info, /metrics)"
+              if gateway else "")
     return f"""fusedembed is ready.
   HTTP     http://{server.http_url}   (KServe v2: POST /v2/models/fused_text/infer)
-  gRPC     {server.grpc_url}
+  gRPC     {server.grpc_url}{openai}
   metrics  http://{server._client_host}:{server.ports.metrics}/metrics
   admin    {admin}
 
   {cli} embed "hello world" --url {server.http_url}
-  {cli} embed "hello world" --protocol grpc --url {server.grpc_url}
+  {cli} embed "hello world" --protocol grpc --url {server.grpc_url}{curl}
 
 Press Ctrl-C to stop."""
 
@@ -412,16 +474,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"ready in {time.perf_counter() - start:.1f} s", flush=True)
-    print(usage_text(server), flush=True)
+    gateway = None
     try:
+        port = gateway_port()
+        if port is not None:
+            gateway = Gateway(server.grpc_url, port, server.host)
+            gateway.start()
+        print(usage_text(server, gateway), flush=True)
         while not stopping:
             assert server.process is not None
             if server.process.poll() is not None:
                 print(f"tritonserver exited with code {server.process.returncode}",
                       file=sys.stderr)
                 return 1
+            if gateway is not None and gateway.process is not None \
+                    and gateway.process.poll() is not None:
+                print(f"the gateway exited with code {gateway.process.returncode}",
+                      file=sys.stderr)
+                return 1
             time.sleep(0.5)
+    except ServerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
+        if gateway is not None:
+            gateway.stop()
         print("stopping tritonserver ...", flush=True)
         server.stop()
     return 0

@@ -379,6 +379,9 @@ FUSED = "FUSED"
 EXPERT_WEIGHTS = "EXPERT_WEIGHTS"
 SELECTED_EXPERTS = "SELECTED_EXPERTS"  # INT32 [k]: by descending weight, -1 past a row's k
 FUSION_VERSION = "FUSION_VERSION"  # BYTES [1]: the FuseMoE checkpoint that produced FUSED
+# INT32 [1]: the text's tokens under USAGE_TOKENIZER, special tokens included, before any
+# model's truncation (what a client bills or meters; the OpenAI-compatible gateway's usage).
+TOKENS = "TOKENS"
 # Optional gate controls, per item (defaults: FuseMoEConfig and "every block, weight 1").
 TEMPERATURE = "TEMPERATURE"  # FP32 [1]: softmax temperature of the gate
 TOP_K = "TOP_K"  # INT32 [1]: experts mixed per item, 1..num_experts
@@ -399,6 +402,7 @@ TRUNCATED_SUFFIX = "_TRUNCATED"  # FuseMoE inputs: each token embedder's truncat
 CLEAN_TEXT = "text"  # preprocess outputs: the validated (and scrubbed) text ...
 CLEAN_TIMESTAMP = "timestamp"  # ... and the validated timestamp
 FLAG = "truncated"  # a token embedder's per-text truncation flag
+TOKEN_COUNT = "token_count"  # a tokenizer's per-text token count (the ensemble's TOKENS)
 FAILSAFE_MODEL = "fused_text_failsafe"
 MISSING = "MISSING"  # BOOL [12]: blocks the fail-safe entry point filled with zeros
 
@@ -419,6 +423,11 @@ def embedder(block_id: str) -> Embedder:
         if spec.id == block_id:
             return spec
     raise KeyError(f"unknown embedder {block_id!r}; known: {[e.id for e in EMBEDDERS]}")
+
+
+def usage_tokenizer() -> TokenizerFamily:
+    """The family whose counts are TOKENS: E1's (WordPiece, shared by five of the twelve)."""
+    return tokenizer_family(embedder("E1").tokenizer or "")
 
 
 def tokenizer_family(name: str) -> TokenizerFamily:

@@ -97,6 +97,7 @@ def tokenizer_config(family: r.TokenizerFamily) -> mc.ModelConfig:
     cfg.input.append(_tensor(mc.ModelInput, r.TEXT, BYTES, [1]))
     cfg.output.append(_tensor(mc.ModelOutput, r.INPUT_IDS, INT64, [-1]))
     cfg.output.append(_tensor(mc.ModelOutput, r.ATTENTION_MASK, INT64, [-1]))
+    cfg.output.append(_tensor(mc.ModelOutput, r.TOKEN_COUNT, INT32, [1]))
     _warmup(cfg, {})
     return cfg
 
@@ -173,6 +174,7 @@ def ensemble_config(name: str = r.ENSEMBLE_MODEL) -> mc.ModelConfig:
     cfg.input.extend(gate_control_inputs())
     preprocess = preprocess_config()
     cfg.output.append(_tensor(mc.ModelOutput, r.REDACTIONS, INT32, list(preprocess.output[2].dims)))
+    cfg.output.append(_tensor(mc.ModelOutput, r.TOKENS, INT32, [1]))
     fusemoe = fusemoe_config()
     # FUSED, the gate outputs, and every block (E1 ... E12): a client that asks only for
     # FUSED receives only FUSED.
@@ -195,12 +197,15 @@ def ensemble_config(name: str = r.ENSEMBLE_MODEL) -> mc.ModelConfig:
         input_map={r.TEXT: r.TEXT, r.TIMESTAMP: r.TIMESTAMP},
         output_map={r.CLEAN_TEXT: text, r.CLEAN_TIMESTAMP: stamp}
         | ({r.REDACTIONS: r.REDACTIONS} if name == r.ENSEMBLE_MODEL else {})))
+    usage = r.usage_tokenizer()
     for family in TOKENIZER_FAMILIES:
         steps.append(mc.ModelEnsembling.Step(
             model_name=family.triton_model, model_version=-1,
             input_map={r.TEXT: text},
             output_map={r.INPUT_IDS: f"{family.triton_model}.{r.INPUT_IDS}",
-                        r.ATTENTION_MASK: f"{family.triton_model}.{r.ATTENTION_MASK}"}))
+                        r.ATTENTION_MASK: f"{family.triton_model}.{r.ATTENTION_MASK}"}
+            | ({r.TOKEN_COUNT: r.TOKENS}
+               if family == usage and name == r.ENSEMBLE_MODEL else {})))
     for spec in EMBEDDERS:
         if spec.input is Input.TOKENS:
             tok = r.tokenizer_family(spec.tokenizer or "").triton_model

@@ -12,7 +12,8 @@
 4. Race B: the hand-written side and fused_text on exactly the same texts, taking turns;
    the response cache (fused_text_cached) under a workload with repeats: hit ratio,
    server-side time per hit.
-5. Locust (perf/locustfile.py): HTTP and gRPC users, valid and bad requests.
+5. The OpenAI-compatible gateway against direct gRPC (perf/gateway.py), taking turns.
+6. Locust (perf/locustfile.py): HTTP, gRPC and OpenAI-route users, valid and bad requests.
 
 This runs on the project's repository (``make bench`` builds the default profile first);
 ``make bench PROFILE=full`` runs perf/bench_full.py instead. Writes perf/reports/bench.md
@@ -30,12 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import race_a, race_b, tools
+from perf import gateway, race_a, race_b, tools
 from perf.workload import (
     REPORTS,
     RESULTS,
     RUN,
     T0,
+    free_port,
     input_data,
     machine,
     model_stats,
@@ -262,7 +264,10 @@ def write(results: dict, args: argparse.Namespace, seconds: float) -> Path:
               *[f"| {x['concurrency']} | {x['items_per_s']:.0f} | {x['p50_ms']:.2f} | "
                 f"{x['p95_ms']:.2f} |" for x in cache["loops"]], "",
               "![cache](bench-cache.png)", "",
-              (f"## Locust: HTTP and gRPC users, valid and bad requests ({locust['users']} "
+              "## The OpenAI-compatible gateway against direct gRPC (perf/reports/gateway.md)",
+              "", *gateway.report_lines(results["gateway"]), "",
+              (f"## Locust: HTTP, gRPC and OpenAI-route users, valid and bad requests "
+               f"({locust['users']} "
                f"users, {locust['seconds']} s, fused_text)"), "",
               "| request | count | failures | median ms | p95 ms | requests/s |",
               "|---|---|---|---|---|---|"]
@@ -315,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--race-b-texts", type=int, default=256)
     parser.add_argument("--race-b-turns", type=int, default=3)
     parser.add_argument("--race-a-seconds", type=float, default=10.0)
+    parser.add_argument("--gateway-seconds", type=float, default=12.0)
+    parser.add_argument("--gateway-rounds", type=int, default=3)
     parser.add_argument("--locust-users", type=int, default=8)
     parser.add_argument("--locust-seconds", type=int, default=60)
     args = parser.parse_args(argv)
@@ -325,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"perf tools: {results['perf_analyzer']}", flush=True)
     texts = sentences(512)
     data = input_data(texts, RUN_BENCH / "fused_text-input.json")
-    print("[1/5] Race A (each side alone):", flush=True)
+    print("[1/6] Race A (each side alone):", flush=True)
     results["race_a"] = race_a.race(texts, args.race_a_seconds)
-    print("[2/5] Race B, hand-written side: loading ...", flush=True)
+    print("[2/6] Race B, hand-written side: loading ...", flush=True)
     hand = race_b.HandWritten(REPOSITORY)
     runs = []
     with started_server(REPOSITORY, RUN_BENCH / "triton.log") as server:
@@ -336,14 +343,14 @@ def main(argv: list[str] | None = None) -> int:
         with FusedEmbedClient(server.grpc_url, "grpc") as client:
             results["fusion_version"] = client.embed("warm-up", T0).fusion_version
         results["tritonserver"] = server_version(server.http_url)
-        print("[3/5] perf_analyzer on fused_text:", flush=True)
+        print("[3/6] perf_analyzer on fused_text:", flush=True)
         for c in args.concurrency:
             runs.append(perf_analyzer(server.grpc_url, server.http_url, data, 1, c,
                                       args.interval_ms))
         for c in args.batch_concurrency:
             runs.append(perf_analyzer(server.grpc_url, server.http_url, data, 32, c,
                                       args.interval_ms))
-        print("[4/5] Race B (taking turns), response cache:", flush=True)
+        print("[4/6] Race B (taking turns), response cache:", flush=True)
         race_texts = texts[:args.race_b_texts]
         results["race_b"] = race_b.race(hand, server.grpc_url, server.http_url,
                                                    race_texts, args.race_b_turns)
@@ -352,11 +359,23 @@ def main(argv: list[str] | None = None) -> int:
         results["cache"] = cache_pass(server.grpc_url, server.http_url, texts, 512, 64)
         results["cache"]["loops"] = cached_loops(server.grpc_url, results["cache"]["texts"],
                                                  args.race_a_seconds)
-        print("[5/5] Locust:", flush=True)
+        print("[5/6] the gateway against direct gRPC:", flush=True)
+        results["gateway"] = gateway.run(server.grpc_url, args.gateway_seconds,
+                                         args.gateway_rounds, RUN_BENCH)
+        gateway.write(results["gateway"])
+        print("[6/6] Locust:", flush=True)
+        from ensemble.server import Gateway
+
+        openai_route = Gateway(server.grpc_url, free_port(), "127.0.0.1",
+                               RUN_BENCH / "gateway-locust.log")
+        openai_route.start()
+        try:
+            rows = tools.locust(server.http_url, server.grpc_url, args.locust_users,
+                                args.locust_seconds, RUN_BENCH / "locust", openai_route.url)
+        finally:
+            openai_route.stop()
         results["locust"] = {"users": args.locust_users, "seconds": args.locust_seconds,
-                             "rows": tools.locust(server.http_url, server.grpc_url,
-                                                  args.locust_users, args.locust_seconds,
-                                                  RUN_BENCH / "locust")}
+                             "rows": rows}
     results["fused_text"] = runs
     report = write(results, args, time.perf_counter() - start)
     print(f"report: {report}; summary: {RESULTS / 'summary.json'}; ({FUSEMOE_MODEL} "

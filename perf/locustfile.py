@@ -1,6 +1,8 @@
-"""Locust users for fused_text: HTTP (KServe v2 JSON) and gRPC (tritonclient), valid and bad.
+"""Locust users for fused_text: HTTP (KServe v2 JSON) and gRPC (tritonclient), valid and bad;
+with ``--gateway-url`` also the OpenAI route of the gateway (OpenAIUser).
 
-    locust -f perf/locustfile.py --host http://127.0.0.1:8000 --grpc-url 127.0.0.1:8001
+    locust -f perf/locustfile.py --host http://127.0.0.1:8000 --grpc-url 127.0.0.1:8001 \
+        [--gateway-url http://127.0.0.1:8080 HttpUser GrpcUser OpenAIUser]
 
 Valid requests (short texts, and a share of long ones of about 512 tokens, the limit of most
 embedders) must get a 1536-D vector; bad ones (empty text, invalid UTF-8, a timestamp out of
@@ -50,6 +52,8 @@ BAD = {
 @events.init_command_line_parser.add_listener
 def _options(parser):
     parser.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC host:port")
+    parser.add_argument("--gateway-url", default="http://127.0.0.1:8080",
+                        help="the OpenAI-compatible gateway (OpenAIUser)")
 
 
 def _json_body(text: str, stamp: int) -> dict:
@@ -159,3 +163,54 @@ class GrpcUser(User):
         name = random.choice(list(BAD))
         text, stamp, message = BAD[name]
         self._infer(f"grpc {name}", text, stamp, message)
+
+
+class OpenAIUser(User):
+    """POST /v1/embeddings as the OpenAI SDK sends it (base64), lists of 1 to 8 texts; a 429
+    or 503 is back-pressure, retried with back-off; bad requests must get a 422."""
+
+    wait_time = between(0.0, 0.2)
+    weight = 1
+
+    def on_start(self) -> None:
+        from locust.contrib.fasthttp import FastHttpSession
+
+        self.client = FastHttpSession(self.environment.parsed_options.gateway_url,
+                                      self.environment.events.request, self)
+
+    def _embed(self, name: str, texts: list[str]) -> None:
+        body = {"model": "fusedembed", "input": texts, "encoding_format": "base64",
+                "timestamp": T0}
+        for delay in (*BACKOFF_S, None):
+            with self.client.post("/v1/embeddings", json=body, name=name,
+                                  catch_response=True) as r:
+                if r.status_code in (429, 503) and delay is not None:
+                    r.request_meta["name"] = f"{name} refused (retried)"
+                    r.success()
+                    time.sleep(delay * random.uniform(0.5, 1.0))
+                    continue
+                if r.status_code != 200:
+                    r.failure(f"{r.status_code}: {r.text[:200]}")
+                elif [len(d["embedding"]) for d in r.json()["data"]] != [8192] * len(texts):
+                    r.failure("not one 1536-D float32 vector (8192 base64 characters) per text")
+                return
+
+    @task(7)
+    def valid(self) -> None:
+        self._embed("openai valid", [sentence() for _ in range(random.randint(1, 8))])
+
+    @task(1)
+    def valid_long(self) -> None:
+        self._embed("openai valid long", [long_text()])
+
+    @task(2)
+    def bad(self) -> None:
+        name = random.choice([k for k in BAD if k != "bad-utf8"])
+        text, stamp, message = BAD[name]
+        body = {"model": "fusedembed", "input": [text], "timestamp": stamp}
+        with self.client.post("/v1/embeddings", json=body, name=f"openai {name}",
+                              catch_response=True) as r:
+            if r.status_code != 422 or message not in r.text:
+                r.failure(f"expected a 422 naming the field, got {r.status_code}")
+            else:
+                r.success()

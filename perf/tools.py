@@ -128,17 +128,20 @@ def libraries() -> Path:
     return frozen_venv(LIBRARIES, LIBRARIES_REQUIREMENTS) / "python"
 
 
-def locust(http_url: str, grpc_url: str, users: int, seconds: int, prefix: Path) -> list[dict]:
-    """perf/locustfile.py headless (HTTP and gRPC users, valid and bad requests) for
-    ``seconds``; returns the rows of its statistics CSV (one per request name, and
-    "Aggregated")."""
+def locust(http_url: str, grpc_url: str, users: int, seconds: int, prefix: Path,
+           gateway_url: str | None = None) -> list[dict]:
+    """perf/locustfile.py headless (HTTP and gRPC users, valid and bad requests; with
+    ``gateway_url`` the OpenAI-route user too) for ``seconds``; returns the rows of its
+    statistics CSV (one per request name, and "Aggregated")."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
     print(f"locust: {users} users for {seconds} s ...", flush=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "locust", "-f", str(ROOT / "perf" / "locustfile.py"),
          "--headless", "-u", str(users), "-r", str(max(1, users // 4)), "-t", f"{seconds}s",
          "--host", f"http://{http_url}", "--grpc-url", grpc_url, "--csv", str(prefix),
-         "--only-summary", "--stop-timeout", "30"])
+         "--only-summary", "--stop-timeout", "30",
+         *(["--gateway-url", gateway_url, "HttpUser", "GrpcUser", "OpenAIUser"] if gateway_url
+           else ["HttpUser", "GrpcUser"])])
     try:
         proc.wait(timeout=seconds + 120)
     except subprocess.TimeoutExpired:

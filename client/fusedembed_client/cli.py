@@ -1,5 +1,6 @@
 """``fusedembed embed TEXT``: print the fused vector the server returns for one text.
-``fusedembed info``: the models the server runs and the weights each serves."""
+``fusedembed info``: the models the server runs and the weights each serves.
+``fusedembed gateway``: the OpenAI-compatible HTTP gateway (the ``gateway`` extra)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,39 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show each model and whether its weights are pretrained")
     info.add_argument("--url", default=os.environ.get("FUSEDEMBED_URL"))
     info.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    gateway = sub.add_parser("gateway", help="serve /v1/embeddings, /embed, /health, /info "
+                             "and /metrics over HTTP in front of Triton's gRPC endpoint")
+    gateway.add_argument("--triton-url", help="Triton's gRPC host:port (default "
+                         "FUSEDEMBED_GATEWAY_TRITON_URL or 127.0.0.1:8001)")
+    gateway.add_argument("--host", help="address to bind (default FUSEDEMBED_HOST or 127.0.0.1)")
+    gateway.add_argument("--port", type=int, help="port (default GATEWAY_PORT or 8080)")
+    gateway.add_argument("--max-inflight-texts", type=int,
+                         help="texts embedded at once before 429 (default 2048)")
+    gateway.add_argument("--max-body-bytes", type=int, help="largest body, else 413 (8 MiB)")
+    gateway.add_argument("--timeout-s", type=float, help="longest wait for vectors, else 504 (60)")
     return parser
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    try:
+        from fusedembed_client.gateway import Settings, serve
+    except ImportError as err:
+        print(f"error: {err.name} is missing; install fusedembed-client[gateway]",
+              file=sys.stderr)
+        return 1
+    given = {k: v for k, v in vars(args).items()
+             if k in {f.name for f in dataclasses.fields(Settings)} and v is not None}
+    try:
+        settings = dataclasses.replace(Settings.from_env(), **given).checked()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"fusedembed gateway on http://{settings.host}:{settings.port} "
+          f"(Triton gRPC {settings.triton_url})", flush=True)
+    serve(settings)
+    return 0
 
 
 def _info(client: FusedEmbedClient) -> int:
@@ -66,6 +99,8 @@ def _gate(args: argparse.Namespace) -> GateControls:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "gateway":
+        return _gateway(args)
     try:
         with FusedEmbedClient(args.url, args.protocol) as client:
             if args.command == "info":

@@ -17,7 +17,7 @@ CACHED_MODEL = "fused_text_cached"
 MAX_BATCH = 32  # the ensemble's max_batch_size; larger batches are sent in chunks
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "TRUNCATED", "REDACTIONS",
-           "FUSION_VERSION")
+           "FUSION_VERSION", "TOKENS")
 REDACTION_TYPES = ("EMAIL", "PHONE", "SSN", "CARD", "API_KEY", "BEARER_TOKEN", "IP")
 BLOCKS = tuple(f"E{i}" for i in range(1, 13))
 KINDS = ("query", "passage")
@@ -69,10 +69,11 @@ class Embedding:
     redactions: dict[str, int] = field(default_factory=dict)  # PII replaced, per type
     blocks: dict[str, np.ndarray] = field(default_factory=dict)  # E1 ... E12 when asked
     fusion_version: str = ""  # the FuseMoE checkpoint that produced the vector
+    tokens: int = 0  # the text's WordPiece tokens (E1's tokenizer, specials included, uncut)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"dim": int(self.vector.shape[0]), "vector": self.vector.tolist(),
-               "fusion_version": self.fusion_version,
+               "fusion_version": self.fusion_version, "tokens": self.tokens,
                "expert_weights": self.expert_weights.tolist(),
                "selected_experts": self.selected_experts.tolist(),
                "truncated": list(self.truncated), "redactions": self.redactions}
@@ -111,6 +112,23 @@ class GateControls:
         if self.missing:
             out["PRESENCE"] = ("BOOL", np.array([b not in self.missing for b in BLOCKS]))
         return out
+
+
+def request_tensors(texts: Sequence[str], timestamps: Sequence[int], kind: str = "passage",
+                    truncate: bool = True, gate: GateControls | None = None,
+                    ) -> list[tuple[str, str, np.ndarray]]:
+    """The inputs of one fused_text request as (name, Triton dtype, array); optional inputs
+    only where they differ from the server's defaults."""
+    tensors = [("TEXT", "BYTES", np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)),
+               ("TIMESTAMP", "INT64", np.array([[int(s)] for s in timestamps], dtype=np.int64))]
+    if kind != "passage":  # the server's default
+        tensors.append(("KIND", "BYTES", np.array([[kind.encode()]] * len(texts),
+                                                  dtype=np.object_)))
+    if not truncate:  # the server's default is to truncate
+        tensors.append(("TRUNCATE", "BOOL", np.zeros((len(texts), 1), dtype=bool)))
+    for name, (dtype, row) in (gate or GateControls()).tensors().items():
+        tensors.append((name, dtype, np.tile(row, (len(texts), 1))))
+    return tensors
 
 
 @dataclass(frozen=True)
@@ -241,22 +259,8 @@ class FusedEmbedClient:
                blocks: tuple[str, ...], truncate: bool, gate: GateControls,
                ) -> list[Embedding]:
         tc = self._tc
-        text = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
-        stamp = np.array([[int(s)] for s in timestamps], dtype=np.int64)
-        inputs = [tc.InferInput("TEXT", list(text.shape), "BYTES"),
-                  tc.InferInput("TIMESTAMP", list(stamp.shape), "INT64")]
-        inputs[0].set_data_from_numpy(text)
-        inputs[1].set_data_from_numpy(stamp)
-        if kind != "passage":  # the server's default
-            kinds = np.array([[kind.encode()]] * len(texts), dtype=np.object_)
-            inputs.append(tc.InferInput("KIND", list(kinds.shape), "BYTES"))
-            inputs[-1].set_data_from_numpy(kinds)
-        if not truncate:  # the server's default is to truncate
-            flags = np.zeros((len(texts), 1), dtype=bool)
-            inputs.append(tc.InferInput("TRUNCATE", list(flags.shape), "BOOL"))
-            inputs[-1].set_data_from_numpy(flags)
-        for name, (dtype, row) in gate.tensors().items():
-            value = np.tile(row, (len(texts), 1))
+        inputs = []
+        for name, dtype, value in request_tensors(texts, timestamps, kind, truncate, gate):
             inputs.append(tc.InferInput(name, list(value.shape), dtype))
             inputs[-1].set_data_from_numpy(value)
         names = ("FUSED",) if self.model == CACHED_MODEL else (*OUTPUTS, *blocks)
@@ -268,12 +272,12 @@ class FusedEmbedClient:
         if self.model == CACHED_MODEL:
             empty = np.zeros(0, dtype=np.float32)
             return [Embedding(v, empty, empty.astype(np.int32)) for v in result.as_numpy("FUSED")]
-        fused, weights, selected, cut, redacted, version = (result.as_numpy(name)
-                                                            for name in OUTPUTS)
+        fused, weights, selected, cut, redacted, version, tokens = (result.as_numpy(name)
+                                                                    for name in OUTPUTS)
         block_arrays = {b: result.as_numpy(b) for b in blocks}
         return [Embedding(fused[i], weights[i], selected[i][selected[i] >= 0],
                           tuple(b for b, c in zip(BLOCKS, cut[i]) if c),
                           {t: int(n) for t, n in zip(REDACTION_TYPES, redacted[i]) if n},
                           {b: a[i] for b, a in block_arrays.items()},
-                          version[i][0].decode("utf-8"))
+                          version[i][0].decode("utf-8"), int(tokens[i][0]))
                 for i in range(len(texts))]

@@ -1,4 +1,5 @@
-"""Tokenizer model (one per family): TEXT -> input_ids, attention_mask, padded per request."""
+"""Tokenizer model (one per family): TEXT -> input_ids, attention_mask (padded per request),
+token_count."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 
 from ensemble.serving.base import Adapter, decode_texts, input_array, split_rows
 from ensemble.stages import FamilyTokenizer
-from export.registry import ATTENTION_MASK, INPUT_IDS, TEXT, tokenizer_family
+from export.registry import ATTENTION_MASK, INPUT_IDS, TEXT, TOKEN_COUNT, tokenizer_family
 
 
 class TritonPythonModel(Adapter):
@@ -24,6 +25,8 @@ class TritonPythonModel(Adapter):
         outputs = []
         for ids, mask in zip(split_rows(batch.input_ids, counts),
                              split_rows(batch.attention_mask, counts)):
-            width = int(mask.sum(axis=1).max(initial=0))  # each request padded to its own max
-            outputs.append({INPUT_IDS: ids[:, :width], ATTENTION_MASK: mask[:, :width]})
+            lengths = mask.sum(axis=1)
+            width = int(lengths.max(initial=0))  # each request padded to its own max
+            outputs.append({INPUT_IDS: ids[:, :width], ATTENTION_MASK: mask[:, :width],
+                            TOKEN_COUNT: lengths.reshape(-1, 1)})
         return outputs

@@ -137,3 +137,20 @@ def test_a_killed_stub_fails_fast_and_comes_back(server):
     with FusedEmbedClient(server.http_url) as client:
         assert client.embed("after the restart", T0).vector.shape == (1536,)
 
+
+
+def test_the_gateway_answers_a_failed_embedder_with_424_naming_it(fault_server,
+                                                                  tmp_path_factory):
+    from tests.server.test_gateway import post, started
+
+    gateway = started(fault_server.grpc_url, tmp_path_factory)
+    try:
+        status, answer = post(f"{gateway.url}/v1/embeddings",
+                              {"input": ["E7 fails here"], "timestamp": T0})
+        assert status == 424, answer
+        assert answer["error"]["message"].startswith("model e07_code failed")
+        status, answer = post(f"{gateway.url}/embed", {"inputs": "and on the TEI route"})
+        assert (status, answer["error_type"]) == (424, "Backend"), answer
+        assert "e07_code" in answer["error"]
+    finally:
+        gateway.stop()

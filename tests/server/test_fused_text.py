@@ -181,3 +181,22 @@ def test_kind_is_validated_and_changes_only_e1_and_e12(server, protocol):
     inputs[2].set_data_from_numpy(np.array([[b"document"]], dtype=np.object_))
     with pytest.raises(Exception, match="KIND: must be 'query' or 'passage', got 'document'"):
         raw.infer("fused_text", inputs)
+
+
+def test_tokens_counts_the_scrubbed_text_with_e1s_tokenizer(server, repository):
+    from tokenizers import Tokenizer
+
+    from ensemble.pii import scrub_texts
+    from export.layout import TOKENIZER_FILE
+    from export.registry import usage_tokenizer
+
+    texts = ["short", "Mail jane.doe@example.com about it",
+             " ".join(["a longer text than any bert model takes"] * 80)]  # not truncated
+    with FusedEmbedClient(server.grpc_url, "grpc") as client:
+        got = [e.tokens for e in client.embed_batch(texts, [1_700_000_000] * 3)]
+    tokenizer = Tokenizer.from_file(
+        str(repository / usage_tokenizer().triton_model / "1" / TOKENIZER_FILE))
+    tokenizer.no_truncation()
+    clean, _ = scrub_texts(texts, True)
+    assert got == [len(tokenizer.encode(t).ids) for t in clean]
+    assert got[2] > 512

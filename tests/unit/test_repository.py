@@ -38,7 +38,7 @@ def test_ensemble_contract():
         ("TEMPERATURE", mc.TYPE_FP32, [1], True), ("TOP_K", mc.TYPE_INT32, [1], True),
         ("FOCUS", mc.TYPE_FP32, [12], True), ("PRESENCE", mc.TYPE_BOOL, [12], True)]
     assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
-        ("REDACTIONS", mc.TYPE_INT32, [7]),
+        ("REDACTIONS", mc.TYPE_INT32, [7]), ("TOKENS", mc.TYPE_INT32, [1]),
         ("FUSED", mc.TYPE_FP32, [1536]), ("EXPERT_WEIGHTS", mc.TYPE_FP32, [8]),
         ("SELECTED_EXPERTS", mc.TYPE_INT32, [-1]), ("TRUNCATED", mc.TYPE_BOOL, [12]),
         ("FUSION_VERSION", mc.TYPE_STRING, [1]),

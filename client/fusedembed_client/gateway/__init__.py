@@ -1,0 +1,26 @@
+"""OpenAI-compatible and text-embeddings-inference-style HTTP gateway in front of Triton.
+
+Installed with the ``gateway`` extra (``pip install 'fusedembed-client[gateway]'``); run with
+``fusedembed gateway`` (``--triton-url``, ``--host``, ``--port``; every setting also from
+``FUSEDEMBED_GATEWAY_<NAME>``). The plain client does not import it.
+"""
+
+from fusedembed_client.gateway.settings import Settings
+
+__all__ = ["Settings", "create_app", "serve"]
+
+
+def create_app(settings: Settings, triton=None):
+    """The ASGI application (Starlette) for ``settings``; ``triton`` replaces the gRPC
+    backend in unit tests."""
+    from fusedembed_client.gateway.app import Gateway
+
+    return Gateway(settings, triton).app()
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway with uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level="warning", access_log=False, timeout_graceful_shutdown=5)

@@ -1,0 +1,288 @@
+"""Triton behind the gateway: what it serves (read from its model configs), one asyncio gRPC
+channel, lists split into requests of the ensemble's batch size sent concurrently, and
+Triton's errors turned into HTTP statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fusedembed_client.client import CACHED_MODEL, KINDS, MODEL, GateControls, request_tensors
+
+PREFIX = "fusedembed"
+FUSED = "FUSED"
+TOKENS = "TOKENS"
+# An ensemble input a Matryoshka-trained FuseMoE adds (its config parameter
+# "dimensions" lists the prefixes it was trained for): with it, `dimensions` is honoured.
+DIMENSIONS = "DIMENSIONS"
+BLOCK = re.compile(r"E(\d+)")
+COUNTS_KEPT = 65_536  # token counts remembered for the cached entry point (by text digest)
+
+
+class GatewayError(Exception):
+    """An answer other than vectors: HTTP ``status``, a message naming the field or model,
+    the request field at fault (``param``) and a short ``kind`` for the error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Served:
+    """One model name of /v1/models: which Triton model answers it and with which output."""
+
+    id: str  # "fusedembed", "fusedembed-cached", "fusedembed-e11"
+    triton_model: str
+    output: str  # FUSED or a block (E1 ... E12)
+    dim: int
+    dimensions: tuple[int, ...]  # what `dimensions` may ask for (the full size at least)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "model", "created": 0, "owned_by": PREFIX,
+                "dimensions": self.dim, "supported_dimensions": list(self.dimensions)}
+
+
+# Triton's tensor names -> the request fields they come from (for `param` of an error).
+FIELDS = {"TEXT": "input", "TIMESTAMP": "timestamp", "KIND": "input_type",
+          "TRUNCATE": "truncate", "TOP_K": "top_k", "TEMPERATURE": "temperature",
+          "FOCUS": "focus", "PRESENCE": "missing", DIMENSIONS: "dimensions"}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The served names, read from fused_text's config (and fused_text_cached's when loaded)."""
+
+    models: dict[str, Served]
+    batch: int  # the ensemble's max_batch_size
+    steps: tuple[str, ...]  # the models the ensemble runs: named in a 424
+    tokens: bool  # fused_text answers TOKENS
+    usage_step: tuple[str, str] | None  # (tokenizer model, its output) behind TOKENS
+    matryoshka: bool  # fused_text takes DIMENSIONS
+
+    @classmethod
+    def from_configs(cls, fused: dict[str, Any], cached: dict[str, Any] | None) -> Catalog:
+        outputs = {o["name"]: int(o["dims"][-1]) for o in fused.get("output", [])}
+        inputs = {i["name"] for i in fused.get("input", [])}
+        full = outputs[FUSED]
+        matryoshka = DIMENSIONS in inputs
+        trained = fused.get("parameters", {}).get("dimensions", {}).get("string_value", "")
+        nested = tuple(sorted({full, *(int(d) for d in trained.split(",") if d.strip())},
+                              reverse=True)) if matryoshka else (full,)
+        models = {PREFIX: Served(PREFIX, fused["name"], FUSED, full, nested)}
+        if cached is not None:
+            name = f"{PREFIX}-cached"
+            models[name] = Served(name, cached["name"], FUSED, full, (full,))
+        for out, dim in sorted(outputs.items(), key=lambda o: _block_number(o[0])):
+            if BLOCK.fullmatch(out):
+                name = f"{PREFIX}-{out.lower()}"
+                models[name] = Served(name, fused["name"], out, dim, (dim,))
+        steps = fused.get("ensemble_scheduling", {}).get("step", [])
+        usage = next(((s["model_name"], key) for s in steps
+                      for key, value in s.get("output_map", {}).items() if value == TOKENS), None)
+        return cls(models, int(fused.get("max_batch_size", 1)) or 1,
+                   tuple(s["model_name"] for s in steps), TOKENS in outputs, usage, matryoshka)
+
+    def resolve(self, name: str, input_type: str | None) -> tuple[Served, str]:
+        """The served model and the KIND a model name (with an optional ``-query`` /
+        ``-passage`` suffix, as NIM names them) and ``input_type`` ask for."""
+        base, kind = name, None
+        for k in KINDS:
+            if name.endswith(f"-{k}"):
+                base, kind = name[: -len(k) - 1], k
+        if base not in self.models:
+            known = ", ".join(self.models)
+            raise GatewayError(404, f"model: {name!r} is not served; models: {known} (each "
+                               "also as <model>-query and <model>-passage)", "model",
+                               "model_not_found")
+        if input_type is not None and kind is not None and input_type != kind:
+            raise GatewayError(422, f"input_type: {input_type!r} contradicts the model "
+                               f"name's suffix -{kind}", "input_type")
+        return self.models[base], input_type or kind or "passage"
+
+    def step_in(self, message: str) -> str | None:
+        """The ensemble step a server error names (its adapters prefix errors with it)."""
+        for step in sorted(self.steps, key=len, reverse=True):
+            if re.search(rf"\b{re.escape(step)}\b", message):
+                return step
+        return None
+
+
+def _block_number(name: str) -> int:
+    match = BLOCK.fullmatch(name)
+    return int(match.group(1)) if match else 0
+
+
+def triton_error(err: Exception, catalog: Catalog | None) -> GatewayError:
+    """Triton's answer as an HTTP status: its validation errors 422 (field named), a full
+    queue 429, unreachable or not ready 503, past the deadline 504, a failed embedder 424
+    with the model named; anything else 500."""
+    status = str(getattr(err, "status", lambda: "")() or "")
+    message = str(getattr(err, "message", lambda: str(err))() or err)
+    text = re.sub(r"^in ensemble '[^']*', ", "", message)
+    if status.endswith("INVALID_ARGUMENT"):
+        # "TEXT[3]: ..." speaks of the request's field: "input[3]: ..."
+        tensor = re.match(r"([A-Z_]+)(?=[\[:])", text)
+        field = FIELDS.get(tensor.group(1)) if tensor else None
+        if field is not None:
+            text = field + text[tensor.end():]  # type: ignore[union-attr]
+        return GatewayError(422, text, field)
+    if status.endswith("DEADLINE_EXCEEDED"):
+        return GatewayError(504, f"no answer from Triton within the deadline: {text}",
+                            kind="timeout")
+    if status.endswith(("UNAVAILABLE", "RESOURCE_EXHAUSTED")):
+        if "queue" in text.lower():
+            return GatewayError(429, f"Triton's queue is full: {text}", kind="overloaded")
+        return GatewayError(503, f"Triton is unavailable: {text}", kind="unavailable")
+    if status.endswith("NOT_FOUND") or "unknown model" in text.lower():
+        return GatewayError(503, f"Triton does not serve it (yet): {text}", kind="unavailable")
+    step = catalog.step_in(text) if catalog else None
+    if step is not None:
+        return GatewayError(424, f"model {step} failed: {text}", kind="model_error")
+    return GatewayError(500, f"Triton failed: {text}", kind="server_error")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one /v1/embeddings or /embed request asks of Triton."""
+
+    texts: Sequence[str]
+    timestamps: Sequence[int]
+    kind: str = "passage"
+    truncate: bool = True
+    gate: GateControls = field(default_factory=GateControls)
+    dimensions: int | None = None
+
+
+class Triton:
+    """The asyncio gRPC client (one channel) and the catalog read from the server."""
+
+    def __init__(self, url: str, concurrency: int, timeout_s: float) -> None:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.grpc import aio
+
+        self.url = url
+        self.timeout_s = timeout_s
+        self._tc = grpcclient
+        self._client = aio.InferenceServerClient(url)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._catalog: Catalog | None = None
+        self._counts: OrderedDict[bytes, int] = OrderedDict()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def catalog(self) -> Catalog:
+        """Read once, when Triton first answers (503 until then)."""
+        if self._catalog is None:
+            try:
+                fused = await self._config(MODEL)
+                try:
+                    cached = await self._config(CACHED_MODEL)
+                except Exception:  # noqa: BLE001 - the cached entry point is optional
+                    cached = None
+            except Exception as err:
+                raise triton_error(err, None) from err
+            self._catalog = Catalog.from_configs(fused, cached)
+        return self._catalog
+
+    async def _config(self, name: str) -> dict[str, Any]:
+        response = await self._client.get_model_config(name, as_json=True,
+                                                       client_timeout=self.timeout_s)
+        return response["config"]
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready(client_timeout=5)
+                        and await self._client.is_model_ready(MODEL, client_timeout=5))
+        except Exception:  # noqa: BLE001 - unreachable counts as not ready
+            return False
+
+    async def embed(self, served: Served, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors [n, dim] (float32) and token counts [n] of every text, in order."""
+        catalog = await self.catalog()
+        if batch.dimensions is not None and batch.dimensions not in served.dimensions:
+            supported = ", ".join(map(str, served.dimensions))
+            raise GatewayError(422, f"dimensions: model {served.id} returns {supported} "
+                               f"dimensions, not {batch.dimensions}", "dimensions")
+        n = len(batch.texts)
+        chunks = [range(i, min(n, i + catalog.batch)) for i in range(0, n, catalog.batch)]
+        deadline = time.monotonic() + self.timeout_s
+        jobs = [self._chunk(catalog, served, batch, c, deadline) for c in chunks]
+        try:
+            parts = await asyncio.wait_for(asyncio.gather(*jobs), self.timeout_s)
+        except TimeoutError as err:
+            raise GatewayError(504, f"no answer within {self.timeout_s:g} s "
+                               "(FUSEDEMBED_GATEWAY_TIMEOUT_S)", kind="timeout") from err
+        vectors = np.concatenate([p[0] for p in parts])
+        tokens = np.concatenate([p[1] for p in parts])
+        return vectors, tokens
+
+    async def _chunk(self, catalog: Catalog, served: Served, batch: Batch, rows: range,
+                     deadline: float) -> tuple[np.ndarray, np.ndarray]:
+        texts = [batch.texts[i] for i in rows]
+        stamps = [batch.timestamps[i] for i in rows]
+        tensors = request_tensors(texts, stamps, batch.kind, batch.truncate, batch.gate)
+        if batch.dimensions is not None and batch.dimensions != served.dim:
+            tensors.append((DIMENSIONS, "INT32",
+                            np.full((len(texts), 1), batch.dimensions, dtype=np.int32)))
+        wanted = [served.output]
+        if served.triton_model == MODEL and catalog.tokens:
+            wanted.append(TOKENS)
+        async with self._slots:
+            work = self._infer(served.triton_model, tensors, wanted, deadline)
+            if TOKENS in wanted:
+                result = await work
+                counts = result.as_numpy(TOKENS).reshape(-1)
+            else:
+                result, counts = await asyncio.gather(work, self._counted(catalog, texts,
+                                                                          deadline))
+        vectors = result.as_numpy(served.output).astype(np.float32, copy=False)
+        return vectors, np.asarray(counts, dtype=np.int64)
+
+    async def _counted(self, catalog: Catalog, texts: list[str], deadline: float) -> list[int]:
+        """Token counts for an entry point without TOKENS (the cached one answers FUSED
+        only): from the tokenizer behind TOKENS, remembered per text, since that entry point
+        is for texts that come again."""
+        keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts]
+        new = [i for i, k in enumerate(keys) if k not in self._counts]
+        if new and catalog.usage_step is not None:
+            model, output = catalog.usage_step
+            text = np.array([[texts[i].encode("utf-8")] for i in new], dtype=np.object_)
+            result = await self._infer(model, [("TEXT", "BYTES", text)], [output], deadline)
+            for i, n in zip(new, result.as_numpy(output).reshape(-1)):
+                self._counts[keys[i]] = int(n)
+                if len(self._counts) > COUNTS_KEPT:
+                    self._counts.popitem(last=False)
+        for k in keys:
+            if k in self._counts:
+                self._counts.move_to_end(k)
+        return [self._counts.get(k, 0) for k in keys]
+
+    async def _infer(self, model: str, tensors: list[tuple[str, str, np.ndarray]],
+                     outputs: list[str], deadline: float) -> Any:
+        tc = self._tc
+        inputs = []
+        for name, dtype, value in tensors:
+            inputs.append(tc.InferInput(name, list(value.shape), dtype))
+            inputs[-1].set_data_from_numpy(value)
+        try:
+            return await self._client.infer(
+                model, inputs, outputs=[tc.InferRequestedOutput(o) for o in outputs],
+                client_timeout=max(0.001, deadline - time.monotonic()))
+        except GatewayError:
+            raise
+        except Exception as err:
+            raise triton_error(err, self._catalog) from err

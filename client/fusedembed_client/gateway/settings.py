@@ -1,0 +1,55 @@
+"""The gateway's settings: typed, frozen, each overridable from the environment or the CLI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Triton's gRPC endpoint (one channel, reused by every request).
+    triton_url: str = "127.0.0.1:8001"
+    host: str = "127.0.0.1"  # bound like Triton: loopback unless told otherwise
+    port: int = 8080
+    # Items of one request's `input` (OpenAI's own limit).
+    max_inputs: int = 2048
+    # A request body over this is refused (413) before it is parsed: 2048 texts of 4 KiB.
+    max_body_bytes: int = 8 * 1024 * 1024
+    # Texts being embedded at once, all requests together; a request that would go past it
+    # is refused at once (429) instead of queueing without bound. A request alone is always
+    # admitted (so the limit never refuses a valid request forever).
+    max_inflight_texts: int = 2048
+    # Requests of at most the ensemble's max_batch_size texts sent to Triton at once; the
+    # entry points queue at most 32 each, so this leaves room for other clients.
+    triton_concurrency: int = 16
+    # No request waits longer than this for its vectors: 504 (Triton cancels the rest).
+    timeout_s: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """FUSEDEMBED_GATEWAY_<FIELD> (upper case) for every field; GATEWAY_PORT and
+        FUSEDEMBED_HOST as the server uses them."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        aliases = {"port": "GATEWAY_PORT", "host": "FUSEDEMBED_HOST"}
+        for f in fields(cls):
+            raw = env.get(f"FUSEDEMBED_GATEWAY_{f.name.upper()}", env.get(aliases.get(f.name, "")))
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(cls, f.name))
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as err:
+                raise ValueError(f"{f.name}: {raw!r} is not a valid {kind.__name__}") from err
+        return cls(**values).checked()
+
+    def checked(self) -> Settings:
+        for name in ("max_inputs", "max_body_bytes", "max_inflight_texts", "triton_concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0 < self.timeout_s <= 3600:
+            raise ValueError(f"timeout_s must be in (0, 3600], not {self.timeout_s}")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in 0..65535, not {self.port}")
+        return self

@@ -1,0 +1,228 @@
+"""What the OpenAI-compatible gateway costs: POST /v1/embeddings against fused_text over
+gRPC directly, on the same texts, in the same run, taking turns.
+
+    python -m perf.gateway [--seconds 12] [--rounds 3]    # also a step of `make bench`
+
+Both sides ask for the same outputs (FUSED and TOKENS) with the same timestamp; the gateway
+side sends what the OpenAI SDK sends by default (encoding_format base64) over one keep-alive
+HTTP connection per client and decodes the vectors, the direct side uses tritonclient's gRPC
+client. Each (batch, concurrency) point runs direct, gateway, direct, gateway, ... and the
+table gives the medians over the rounds: perf/reports/gateway.md and gateway.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from perf.workload import (
+    REPORTS,
+    RUN,
+    T0,
+    Send,
+    closed_loop,
+    free_port,
+    machine,
+    sentences,
+    started_server,
+    update_summary,
+)
+
+# (entry point, batch, concurrency): fused_text at the issue's points, and the cached
+# entry point answering the same text again and again, where Triton's own time is ~0.1 ms
+# and what the gateway adds stands out.
+POINTS = (("fused_text", 1, 1), ("fused_text", 1, 8), ("fused_text", 32, 1),
+          ("fused_text", 32, 8), ("fused_text_cached", 1, 1))
+OPENAI_NAMES = {"fused_text": "fusedembed", "fused_text_cached": "fusedembed-cached"}
+DIM = 1536
+
+
+def direct_send(grpc_url: str, model: str) -> Send:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    names = ("FUSED", "TOKENS") if model == "fused_text" else ("FUSED",)
+    outputs = [grpcclient.InferRequestedOutput(n) for n in names]
+
+    def send(texts: list[str]) -> np.ndarray:
+        text = grpcclient.InferInput("TEXT", [len(texts), 1], "BYTES")
+        text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+        stamp = grpcclient.InferInput("TIMESTAMP", [len(texts), 1], "INT64")
+        stamp.set_data_from_numpy(np.full((len(texts), 1), T0, dtype=np.int64))
+        return client.infer(model, [text, stamp], outputs=outputs).as_numpy("FUSED")
+
+    return send
+
+
+def gateway_send(url: str, model: str) -> Send:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+
+    def send(texts: list[str]) -> np.ndarray:
+        body = json.dumps({"model": OPENAI_NAMES[model], "input": texts, "encoding_format": "base64",
+                           "timestamp": T0})
+        conn.request("POST", "/v1/embeddings", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{response.status}: {payload[:200]!r}")
+        data = json.loads(payload)["data"]
+        return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4")
+                         for d in data])
+
+    return send
+
+
+def measure(grpc_url: str, gateway_url: str, texts: list[str], seconds: float,
+            rounds: int) -> list[dict]:
+    rows = []
+    for model, batch, clients in POINTS:
+        sent = texts if model == "fused_text" else texts[:1]  # the cached: one text, hits
+        for r in range(rounds):
+            for side, make in (("direct gRPC", lambda m=model: direct_send(grpc_url, m)),
+                               ("gateway", lambda m=model: gateway_send(gateway_url, m))):
+                row = closed_loop(make, sent, batch, clients, seconds, DIM)
+                row |= {"side": side, "round": r, "model": model}
+                rows.append(row)
+                print(f"  {model} batch {batch:>2} x {clients}, {side:<11} round {r}: "
+                      f"{row['items_per_s']:.1f} texts/s, p50 {row['p50_ms']:.2f} ms "
+                      f"({row['errors']} errors)", flush=True)
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per point: each side's medians over the rounds, the p50 the gateway adds and its
+    throughput as a share of the direct side's."""
+    out = []
+    for model, batch, clients in POINTS:
+        def med(side: str, key: str, m: str = model, b: int = batch, c: int = clients) -> float:
+            return float(np.median([r[key] for r in rows if r["side"] == side and
+                                    r["model"] == m and r["batch"] == b
+                                    and r["concurrency"] == c]))
+
+        d50, g50 = med("direct gRPC", "p50_ms"), med("gateway", "p50_ms")
+        dt, gt = med("direct gRPC", "items_per_s"), med("gateway", "items_per_s")
+        out.append({"model": model, "batch": batch, "concurrency": clients,
+                    "direct_p50_ms": d50,
+                    "gateway_p50_ms": g50, "added_p50_ms": g50 - d50,
+                    "direct_items_per_s": dt, "gateway_items_per_s": gt,
+                    "throughput_ratio": gt / dt,
+                    "errors": sum(r["errors"] for r in rows if r["model"] == model
+                                  and r["batch"] == batch and r["concurrency"] == clients)})
+    return out
+
+
+def table(summary: list[dict]) -> list[str]:
+    lines = [("| entry point | batch | concurrency | direct p50 ms | gateway p50 ms | added p50 ms | "
+             "direct texts/s | gateway texts/s | gateway / direct | errors |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        lines.append(f"| {s['model']} | {s['batch']} | {s['concurrency']} | {s['direct_p50_ms']:.2f} | "
+                     f"{s['gateway_p50_ms']:.2f} | {s['added_p50_ms']:+.2f} | "
+                     f"{s['direct_items_per_s']:.1f} | {s['gateway_items_per_s']:.1f} | "
+                     f"{s['throughput_ratio']:.3f} | {s['errors']} |")
+    return lines
+
+
+def plot(summary: list[dict]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    labels = [f"{s['batch']} x {s['concurrency']}" + ("\ncached" if "cached" in s["model"]
+                                                       else "") for s in summary]
+    x = np.arange(len(summary))
+    for ax, key, title in ((left, "p50_ms", "p50 latency (ms)"),
+                           (right, "items_per_s", "throughput (texts/s)")):
+        ax.bar(x - 0.2, [s[f"direct_{key}"] for s in summary], 0.4, label="direct gRPC")
+        ax.bar(x + 0.2, [s[f"gateway_{key}"] for s in summary], 0.4, label="gateway")
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("batch x concurrency")
+        ax.set_title(title)
+        ax.set_yscale("log")
+    left.legend()
+    fig.tight_layout()
+    path = REPORTS / "gateway.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report_lines(result: dict) -> list[str]:
+    """The report's body: also a section of bench.md."""
+    s = result["summary"]
+    one = next(r for r in s if r["model"] == "fused_text" and r["batch"] == 1
+               and r["concurrency"] == 1)
+    hit = next(r for r in s if r["model"] == "fused_text_cached")
+    big = [r for r in s if r["batch"] == 32]
+    return [
+        (f"Machine: {result['machine']}. {result['rounds']} rounds of {result['seconds']:.0f} s "
+        "per side and point, sides taking turns; medians over the rounds. Gateway and Triton "
+        "share the machine's cores with the load generator."), "",
+        *table(s), "",
+        (f"- p50 the gateway adds at batch 1, concurrency 1: {one['added_p50_ms']:+.2f} ms on "
+        f"fused_text (whose p50 is {one['direct_p50_ms']:.0f} ms here, so the noise is of the "
+        f"same order), {hit['added_p50_ms']:+.2f} ms on cache hits (goal: at most 1 ms)."),
+        "- throughput at batch 32, gateway / direct: "
+        + ", ".join(f"{r['throughput_ratio']:.3f} at concurrency {r['concurrency']}"
+                    for r in big) + " (goal: at least 0.95).", "",
+        "![gateway vs direct gRPC](gateway.png)"]
+
+
+def write(result: dict) -> Path:
+    plot(result["summary"])
+    path = REPORTS / "gateway.md"
+    path.write_text("\n".join([
+        "# The gateway against direct gRPC", "",
+        "Generated by `python -m perf.gateway` (a step of `make bench`); do not edit.", "",
+        *report_lines(result), ""]))
+    update_summary({"gateway": result["summary"]})
+    return path
+
+
+def run(grpc_url: str, seconds: float, rounds: int, work: Path) -> dict:
+    """Start a gateway on ``grpc_url`` and measure it against direct gRPC."""
+    from ensemble.server import Gateway
+
+    gateway = Gateway(grpc_url, free_port(), "127.0.0.1", work / "gateway.log")
+    gateway.start()
+    try:
+        rows = measure(grpc_url, gateway.url, sentences(512), seconds, rounds)
+    finally:
+        gateway.stop()
+    return {"machine": machine(), "seconds": seconds, "rounds": rounds, "rows": rows,
+            "summary": summarise(rows)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from export.repository import REPOSITORY
+
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--grpc-url", help="measure a running server instead of starting one")
+    args = parser.parse_args(argv)
+    work = RUN / "bench-gateway"
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if args.grpc_url:
+        result = run(args.grpc_url, args.seconds, args.rounds, work)
+    else:
+        with started_server(REPOSITORY, work / "triton.log") as server:
+            result = run(server.grpc_url, args.seconds, args.rounds, work)
+    print(f"report: {write(result)} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The OpenAI-compatible gateway in front of the real server, called as users call it: the
+OpenAI Python SDK, plain HTTP for the text-embeddings-inference routes and the errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import numpy as np
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ensemble.server import Gateway
+from fusedembed_client import FusedEmbedClient, GateControls
+from tests.server.conftest import free_port
+
+pytestmark = pytest.mark.server
+
+T0 = 1_700_000_000
+
+
+def started(grpc_url: str, tmp_path_factory, *args: str) -> Gateway:
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    gateway = Gateway(grpc_url, free_port(), "127.0.0.1", log, tuple(args))
+    gateway.start()
+    return gateway
+
+
+@pytest.fixture(scope="module")
+def gateway(server, tmp_path_factory) -> Iterator[Gateway]:
+    gw = started(server.grpc_url, tmp_path_factory)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def sdk(gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def direct(server) -> Iterator[FusedEmbedClient]:
+    with FusedEmbedClient(server.grpc_url, "grpc") as client:
+        yield client
+
+
+def post(url: str, body: object, raw: bytes | None = None) -> tuple[int, dict | list]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_the_openai_sdk_gets_the_vectors_of_fused_text(sdk, direct):
+    texts = ["The cat sat on the mat.", "Quarterly revenue grew by 12 percent.",
+             "def add(a, b): return a + b"]
+    expected = direct.embed_batch(texts, [T0] * len(texts))
+    for encoding in ("base64", "float", None):  # None: the SDK's default (it asks base64)
+        extra = {} if encoding is None else {"encoding_format": encoding}
+        answer = sdk.embeddings.create(model="fusedembed", input=texts,
+                                       extra_body={"timestamp": T0}, **extra)
+        # Asked for explicitly, base64 reaches the caller as sent; by default the SDK decodes it.
+        got = np.array([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4")
+                        if encoding == "base64" else d.embedding for d in answer.data])
+        assert got.shape == (3, 1536)
+        assert np.all(cosines(got, np.stack([e.vector for e in expected])) >= 0.9999)
+        assert [d.index for d in answer.data] == [0, 1, 2]
+        assert answer.model == "fusedembed"
+        tokens = sum(e.tokens for e in expected)
+        assert tokens > 3 * 2  # [CLS] and [SEP] at least
+        assert (answer.usage.prompt_tokens, answer.usage.total_tokens) == (tokens, tokens)
+
+
+def test_base64_is_little_endian_float32_of_the_float_answer(gateway):
+    body = {"model": "fusedembed", "input": "bytes on the wire", "timestamp": T0}
+    _, floats = post(f"{gateway.url}/v1/embeddings", body)
+    _, packed = post(f"{gateway.url}/v1/embeddings", body | {"encoding_format": "base64"})
+    raw = base64.b64decode(packed["data"][0]["embedding"])
+    assert len(raw) == 1536 * 4
+    np.testing.assert_array_equal(np.frombuffer(raw, dtype="<f4"),
+                                  np.array(floats["data"][0]["embedding"], dtype=np.float32))
+
+
+def test_a_hundred_texts_are_split_and_come_back_in_order(sdk, direct):
+    texts = [f"sentence number {i}: {'a lot of ' * (i % 7)}words about item {i}"
+             for i in range(100)]
+    answer = sdk.embeddings.create(model="fusedembed", input=texts, extra_body={"timestamp": T0})
+    assert [d.index for d in answer.data] == list(range(100))
+    got = np.array([d.embedding for d in answer.data])
+    expected = np.stack([e.vector for e in direct.embed_batch(texts, [T0] * 100)])
+    assert np.all(cosines(got, expected) >= 0.9999)
+
+
+def test_blocks_kinds_gate_controls_and_the_cached_entry_point(sdk, direct, gateway):
+    text = "what is the boiling point of water"
+    query = direct.embed(text, T0, kind="query", blocks=("E1", "E11"))
+    answer = sdk.embeddings.create(model="fusedembed-e1-query", input=text,
+                                   extra_body={"timestamp": T0})
+    assert len(answer.data[0].embedding) == 1024
+    assert cosines(np.array([answer.data[0].embedding]), query.blocks["E1"][None])[0] >= 0.9999
+    answer = sdk.embeddings.create(model="fusedembed-e11", input=text,
+                                   extra_body={"timestamp": T0, "input_type": "query"})
+    assert cosines(np.array([answer.data[0].embedding]), query.blocks["E11"][None])[0] >= 0.9999
+    gate = GateControls(top_k=1, temperature=0.5, focus={"E11": 2.0}, missing=("E7",))
+    steered = direct.embed(text, T0, gate=gate)
+    answer = sdk.embeddings.create(model="fusedembed", input=text, extra_body={
+        "timestamp": T0, "top_k": 1, "temperature": 0.5, "focus": {"E11": 2.0},
+        "missing": ["E7"]})
+    assert cosines(np.array([answer.data[0].embedding]), steered.vector[None])[0] >= 0.9999
+    cached = [sdk.embeddings.create(model="fusedembed-cached", input=text,
+                                    extra_body={"timestamp": T0}) for _ in range(2)]
+    plain = direct.embed(text, T0)
+    for c in cached:
+        assert cosines(np.array([c.data[0].embedding]), plain.vector[None])[0] >= 0.9999
+        assert c.usage.prompt_tokens == plain.tokens
+
+
+def test_models_are_listed_with_their_dimensions(sdk):
+    models = {m.id: m for m in sdk.models.list()}
+    assert {"fusedembed", "fusedembed-cached", "fusedembed-e1", "fusedembed-e12"} <= set(models)
+    assert models["fusedembed"].model_extra["dimensions"] == 1536
+    assert models["fusedembed-e11"].model_extra["dimensions"] == 384
+    assert sdk.models.retrieve("fusedembed-e5").model_extra["dimensions"] == 768
+
+
+def test_the_tei_routes(gateway, direct):
+    status, vectors = post(f"{gateway.url}/embed", {"inputs": ["one text", "and another"]})
+    assert status == 200
+    expected = np.stack([e.vector for e in direct.embed_batch(["one text", "and another"])])
+    # No timestamp on this route: only the time blocks differ, FUSED stays close.
+    assert np.all(cosines(np.array(vectors), expected) >= 0.9)
+    assert get(f"{gateway.url}/health")[0] == 200
+    status, info = get(f"{gateway.url}/info")
+    info = json.loads(info)
+    assert (status, info["model_id"], info["dimensions"]) == (200, "fusedembed", 1536)
+    assert info["max_client_batch_size"] == 2048
+    long = " ".join(["word"] * 600)  # over E1's 512 tokens: TEI refuses unless truncate
+    status, error = post(f"{gateway.url}/embed", {"inputs": long})
+    assert status == 422 and error["error_type"] == "Validation", error
+    assert post(f"{gateway.url}/embed", {"inputs": long, "truncate": True})[0] == 200
+
+
+@pytest.mark.parametrize(("body", "param", "says"), [
+    ({"input": [101, 2023, 102]}, "input", "token-id arrays are not supported"),
+    ({"input": [[101, 2023]]}, "input", "token-id arrays are not supported"),
+    ({"input": "x", "dimensions": 256}, "dimensions",
+     "model fusedembed returns 1536 dimensions, not 256"),
+    ({"input": "x", "model": "fusedembed-e11", "dimensions": 512}, "dimensions",
+     "model fusedembed-e11 returns 384 dimensions"),
+    ({"input": ["fine", "   "]}, "input", "input[1]:"),
+    ({"input": []}, "input", "the list is empty"),
+    ({"input": "x", "encoding_format": "int8"}, "encoding_format", "encoding_format"),
+    ({"input": "x", "top_k": 99}, "top_k", "top_k"),
+    ({"input": "x", "timestamp": [1, 2]}, "timestamp", "2 values for 1 inputs"),
+    ({"input": "x", "focus": {"E99": 1.0}}, "focus", "unknown block 'E99'"),
+    ({"input": "x", "dimension": 3}, "dimension", "not a field"),
+])
+def test_bad_requests_are_422_naming_the_field(gateway, body, param, says):
+    status, answer = post(f"{gateway.url}/v1/embeddings", body)
+    assert status == 422, answer
+    assert answer["error"]["param"] == param
+    assert says in answer["error"]["message"]
+
+
+def test_unknown_models_bad_json_and_too_many_inputs(sdk, gateway):
+    with pytest.raises(openai.NotFoundError, match="is not served"):
+        sdk.embeddings.create(model="text-embedding-3-small", input="x")
+    assert post(f"{gateway.url}/v1/embeddings", None, raw=b"{not json")[0] == 400
+    status, answer = post(f"{gateway.url}/v1/embeddings", {"input": ["a"] * 2049})
+    assert status == 413 and "2049 items; the limit is 2048" in answer["error"]["message"]
+
+
+def test_a_body_over_the_limit_is_413(server, tmp_path_factory):
+    gw = started(server.grpc_url, tmp_path_factory, "--max-body-bytes", "1000")
+    try:
+        status, answer = post(f"{gw.url}/v1/embeddings", {"input": "x" * 2000})
+        assert status == 413 and "the limit is 1000" in answer["error"]["message"]
+        assert post(f"{gw.url}/v1/embeddings", {"input": "small", "timestamp": T0})[0] == 200
+    finally:
+        gw.stop()
+
+
+def test_a_burst_past_the_inflight_limit_gets_429_and_the_rest_succeed(server,
+                                                                       tmp_path_factory):
+    gw = started(server.grpc_url, tmp_path_factory, "--max-inflight-texts", "8")
+    outcomes: list[tuple[int, object]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(12)
+
+    def one(i: int) -> None:
+        texts = [f"burst request {i} text {j}" for j in range(4)]
+        barrier.wait()
+        status, answer = post(f"{gw.url}/v1/embeddings", {"input": texts, "timestamp": T0})
+        with lock:
+            outcomes.append((status, answer))
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        statuses = sorted(s for s, _ in outcomes)
+        assert len(statuses) == 12
+        assert set(statuses) == {200, 429}, statuses
+        for status, answer in outcomes:
+            if status == 200:
+                assert len(answer["data"]) == 4
+                assert all(len(d["embedding"]) == 1536 for d in answer["data"])
+            else:
+                assert "limit of 8" in answer["error"]["message"]
+        families = scrape(gw)
+        assert families[("fusedembed_gateway_throttled_total",
+                         (("route", "/v1/embeddings"),))] == statuses.count(429)
+        assert families[("fusedembed_gateway_inflight_texts", ())] == 0
+    finally:
+        gw.stop()
+
+
+def test_triton_unreachable_is_503_and_a_deadline_is_504(server, tmp_path_factory):
+    nowhere = started(f"127.0.0.1:{free_port()}", tmp_path_factory)
+    try:
+        status, answer = post(f"{nowhere.url}/v1/embeddings", {"input": "x"})
+        assert status == 503 and "unavailable" in answer["error"]["message"].lower(), answer
+        assert get(f"{nowhere.url}/health")[0] == 503
+    finally:
+        nowhere.stop()
+    hurried = started(server.grpc_url, tmp_path_factory, "--timeout-s", "0.001")
+    try:
+        texts = [f"a text that cannot be embedded in a millisecond {i}" for i in range(64)]
+        status, answer = post(f"{hurried.url}/v1/embeddings", {"input": texts})
+        assert status == 504, answer
+    finally:
+        hurried.stop()
+
+
+def scrape(gateway: Gateway) -> dict[tuple[str, tuple], float]:
+    _, text = get(f"{gateway.url}/metrics")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples}
+
+
+def test_metrics_move_after_known_requests(gateway):
+    before = scrape(gateway)
+    route = (("model", "fusedembed"), ("route", "/v1/embeddings"), ("status", "200"))
+    for n in (1, 5, 40):
+        assert post(f"{gateway.url}/v1/embeddings",
+                    {"input": [f"metric text {i}" for i in range(n)], "timestamp": T0})[0] == 200
+    # Refused before it reaches Triton: no model, no texts counted.
+    assert post(f"{gateway.url}/v1/embeddings", {"input": "x", "encoding_format": "f"})[0] == 422
+    after = scrape(gateway)
+
+    def moved(name: str, labels: tuple) -> float:
+        return after[(name, labels)] - before.get((name, labels), 0.0)
+
+    assert moved("fusedembed_gateway_requests_total", route) == 3
+    assert moved("fusedembed_gateway_requests_total",
+                 (("model", "-"), ("route", "/v1/embeddings"), ("status", "422"))) == 1
+    per_route = (("route", "/v1/embeddings"),)
+    assert moved("fusedembed_gateway_texts_per_request_sum", per_route) == 46
+    assert moved("fusedembed_gateway_texts_per_request_count", per_route) == 3
+    assert moved("fusedembed_gateway_request_duration_seconds_count", per_route) == 4
+    assert moved("fusedembed_gateway_texts_per_request_bucket",
+                 (("le", "32.0"), ("route", "/v1/embeddings"))) == 2
