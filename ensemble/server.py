@@ -454,7 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         server = TritonServer(args.repository.resolve())
-    except ServerError as err:
+        port = gateway_port()
+        if port in (server.ports.http, server.ports.grpc, server.ports.metrics):
+            raise ServerError(f"GATEWAY_PORT {port} is one of Triton's ports; move it or "
+                              "set GATEWAY_PORT=off")
+    except (ServerError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     stopping = False
@@ -476,7 +480,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ready in {time.perf_counter() - start:.1f} s", flush=True)
     gateway = None
     try:
-        port = gateway_port()
         if port is not None:
             gateway = Gateway(server.grpc_url, port, server.host)
             gateway.start()

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--race-b-turns", type=int, default=3)
     parser.add_argument("--race-a-seconds", type=float, default=10.0)
     parser.add_argument("--gateway-seconds", type=float, default=12.0)
-    parser.add_argument("--gateway-rounds", type=int, default=3)
+    parser.add_argument("--gateway-rounds", type=int, default=5)
     parser.add_argument("--locust-users", type=int, default=8)
     parser.add_argument("--locust-seconds", type=int, default=60)
     args = parser.parse_args(argv)

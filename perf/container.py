@@ -12,6 +12,7 @@ as the README says (read-only, /tmp tmpfs, 1 GB /dev/shm, published ports), time
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -31,6 +32,42 @@ IMAGE = os.environ.get("IMAGE", "localhost/fusedembed:cpu")
 BASE = "localhost/fusedembed-base:bookworm"
 ENV = dict(os.environ, CONTAINERS_CONF=os.environ.get(
     "CONTAINERS_CONF", str(ROOT / "docker" / "containers.conf")))
+
+
+# The image's label naming what it was built from (source_digest()).
+SOURCE_LABEL = "fusedembed.source"
+
+
+def source_digest() -> str:
+    """What an image built here now would run: the project's files (tracked and untracked,
+    not ignored: what docker/image.sh stages, by content; reports and Markdown left out, they
+    change no behaviour) and the trained FuseMoE checkpoint it copies (by name: the name
+    carries the checkpoint's hash)."""
+    import contextlib
+    import io
+
+    from export.build import trained_checkpoint
+
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    digest = hashlib.sha256()
+    skip = (b"perf/reports/", b"perf/results/")
+    for name in sorted(f for f in files if f and not f.startswith(skip)
+                       and not f.endswith(b".md")):
+        path = ROOT / name.decode()
+        if path.is_file():
+            digest.update(name + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    with contextlib.redirect_stdout(io.StringIO()):
+        checkpoint = trained_checkpoint(ROOT / "model_repository")
+    digest.update((checkpoint.name if checkpoint else "seeded").encode())
+    return digest.hexdigest()[:16]
+
+
+def image_source(image: str = IMAGE) -> str | None:
+    """The source digest an image was built from (None: no such image, or no label)."""
+    found = podman("image", "inspect", "--format", f'{{{{index .Labels "{SOURCE_LABEL}"}}}}',
+                   image, check=False)
+    return found.stdout.strip() or None if found.returncode == 0 else None
 
 
 def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -141,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", action="store_true", help="build from nothing, timed")
     parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--digest", action="store_true",
+                        help="print what an image built now would be labelled with, and stop")
     args = parser.parse_args(argv)
+    if args.digest:
+        print(source_digest())
+        return 0
     built_s = build() if args.build else None
     size = int(podman("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout) / 1e9
     runs = []

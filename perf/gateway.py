@@ -98,24 +98,32 @@ def measure(grpc_url: str, gateway_url: str, texts: list[str], seconds: float,
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per point: each side's medians over the rounds, the p50 the gateway adds and its
-    throughput as a share of the direct side's."""
+    """Per point: each side's medians over the rounds, and what the gateway adds as the median
+    over the rounds of the difference (p50) and the ratio (throughput) between a gateway
+    window and the direct window just before it: pairs taken minutes apart would carry the
+    machine's drift."""
     out = []
     for model, batch, clients in POINTS:
-        def med(side: str, key: str, m: str = model, b: int = batch, c: int = clients) -> float:
-            return float(np.median([r[key] for r in rows if r["side"] == side and
-                                    r["model"] == m and r["batch"] == b
-                                    and r["concurrency"] == c]))
+        def side(name: str, m: str = model, b: int = batch, c: int = clients) -> list[dict]:
+            return sorted((r for r in rows if r["side"] == name and r["model"] == m
+                           and r["batch"] == b and r["concurrency"] == c),
+                          key=lambda r: r["round"])
 
-        d50, g50 = med("direct gRPC", "p50_ms"), med("gateway", "p50_ms")
-        dt, gt = med("direct gRPC", "items_per_s"), med("gateway", "items_per_s")
+        direct, gateway = side("direct gRPC"), side("gateway")
+        pairs = list(zip(direct, gateway))
+
+        def med(values: list[float]) -> float:
+            return float(np.median(values))
+
         out.append({"model": model, "batch": batch, "concurrency": clients,
-                    "direct_p50_ms": d50,
-                    "gateway_p50_ms": g50, "added_p50_ms": g50 - d50,
-                    "direct_items_per_s": dt, "gateway_items_per_s": gt,
-                    "throughput_ratio": gt / dt,
-                    "errors": sum(r["errors"] for r in rows if r["model"] == model
-                                  and r["batch"] == batch and r["concurrency"] == clients)})
+                    "direct_p50_ms": med([r["p50_ms"] for r in direct]),
+                    "gateway_p50_ms": med([r["p50_ms"] for r in gateway]),
+                    "added_p50_ms": med([g["p50_ms"] - d["p50_ms"] for d, g in pairs]),
+                    "direct_items_per_s": med([r["items_per_s"] for r in direct]),
+                    "gateway_items_per_s": med([r["items_per_s"] for r in gateway]),
+                    "throughput_ratio": med([g["items_per_s"] / d["items_per_s"]
+                                             for d, g in pairs]),
+                    "errors": sum(r["errors"] for r in direct + gateway)})
     return out
 
 
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=12.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--grpc-url", help="measure a running server instead of starting one")
     args = parser.parse_args(argv)
     work = RUN / "bench-gateway"

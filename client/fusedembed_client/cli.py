@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--port", type=int, help="port (default GATEWAY_PORT or 8080)")
     gateway.add_argument("--max-inflight-texts", type=int,
                          help="texts embedded at once before 429 (default 2048)")
+    gateway.add_argument("--max-inflight-bytes", type=int,
+                         help="bytes of bodies served at once before 429 (default 64 MiB)")
     gateway.add_argument("--max-body-bytes", type=int, help="largest body, else 413 (8 MiB)")
     gateway.add_argument("--timeout-s", type=float, help="longest wait for vectors, else 504 (60)")
     return parser

@@ -4,10 +4,13 @@ HTTP and gRPC through tritonclient, and the container stops cleanly. Then the sa
 the `cpu` service of docker/compose.yaml, brought up and down with podman-compose.
 
 Skipped, with the reason, where no container engine can run; the image is built (by
-docker/image.sh, as `make image` does) when it is missing."""
+docker/image.sh, as `make image` does) when it is missing or was built from other files
+than the tree's. The gateway answers the OpenAI route from the image too."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -37,7 +40,8 @@ def image() -> str:
     problem = container_tools.engine_problem()
     if problem:
         pytest.skip(problem)
-    if podman("image", "exists", IMAGE, check=False).returncode != 0:
+    # Built when missing or older than the tree (its label names what it was built from).
+    if container_tools.image_source(IMAGE) != container_tools.source_digest():
         subprocess.run(["bash", str(ROOT / "docker" / "image.sh")], env=ENV | {"IMAGE": IMAGE},
                        check=True, timeout=3600)
     # An engine that builds may still be unable to run a container (no runtime, no cgroups).
@@ -69,7 +73,7 @@ def container(image, tmp_path_factory):
     secret = tmp_path_factory.mktemp("secret") / "admin-key"
     secret.write_text("key-from-a-mounted-secret\n")
     secret.chmod(0o644)
-    ports = {8000: free_port(), 8001: free_port(), 8002: free_port()}
+    ports = {8000: free_port(), 8001: free_port(), 8002: free_port(), 8080: free_port()}
     name = f"fusedembed-test-{os.getpid()}"
     podman("run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp",
            "--shm-size", "1g", *(a for inner, outer in ports.items()
@@ -105,6 +109,20 @@ def test_fused_text_through_published_ports(container, protocol):
     assert not np.allclose(vectors[0], vectors[1])
 
 
+def test_the_gateway_answers_the_openai_route(container):
+    _, ports = container
+    body = json.dumps({"model": "fusedembed", "input": ["from the image's gateway"],
+                       "encoding_format": "base64"}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{ports[8080]}/v1/embeddings", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        answer = json.loads(r.read())
+    vector = np.frombuffer(base64.b64decode(answer["data"][0]["embedding"]), dtype="<f4")
+    assert vector.shape == (1536,)
+    np.testing.assert_allclose(np.linalg.norm(vector), 1.0, atol=1e-5)
+    assert answer["usage"]["prompt_tokens"] > 2
+
+
 def test_runs_as_non_root_with_the_mounted_admin_key(container):
     name, ports = container
     assert podman("exec", name, "id", "-u").stdout.strip() == "1000"
@@ -128,7 +146,8 @@ def test_compose_cpu_service_serves(image, tmp_path):
     compose = Path(sys.executable).parent / "podman-compose"
     if not compose.is_file():
         pytest.fail("podman-compose is missing from the venv (requirements.txt installs it)")
-    ports = {"HTTP_PORT": free_port(), "GRPC_PORT": free_port(), "METRICS_PORT": free_port()}
+    ports = {"HTTP_PORT": free_port(), "GRPC_PORT": free_port(), "METRICS_PORT": free_port(),
+             "GATEWAY_PORT": free_port()}
     env = ENV | {k: str(v) for k, v in ports.items()} | {
         "FUSEDEMBED_ADMIN_KEY": "compose-key", "FUSEDEMBED_IMAGE": image}
     project = f"fusedembed-test-{os.getpid()}"

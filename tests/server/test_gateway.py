@@ -238,6 +238,32 @@ def test_a_burst_past_the_inflight_limit_gets_429_and_the_rest_succeed(server,
         gw.stop()
 
 
+def test_bodies_past_the_inflight_bytes_get_429_and_the_rest_succeed(server,
+                                                                     tmp_path_factory):
+    gw = started(server.grpc_url, tmp_path_factory, "--max-inflight-bytes", "3000")
+    outcomes: list[tuple[int, object]] = []
+    barrier = threading.Barrier(6)
+
+    def one(i: int) -> None:
+        body = {"input": [f"request {i}: " + "many words " * 180], "timestamp": T0}  # ~2 KB
+        barrier.wait()
+        outcomes.append(post(f"{gw.url}/v1/embeddings", body))
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        statuses = sorted(s for s, _ in outcomes)
+        assert len(statuses) == 6 and set(statuses) == {200, 429}, statuses
+        assert all("limit is 3000" in a["error"]["message"]
+                   for s, a in outcomes if s == 429)  # type: ignore[index]
+        assert post(f"{gw.url}/v1/embeddings", {"input": "alone", "timestamp": T0})[0] == 200
+    finally:
+        gw.stop()
+
+
 def test_triton_unreachable_is_503_and_a_deadline_is_504(server, tmp_path_factory):
     nowhere = started(f"127.0.0.1:{free_port()}", tmp_path_factory)
     try:

@@ -84,3 +84,16 @@ def test_retries_stop_at_the_attempts_and_at_the_deadline():
     with pytest.raises(FusedEmbedError):
         slow._send([], {})
     assert slow._client.calls <= 3  # 0.2..0.4 s, then 0.4..0.8 s would pass the deadline
+
+
+def test_the_client_and_its_cli_import_without_the_gateway_extra():
+    """The plain client installs with tritonclient and numpy only: nothing of the gateway
+    (Starlette, uvicorn, pydantic, orjson, prometheus_client) is imported by it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fusedembed_client, fusedembed_client.cli; "
+            "print(sorted({'starlette', 'uvicorn', 'pydantic', 'orjson', 'prometheus_client'} "
+            "& {m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

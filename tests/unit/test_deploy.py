@@ -73,7 +73,8 @@ def test_deployment_serves_as_the_server_expects(rendered):
     (main,) = pod["containers"]
     ports = server.Ports()  # the server's defaults, which the image keeps
     assert {p["name"]: p["containerPort"] for p in main["ports"]} == {
-        "http": ports.http, "grpc": ports.grpc, "metrics": ports.metrics}
+        "http": ports.http, "grpc": ports.grpc, "metrics": ports.metrics,
+        "openai": server.gateway_port()}
     assert main["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert main["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert main["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
@@ -151,6 +152,9 @@ def test_kserve_runtime_and_inference_service_agree():
     # The server listens where KServe routes, and serves the store KServe mounts.
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert [p["containerPort"] for p in container["ports"]] == [int(env["HTTP_PORT"])]
+    ports = [env[k] for k in ("HTTP_PORT", "GRPC_PORT", "METRICS_PORT", "GATEWAY_PORT")
+             if env.get(k, "8080") != "off"]
+    assert len(set(ports)) == len(ports), ports  # the gateway's default is KServe's HTTP port
     assert container["args"][container["args"].index("--repository") + 1] == "/mnt/models"
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == env["METRICS_PORT"]
 

@@ -106,7 +106,8 @@ class Gateway:
         self.settings = settings
         self.triton = triton
         self.metrics = Metrics()
-        self.inflight = 0
+        self.inflight = 0  # texts being embedded
+        self.body_bytes = 0  # bytes of the request bodies being served
         self.started = time.time()
 
     @contextlib.asynccontextmanager
@@ -158,6 +159,8 @@ class Gateway:
             return self._failed(route, model, start, _invalid(err), openai=True)
         except GatewayError as err:
             return self._failed(route, model, start, err, openai=True)
+        finally:
+            self._release(request)
 
     async def models(self, _request: Request) -> Response:
         try:
@@ -193,6 +196,8 @@ class Gateway:
             return self._failed(route, PREFIX, start, _invalid(err), openai=False)
         except GatewayError as err:
             return self._failed(route, PREFIX, start, err, openai=False)
+        finally:
+            self._release(request)
 
     async def health(self, _request: Request) -> Response:
         if await self._triton().ready():
@@ -207,7 +212,8 @@ class Gateway:
             "model_type": {"embedding": {"pooling": "fusemoe"}},
             "max_concurrent_requests": s.max_inflight_texts,
             "max_client_batch_size": s.max_inputs, "max_batch_requests": None,
-            "max_body_bytes": s.max_body_bytes, "timeout_s": s.timeout_s,
+            "max_body_bytes": s.max_body_bytes, "max_inflight_bytes": s.max_inflight_bytes,
+            "timeout_s": s.timeout_s,
             "triton_url": s.triton_url, "started": int(self.started)}
         try:
             catalog = await self._triton().catalog()
@@ -228,23 +234,37 @@ class Gateway:
         return self.triton
 
     async def _body(self, request: Request) -> Any:
-        """The JSON body, refused (413) past max_body_bytes before it is all read."""
-        limit = self.settings.max_body_bytes
+        """The JSON body, refused past max_body_bytes (413) before it is all read, and past
+        max_inflight_bytes of all bodies being served (429) unless it is the only one. Its
+        bytes stay counted until the answer is made (``_release``)."""
+        s = self.settings
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise GatewayError(413, f"body: {declared} bytes; the limit is {limit} "
+        if declared is not None and declared.isdigit() and int(declared) > s.max_body_bytes:
+            raise GatewayError(413, f"body: {declared} bytes; the limit is {s.max_body_bytes} "
                                "(FUSEDEMBED_GATEWAY_MAX_BODY_BYTES)", kind="payload_too_large")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limit:
-                raise GatewayError(413, f"body: over {limit} bytes, the limit "
+            if size > s.max_body_bytes:
+                raise GatewayError(413, f"body: over {s.max_body_bytes} bytes, the limit "
                                    "(FUSEDEMBED_GATEWAY_MAX_BODY_BYTES)", kind="payload_too_large")
+            mine = getattr(request.state, "body_bytes", 0)
+            if self.body_bytes > mine and self.body_bytes + len(chunk) > s.max_inflight_bytes:
+                raise GatewayError(429, f"{self.body_bytes} bytes of requests in flight; the "
+                                   f"limit is {s.max_inflight_bytes} "
+                                   "(FUSEDEMBED_GATEWAY_MAX_INFLIGHT_BYTES): retry later",
+                                   kind="overloaded")
+            self.body_bytes += len(chunk)
+            request.state.body_bytes = mine + len(chunk)
             chunks.append(chunk)
         try:
             return orjson.loads(b"".join(chunks))
         except orjson.JSONDecodeError as err:
             raise GatewayError(400, f"body: not valid JSON ({err})") from err
+
+    def _release(self, request: Request) -> None:
+        self.body_bytes -= getattr(request.state, "body_bytes", 0)
+        request.state.body_bytes = 0
 
     async def _run(self, route: str, batch: Batch, served: Any) -> tuple[np.ndarray, np.ndarray]:
         """Admit the texts under the in-flight limit (429 at once past it), then embed."""

@@ -20,6 +20,9 @@ class Settings:
     # is refused at once (429) instead of queueing without bound. A request alone is always
     # admitted (so the limit never refuses a valid request forever).
     max_inflight_texts: int = 2048
+    # The same for the bytes of the request bodies being served: with the texts' limit, what
+    # bounds the gateway's memory.
+    max_inflight_bytes: int = 64 * 1024 * 1024
     # Requests of at most the ensemble's max_batch_size texts sent to Triton at once; the
     # entry points queue at most 32 each, so this leaves room for other clients.
     triton_concurrency: int = 16
@@ -45,7 +48,8 @@ class Settings:
         return cls(**values).checked()
 
     def checked(self) -> Settings:
-        for name in ("max_inputs", "max_body_bytes", "max_inflight_texts", "triton_concurrency"):
+        for name in ("max_inputs", "max_body_bytes", "max_inflight_texts", "max_inflight_bytes",
+                     "triton_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not 0 < self.timeout_s <= 3600:
