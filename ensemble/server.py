@@ -409,9 +409,12 @@ class Gateway:
         self.process = None
 
 
+GATEWAY_PORT = 8080  # the gateway's default port (the images, compose and Kubernetes use it)
+
+
 def gateway_port() -> int | None:
     """GATEWAY_PORT (default 8080); "off" or "0" for no gateway."""
-    value = os.environ.get("GATEWAY_PORT", "8080").strip().lower()
+    value = os.environ.get("GATEWAY_PORT", str(GATEWAY_PORT)).strip().lower()
     return None if value in ("off", "0", "") else int(value)
 
 

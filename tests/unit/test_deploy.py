@@ -74,7 +74,7 @@ def test_deployment_serves_as_the_server_expects(rendered):
     ports = server.Ports()  # the server's defaults, which the image keeps
     assert {p["name"]: p["containerPort"] for p in main["ports"]} == {
         "http": ports.http, "grpc": ports.grpc, "metrics": ports.metrics,
-        "openai": server.gateway_port()}
+        "openai": server.GATEWAY_PORT}
     assert main["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert main["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert main["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
@@ -113,8 +113,9 @@ def test_service_monitor_and_autoscaler_agree_with_the_service(rendered):
     labels = service["metadata"]["labels"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
-    assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
+    # Triton's metrics port and the gateway's /metrics, both ports of the Service.
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics", "openai"]
+    assert {"metrics", "openai"} <= {p["name"] for p in service["spec"]["ports"]}
     pods = service["spec"]["selector"]
     template = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert pods.items() <= template.items()
@@ -176,7 +177,7 @@ def test_compose_wires_the_service_prometheus_and_grafana():
     scrape = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
     targets = [t for job in scrape["scrape_configs"] for c in job["static_configs"]
                for t in c["targets"]]
-    assert targets == ["fusedembed:8002"]
+    assert targets == [f"fusedembed:{server.Ports().metrics}", f"fusedembed:{server.GATEWAY_PORT}"]
     mounts = services["grafana"]["volumes"]
     assert any(m.startswith("./grafana/fusedembed.json:") for m in mounts)
     provider = yaml.safe_load(
