@@ -40,8 +40,8 @@ SOURCE_LABEL = "fusedembed.source"
 
 def source_digest() -> str:
     """What an image built here now would run: the project's files (tracked and untracked,
-    not ignored: what docker/image.sh stages, by content; reports and Markdown left out, they
-    change no behaviour) and the trained FuseMoE checkpoint it copies (by name: the name
+    not ignored: what docker/image.sh stages, by content; tests, reports and Markdown left
+    out, they change no behaviour) and the trained FuseMoE checkpoint it copies (by name: the name
     carries the checkpoint's hash)."""
     import contextlib
     import io
@@ -51,7 +51,7 @@ def source_digest() -> str:
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                            cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
     digest = hashlib.sha256()
-    skip = (b"perf/reports/", b"perf/results/")
+    skip = (b"perf/reports/", b"perf/results/", b"tests/")
     for name in sorted(f for f in files if f and not f.startswith(skip)
                        and not f.endswith(b".md")):
         path = ROOT / name.decode()

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -58,6 +59,18 @@ def wait_ready(port: int, is_running) -> None:
         pytest.fail(str(err))
 
 
+def wait_gateway(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the gateway did not answer on {port} within {timeout:.0f} s")
+            time.sleep(0.5)
+
+
 def fused(protocol: str, url: str, texts: list[bytes]) -> np.ndarray:
     mod = httpclient if protocol == "http" else grpcclient
     client = mod.InferenceServerClient(url)
@@ -89,6 +102,7 @@ def container(image, tmp_path_factory):
 
     try:
         wait_ready(ports[8000], is_running)
+        wait_gateway(ports[8080])  # started once Triton is ready
         yield name, ports
     finally:
         stopped = podman("stop", "--time", "40", name, check=False, timeout=120)
