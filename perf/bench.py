@@ -12,7 +12,8 @@
 4. Race B: the hand-written side and fused_text on exactly the same texts, taking turns;
    the response cache (fused_text_cached) under a workload with repeats: hit ratio,
    server-side time per hit.
-5. The OpenAI-compatible gateway against direct gRPC (perf/gateway.py), taking turns.
+5. The OpenAI-compatible gateway against direct gRPC (perf/gateway.py), taking turns, then
+   request by request.
 6. Locust (perf/locustfile.py): HTTP, gRPC and OpenAI-route users, valid and bad requests.
 
 This runs on the project's repository (``make bench`` builds the default profile first);

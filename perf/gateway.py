@@ -1,13 +1,15 @@
 """What the OpenAI-compatible gateway costs: POST /v1/embeddings against fused_text over
 gRPC directly, on the same texts, in the same run, taking turns.
 
-    python -m perf.gateway [--seconds 12] [--rounds 3]    # also a step of `make bench`
+    python -m perf.gateway [--seconds 12] [--rounds 5]    # also a step of `make bench`
 
 Both sides ask for the same outputs (FUSED and TOKENS) with the same timestamp; the gateway
 side sends what the OpenAI SDK sends by default (encoding_format base64) over one keep-alive
 HTTP connection per client and decodes the vectors, the direct side uses tritonclient's gRPC
 client. Each (batch, concurrency) point runs direct, gateway, direct, gateway, ... and the
-table gives the medians over the rounds: perf/reports/gateway.md and gateway.png.
+table gives the medians over the rounds; then, at batch 1, the same text goes both ways back
+to back, request by request, for what the gateway adds to one request without the drift
+between windows: perf/reports/gateway.md and gateway.png.
 """
 
 from __future__ import annotations
@@ -97,6 +99,32 @@ def measure(grpc_url: str, gateway_url: str, texts: list[str], seconds: float,
     return rows
 
 
+def alternating(grpc_url: str, gateway_url: str, model: str, texts: list[str],
+                seconds: float) -> dict:
+    """What the gateway adds to one request, request by request: the same text sent direct
+    and through the gateway back to back (which goes first alternates), for ``seconds``; the
+    median and quartiles of the pairwise differences. Windows minutes apart carry the
+    machine's drift, which at fused_text's ~70 ms is several times what the gateway adds."""
+    sides = {"direct": direct_send(grpc_url, model), "gateway": gateway_send(gateway_url, model)}
+    for send in sides.values():  # connections and the cache warm
+        send(texts[:1])
+    taken: dict[str, list[float]] = {"direct": [], "gateway": []}
+    end = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < end:
+        text = [texts[i % len(texts)]]
+        for name in (("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")):
+            start = time.perf_counter()
+            sides[name](text)
+            taken[name].append((time.perf_counter() - start) * 1e3)
+        i += 1
+    added = np.subtract(taken["gateway"], taken["direct"])
+    q1, median, q3 = np.percentile(added, [25, 50, 75])
+    return {"model": model, "pairs": i, "direct_p50_ms": float(np.median(taken["direct"])),
+            "gateway_p50_ms": float(np.median(taken["gateway"])), "added_median_ms": float(median),
+            "added_q1_ms": float(q1), "added_q3_ms": float(q3)}
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Per point: each side's medians over the rounds, and what the gateway adds as the median
     over the rounds of the difference (p50) and the ratio (throughput) between a gateway
@@ -139,6 +167,17 @@ def table(summary: list[dict]) -> list[str]:
     return lines
 
 
+def paired_table(paired: list[dict]) -> list[str]:
+    lines = [("| entry point | pairs | direct p50 ms | gateway p50 ms | "
+              "added ms, median of pairs | added ms, quartiles |"),
+             "|---|---:|---:|---:|---:|---:|"]
+    for p in paired:
+        lines.append(f"| {p['model']} | {p['pairs']} | {p['direct_p50_ms']:.2f} | "
+                     f"{p['gateway_p50_ms']:.2f} | {p['added_median_ms']:+.2f} | "
+                     f"{p['added_q1_ms']:+.2f} .. {p['added_q3_ms']:+.2f} |")
+    return lines
+
+
 def plot(summary: list[dict]) -> Path:
     import matplotlib
 
@@ -168,18 +207,20 @@ def plot(summary: list[dict]) -> Path:
 def report_lines(result: dict) -> list[str]:
     """The report's body: also a section of bench.md."""
     s = result["summary"]
-    one = next(r for r in s if r["model"] == "fused_text" and r["batch"] == 1
-               and r["concurrency"] == 1)
-    hit = next(r for r in s if r["model"] == "fused_text_cached")
+    added = {p["model"]: p["added_median_ms"] for p in result["paired"]}
     big = [r for r in s if r["batch"] == 32]
     return [
         (f"Machine: {result['machine']}. {result['rounds']} rounds of {result['seconds']:.0f} s "
         "per side and point, sides taking turns; medians over the rounds. Gateway and Triton "
         "share the machine's cores with the load generator."), "",
         *table(s), "",
-        (f"- p50 the gateway adds at batch 1, concurrency 1: {one['added_p50_ms']:+.2f} ms on "
-        f"fused_text (whose p50 is {one['direct_p50_ms']:.0f} ms here, so the noise is of the "
-        f"same order), {hit['added_p50_ms']:+.2f} ms on cache hits (goal: at most 1 ms)."),
+        ("What the gateway adds to one request (batch 1, concurrency 1), request by request: "
+         "each text sent direct and through the gateway back to back, which side goes first "
+         "alternating; the pairwise differences' median and quartiles. The windows above are "
+         "seconds apart and carry the machine's drift."), "",
+        *paired_table(result["paired"]), "",
+        (f"- p50 the gateway adds at batch 1: {added['fused_text']:+.2f} ms on fused_text, "
+         f"{added['fused_text_cached']:+.2f} ms on cache hits (goal: at most 1 ms)."),
         "- throughput at batch 32, gateway / direct: "
         + ", ".join(f"{r['throughput_ratio']:.3f} at concurrency {r['concurrency']}"
                     for r in big) + " (goal: at least 0.95).", "",
@@ -193,7 +234,7 @@ def write(result: dict) -> Path:
         "# The gateway against direct gRPC", "",
         "Generated by `python -m perf.gateway` (a step of `make bench`); do not edit.", "",
         *report_lines(result), ""]))
-    update_summary({"gateway": result["summary"]})
+    update_summary({"gateway": result["summary"], "gateway_paired": result["paired"]})
     return path
 
 
@@ -204,11 +245,17 @@ def run(grpc_url: str, seconds: float, rounds: int, work: Path) -> dict:
     gateway = Gateway(grpc_url, free_port(), "127.0.0.1", work / "gateway.log")
     gateway.start()
     try:
-        rows = measure(grpc_url, gateway.url, sentences(512), seconds, rounds)
+        texts = sentences(512)
+        rows = measure(grpc_url, gateway.url, texts, seconds, rounds)
+        paired = [alternating(grpc_url, gateway.url, model, sent, seconds * rounds / 2)
+                  for model, sent in (("fused_text", texts), ("fused_text_cached", texts[:1]))]
+        for p in paired:
+            print(f"  {p['model']} request by request: {p['added_median_ms']:+.2f} ms added "
+                  f"(median of {p['pairs']} pairs)", flush=True)
     finally:
         gateway.stop()
     return {"machine": machine(), "seconds": seconds, "rounds": rounds, "rows": rows,
-            "summary": summarise(rows)}
+            "summary": summarise(rows), "paired": paired}
 
 
 def main(argv: list[str] | None = None) -> int:
