@@ -92,6 +92,14 @@ class FamilyTokenizer:
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(ids.shape)
         return TokenBatch(ids, mask)
 
+    @property
+    def vocabulary_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def terms(self, ids: np.ndarray) -> list[str]:
+        """The vocabulary entry of each id (-1, padding, gives ""); ``ids`` must be in range."""
+        return ["" if i == -1 else self.tokenizer.id_to_token(int(i)) for i in ids.reshape(-1)]
+
 
 def length_bucket(lengths: np.ndarray, buckets: tuple[int, ...]) -> list[int]:
     """Per row, the index of the smallest bucket edge holding its length (len(buckets) past
@@ -344,11 +352,28 @@ class TokenEmbedder:
     def embed_with_flags(self, batch: TokenBatch, kinds: list[Kind] | None = None,
                          ) -> tuple[np.ndarray, np.ndarray]:
         """Vectors [rows, dim] and, per row, whether the text was cut to the model's limit."""
+        out, cut, _ = self._embed_groups(batch, kinds, keep_splade=False)
+        return out, cut
+
+    def embed_splade(self, batch: TokenBatch, kinds: list[Kind] | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """E6: vectors [rows, dim], truncation flags, and the vocabulary-sized SPLADE vectors
+        [rows, vocabulary] the vectors were projected from (SPLADE's own output)."""
+        if self.projection is None:
+            raise ValueError(f"{self.spec.id} is not a SPLADE model")
+        out, cut, splade = self._embed_groups(batch, kinds, keep_splade=True)
+        assert splade is not None
+        return out, cut, splade
+
+    def _embed_groups(self, batch: TokenBatch, kinds: list[Kind] | None, keep_splade: bool,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         rows = batch.input_ids.shape[0]
         out = np.zeros((rows, self.spec.dim), dtype=np.float32)
         cut = np.zeros(rows, dtype=bool)
+        splade = (np.zeros((rows, self.projection.shape[0]), dtype=np.float32)
+                  if keep_splade and self.projection is not None else None)
         if rows == 0:
-            return out, cut
+            return out, cut, splade
         kinds = kinds or [Kind.PASSAGE] * rows
         bucket = length_bucket(batch.attention_mask.sum(axis=1), self.length_buckets)
         for group in sorted(set(zip(kinds, bucket))):
@@ -356,13 +381,18 @@ class TokenEmbedder:
             # truncate() trims the group to its longest row: a short text is not padded
             # to the longest text of the whole batch.
             part = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx])
-            out[idx], cut[idx] = self._embed_kind(part, group[0])
-        return out, cut
+            out[idx], cut[idx], raw = self._embed_kind(part, group[0])
+            if splade is not None:
+                splade[idx] = raw
+        return out, cut, splade
 
     def token_counts(self, batch: TokenBatch, kind: Kind) -> np.ndarray:
         return self.limits.counts(batch, kind)
 
-    def _embed_kind(self, batch: TokenBatch, kind: Kind) -> tuple[np.ndarray, np.ndarray]:
+    def _embed_kind(self, batch: TokenBatch, kind: Kind,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Vectors, truncation flags, and what the module itself returned (E6: before the
+        projection; the vectors themselves elsewhere)."""
         c = self.convention
         cut = self.token_counts(batch, kind) > self.token_limit(kind)
         batch = insert_after_first(batch, c.insert.get(kind.value, []))
@@ -380,10 +410,10 @@ class TokenEmbedder:
             pool = batch.attention_mask
             if c.skip_ids:
                 pool = pool * ~np.isin(batch.input_ids, c.skip_ids)
-        out = self.forward(batch, pool)
-        if self.projection is not None:
-            out = l2_normalize(out @ self.projection)
-        return out, cut
+        raw = self.forward(batch, pool)
+        if self.projection is None:
+            return raw, cut, raw
+        return l2_normalize(raw @ self.projection), cut, raw
 
     def rows_per_run(self, width: int) -> int:
         """Rows of ``width`` tokens one run may take under ``max_batch_tokens`` (at least 1)."""

@@ -13,6 +13,7 @@ from export.registry import (
     FUSEMOE,
     LIMITS,
     PRESENCE,
+    SPARSE_TOP_K,
     TEMPERATURE,
     TEXT,
     TIMESTAMP,
@@ -80,6 +81,16 @@ class Validator:
             raise InvalidInput(f"{TIMESTAMP}[{i}]: {int(stamps[i])} is outside the accepted range "
                                f"[{lo}, {hi}] Unix seconds ({_date(lo)} to {_date(hi)} UTC)")
         return stamps
+
+    def sparse_top_k(self, rows: int, top_k: np.ndarray | None, vocabulary: int) -> np.ndarray:
+        """SPARSE_TOP_K per row: 0 (every term) by default, else 1..vocabulary."""
+        if top_k is None:
+            return np.zeros(rows, dtype=np.int64)
+        k = _rows(SPARSE_TOP_K, np.asarray(top_k), rows, 1).reshape(-1).astype(np.int64)
+        for i in np.nonzero((k < 0) | (k > vocabulary))[0][:1]:
+            raise InvalidInput(f"{SPARSE_TOP_K}[{i}]: {int(k[i])} is outside 0..{vocabulary} "
+                               "(0 keeps every term)")
+        return k
 
     def controls(self, rows: int, top_k: np.ndarray | None = None,
                  temperature: np.ndarray | None = None, focus: np.ndarray | None = None,

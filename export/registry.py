@@ -382,6 +382,16 @@ FUSION_VERSION = "FUSION_VERSION"  # BYTES [1]: the FuseMoE checkpoint that prod
 # INT32 [1]: the text's tokens under USAGE_TOKENIZER, special tokens included, before any
 # model's truncation (what a client bills or meters; the OpenAI-compatible gateway's usage).
 TOKENS = "TOKENS"
+# E6's SPLADE vector (vocabulary-sized, before the projection into E6), sent only when asked
+# for: a row's non-zero terms by ascending vocabulary id, padded to the request's longest row
+# with index -1 and weight 0.
+E6_SPARSE_INDICES = "E6_SPARSE_INDICES"  # INT32 [k]
+E6_SPARSE_WEIGHTS = "E6_SPARSE_WEIGHTS"  # FP32 [k]
+SPARSE_TOP_K = "SPARSE_TOP_K"  # optional INT32 [1]: keep a row's k heaviest terms (0: all)
+# A tokenizer model also answers IDS (INT32 [n]) with TERMS (BYTES [n]): its vocabulary's
+# entries, so that a client can read SPLADE's indices as words (-1 gives "").
+IDS = "IDS"
+TERMS = "TERMS"
 # Optional gate controls, per item (defaults: FuseMoEConfig and "every block, weight 1").
 TEMPERATURE = "TEMPERATURE"  # FP32 [1]: softmax temperature of the gate
 TOP_K = "TOP_K"  # INT32 [1]: experts mixed per item, 1..num_experts
@@ -403,6 +413,8 @@ CLEAN_TEXT = "text"  # preprocess outputs: the validated (and scrubbed) text ...
 CLEAN_TIMESTAMP = "timestamp"  # ... and the validated timestamp
 FLAG = "truncated"  # a token embedder's per-text truncation flag
 TOKEN_COUNT = "token_count"  # a tokenizer's per-text token count (the ensemble's TOKENS)
+SPARSE_INDICES = "sparse_indices"  # E6's outputs behind E6_SPARSE_INDICES ...
+SPARSE_WEIGHTS = "sparse_weights"  # ... and E6_SPARSE_WEIGHTS
 FAILSAFE_MODEL = "fused_text_failsafe"
 MISSING = "MISSING"  # BOOL [12]: blocks the fail-safe entry point filled with zeros
 

@@ -61,11 +61,13 @@ def _python_model(name: str, adapter: str, batching: Batching,
     return cfg
 
 
-def _warmup(cfg: mc.ModelConfig, dims: dict[str, list[int]]) -> None:
-    """One zero-filled request per model so the first user request is not the slow one."""
+def _warmup(cfg: mc.ModelConfig, dims: dict[str, list[int]], also: tuple[str, ...] = (),
+            ) -> None:
+    """One zero-filled request per model so the first user request is not the slow one: its
+    required inputs, and the optional ones named in ``also``."""
     warm = mc.ModelWarmup(name=f"{cfg.name}_zeros", batch_size=1, count=1)
     for t in cfg.input:
-        if t.optional:
+        if t.optional and t.name not in also:
             continue
         warm.inputs[t.name].CopyFrom(mc.ModelWarmup.Input(
             data_type=t.data_type, dims=dims.get(t.name, list(t.dims)), zero_data=True))
@@ -94,11 +96,14 @@ def preprocess_config() -> mc.ModelConfig:
 def tokenizer_config(family: r.TokenizerFamily) -> mc.ModelConfig:
     cfg = _python_model(family.triton_model, "tokenizer", Batching(),
                         {"tokenizer_family": family.name})
-    cfg.input.append(_tensor(mc.ModelInput, r.TEXT, BYTES, [1]))
+    # TEXT to tokenize, or IDS to read back as the vocabulary's TERMS: one of the two.
+    cfg.input.append(_tensor(mc.ModelInput, r.TEXT, BYTES, [1], optional=True))
+    cfg.input.append(_tensor(mc.ModelInput, r.IDS, INT32, [-1], optional=True))
     cfg.output.append(_tensor(mc.ModelOutput, r.INPUT_IDS, INT64, [-1]))
     cfg.output.append(_tensor(mc.ModelOutput, r.ATTENTION_MASK, INT64, [-1]))
     cfg.output.append(_tensor(mc.ModelOutput, r.TOKEN_COUNT, INT32, [1]))
-    _warmup(cfg, {})
+    cfg.output.append(_tensor(mc.ModelOutput, r.TERMS, BYTES, [-1]))
+    _warmup(cfg, {}, also=(r.TEXT,))
     return cfg
 
 
@@ -113,6 +118,10 @@ def embedder_config(spec: Embedder) -> mc.ModelConfig:
             cfg.input.append(_tensor(mc.ModelInput, r.KIND, BYTES, [1], optional=True))
         cfg.input.append(_tensor(mc.ModelInput, r.TRUNCATE, BOOL, [1], optional=True))
         cfg.output.append(_tensor(mc.ModelOutput, r.FLAG, BOOL, [1]))
+        if spec.pooling is r.Pooling.SPLADE_MAX:  # as many columns as the longest row
+            cfg.input.append(_tensor(mc.ModelInput, r.SPARSE_TOP_K, INT32, [1], optional=True))
+            cfg.output.append(_tensor(mc.ModelOutput, r.SPARSE_INDICES, INT32, [-1]))
+            cfg.output.append(_tensor(mc.ModelOutput, r.SPARSE_WEIGHTS, FP32, [-1]))
         warm_dims = {r.INPUT_IDS: [WARMUP_TOKENS], r.ATTENTION_MASK: [WARMUP_TOKENS]}
     else:
         cfg = _python_model(spec.triton_model, "custom_embedder", spec.batching,
@@ -172,6 +181,9 @@ def ensemble_config(name: str = r.ENSEMBLE_MODEL) -> mc.ModelConfig:
     # Optional, default true: false makes a text over a model's token limit an error.
     cfg.input.append(_tensor(mc.ModelInput, r.TRUNCATE, BOOL, [1], optional=True))
     cfg.input.extend(gate_control_inputs())
+    sparse = name == r.ENSEMBLE_MODEL  # E6's SPLADE terms: not on the cached entry point
+    if sparse:
+        cfg.input.append(_tensor(mc.ModelInput, r.SPARSE_TOP_K, INT32, [1], optional=True))
     preprocess = preprocess_config()
     cfg.output.append(_tensor(mc.ModelOutput, r.REDACTIONS, INT32, list(preprocess.output[2].dims)))
     cfg.output.append(_tensor(mc.ModelOutput, r.TOKENS, INT32, [1]))
@@ -182,6 +194,9 @@ def ensemble_config(name: str = r.ENSEMBLE_MODEL) -> mc.ModelConfig:
     for out in fusemoe.output:
         cfg.output.append(_tensor(mc.ModelOutput, public[out.name], out.data_type,
                                   list(out.dims)))
+    if sparse:
+        cfg.output.append(_tensor(mc.ModelOutput, r.E6_SPARSE_INDICES, INT32, [-1]))
+        cfg.output.append(_tensor(mc.ModelOutput, r.E6_SPARSE_WEIGHTS, FP32, [-1]))
     # No response cache here: Triton 2.51's cache key leaves out the requested outputs, so a
     # cached FUSED-only answer would be returned to a later request for E11 (CACHED_MODEL).
     if name == r.CACHED_MODEL:
@@ -216,6 +231,10 @@ def ensemble_config(name: str = r.ENSEMBLE_MODEL) -> mc.ModelConfig:
             inputs[r.TRUNCATE] = r.TRUNCATE
             outputs = {r.EMBEDDING: f"{spec.triton_model}.{r.EMBEDDING}",
                        r.FLAG: f"{spec.triton_model}.{r.FLAG}"}
+            if spec.pooling is r.Pooling.SPLADE_MAX and sparse:
+                inputs[r.SPARSE_TOP_K] = r.SPARSE_TOP_K
+                outputs |= {r.SPARSE_INDICES: r.E6_SPARSE_INDICES,
+                            r.SPARSE_WEIGHTS: r.E6_SPARSE_WEIGHTS}
         else:
             inputs = {r.TEXT: text} if spec.input is Input.TEXT else {r.TIMESTAMP: stamp}
             outputs = {r.EMBEDDING: f"{spec.triton_model}.{r.EMBEDDING}"}
@@ -260,7 +279,7 @@ def failsafe_config() -> mc.ModelConfig:
         "min_timestamp": str(limits.min_timestamp),
         "max_timestamp": str(limits.max_timestamp)})
     ensemble = ensemble_config()
-    cfg.input.extend(ensemble.input)
+    cfg.input.extend(i for i in ensemble.input if i.name != r.SPARSE_TOP_K)
     for out in ensemble.output:
         if out.name in (r.REDACTIONS, r.FUSED, r.EXPERT_WEIGHTS, r.SELECTED_EXPERTS,
                         r.TRUNCATED, r.FUSION_VERSION):

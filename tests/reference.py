@@ -47,11 +47,7 @@ def reference(block: str, folder: Path, texts: list[str], kind: Kind, repo: Path
             out = model(**enc, global_attention_mask=glob).last_hidden_state
             return _mean_l2(out, enc["attention_mask"])
         if block == "E6":
-            enc = tok(texts, padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
-            logits = tf.BertForMaskedLM.from_pretrained(folder).eval()(**enc).logits
-            sparse = (torch.log1p(torch.relu(logits))
-                      * enc["attention_mask"].unsqueeze(-1)).max(dim=1).values.numpy()
+            sparse = splade_reference(folder, texts)
             proj = load_numpy(version_dir(repo, "e06_sparse"), SPLADE_STEM,
                               SPLADE_VERSION)["projection"]
             dense = sparse @ proj
@@ -65,6 +61,20 @@ def reference(block: str, folder: Path, texts: list[str], kind: Kind, repo: Path
         if block == "E12":
             return colbert_reference(folder, texts, kind)
     raise AssertionError(block)
+
+
+def splade_reference(folder: Path, texts: list[str]) -> np.ndarray:
+    """SPLADE's vocabulary-sized vectors [n, vocabulary] as its model card computes them:
+    max over the attended tokens of log(1 + relu(MLM logits))."""
+    import transformers as tf
+
+    tok = tf.AutoTokenizer.from_pretrained(folder)
+    enc = tok(texts, padding=True, truncation=True, max_length=embedder("E6").max_length,
+              return_tensors="pt")
+    with torch.no_grad():
+        logits = tf.BertForMaskedLM.from_pretrained(folder).eval()(**enc).logits
+    return (torch.log1p(torch.relu(logits))
+            * enc["attention_mask"].unsqueeze(-1)).max(dim=1).values.numpy()
 
 
 def colbert_reference(folder: Path, texts: list[str], kind: Kind) -> np.ndarray:

@@ -8,7 +8,8 @@ from fusedembed_client.client import (
     FusedEmbedError,
     GateControls,
     Retry,
+    SparseTerms,
 )
 
 __all__ = ["CACHED_MODEL", "MODEL", "Embedding", "FusedEmbedClient", "FusedEmbedError", "GateControls",
-           "Retry"]
+           "Retry", "SparseTerms"]

@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="multiply a block by W >= 0 before gating (repeatable)")
     embed.add_argument("--missing", action="append", default=[], metavar="E<n>",
                        help="fuse without this block (repeatable)")
+    embed.add_argument("--sparse", action="store_true",
+                       help="also return E6's SPLADE terms (vocabulary ids and weights)")
+    embed.add_argument("--sparse-top-k", type=int, metavar="K",
+                       help="with --sparse: only the K heaviest terms")
     embed.add_argument("--json", action="store_true", help="print the whole result as JSON")
     info = sub.add_parser("info", help="show each model and whether its weights are pretrained")
     info.add_argument("--url", default=os.environ.get("FUSEDEMBED_URL"))
@@ -108,12 +112,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "info":
                 return _info(client)
             result = client.embed(args.text, args.timestamp, args.kind, args.block,
-                                  not args.no_truncate, _gate(args))
+                                  not args.no_truncate, _gate(args),
+                                  args.sparse or args.sparse_top_k is not None, args.sparse_top_k)
+            words = client.terms(result.sparse.indices) if result.sparse is not None else []
     except (FusedEmbedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(result.to_dict()))
+        out = result.to_dict()
+        if result.sparse is not None:
+            out["sparse"]["terms"] = words
+        print(json.dumps(out))
         return 0
     v = result.vector
     head = np.array2string(v[:8], precision=4, separator=", ")
@@ -128,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         print("REDACTIONS: " + ", ".join(f"{k} {v}" for k, v in result.redactions.items()))
     for name, block in result.blocks.items():
         print(f"{name}: {block.shape[0]}-D, L2 norm {np.linalg.norm(block):.6f}")
+    if result.sparse is not None:
+        order = np.argsort(-result.sparse.weights, kind="stable")
+        top = ", ".join(f"{words[i]} {result.sparse.weights[i]:.3f}" for i in order[:10])
+        print(f"E6 SPARSE: {len(order)} terms; heaviest: {top}")
     return 0
 
 

@@ -18,6 +18,11 @@ MAX_BATCH = 32  # the ensemble's max_batch_size; larger batches are sent in chun
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "TRUNCATED", "REDACTIONS",
            "FUSION_VERSION", "TOKENS")
+# E6's SPLADE terms (asked for with sparse=True): ids padded with -1, weights with 0.
+# Triton 2.51 refuses a request for outputs of earlier steps alone (these, TOKENS,
+# REDACTIONS) without one of FuseMoE's ("unexpected deadlock"): ask for them with one.
+SPARSE_OUTPUTS = ("E6_SPARSE_INDICES", "E6_SPARSE_WEIGHTS")
+IDS, TERMS = "IDS", "TERMS"  # a tokenizer model reads ids back as its vocabulary's entries
 REDACTION_TYPES = ("EMAIL", "PHONE", "SSN", "CARD", "API_KEY", "BEARER_TOKEN", "IP")
 BLOCKS = tuple(f"E{i}" for i in range(1, 13))
 KINDS = ("query", "passage")
@@ -61,6 +66,26 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class SparseTerms:
+    """E6's SPLADE vector as its non-zero terms: vocabulary ids (ascending) and weights."""
+
+    indices: np.ndarray  # [n] int32
+    weights: np.ndarray  # [n] float32, > 0
+
+    def dense(self, vocabulary_size: int) -> np.ndarray:
+        """The vocabulary-sized vector these terms come from."""
+        out = np.zeros(vocabulary_size, dtype=np.float32)
+        out[self.indices] = self.weights
+        return out
+
+    def dot(self, other: SparseTerms) -> float:
+        """SPLADE's score between two texts: the dot product over their shared terms."""
+        _, mine, theirs = np.intersect1d(self.indices, other.indices, assume_unique=True,
+                                         return_indices=True)
+        return float(np.dot(self.weights[mine], other.weights[theirs]))
+
+
+@dataclass(frozen=True)
 class Embedding:
     vector: np.ndarray  # [1536] float32, unit norm
     expert_weights: np.ndarray  # [8] gate probabilities (sum 1)
@@ -70,6 +95,7 @@ class Embedding:
     blocks: dict[str, np.ndarray] = field(default_factory=dict)  # E1 ... E12 when asked
     fusion_version: str = ""  # the FuseMoE checkpoint that produced the vector
     tokens: int = 0  # the text's WordPiece tokens (E1's tokenizer, specials included, uncut)
+    sparse: SparseTerms | None = None  # E6's SPLADE terms when asked for
 
     def to_dict(self) -> dict[str, Any]:
         out = {"dim": int(self.vector.shape[0]), "vector": self.vector.tolist(),
@@ -79,6 +105,9 @@ class Embedding:
                "truncated": list(self.truncated), "redactions": self.redactions}
         if self.blocks:
             out["blocks"] = {k: v.tolist() for k, v in self.blocks.items()}
+        if self.sparse is not None:
+            out["sparse"] = {"indices": self.sparse.indices.tolist(),
+                             "weights": self.sparse.weights.tolist()}
         return out
 
 
@@ -181,19 +210,23 @@ class FusedEmbedClient:
 
     def embed(self, text: str, timestamp: int | None = None, kind: str = "passage",
               blocks: Sequence[str] = (), truncate: bool = True,
-              gate: GateControls | None = None) -> Embedding:
+              gate: GateControls | None = None, sparse: bool = False,
+              sparse_top_k: int | None = None) -> Embedding:
         return self.embed_batch([text], None if timestamp is None else [timestamp], kind,
-                                blocks, truncate, gate)[0]
+                                blocks, truncate, gate, sparse, sparse_top_k)[0]
 
     def embed_batch(self, texts: Sequence[str], timestamps: Sequence[int] | None = None,
                     kind: str = "passage", blocks: Sequence[str] = (),
-                    truncate: bool = True, gate: GateControls | None = None) -> list[Embedding]:
+                    truncate: bool = True, gate: GateControls | None = None,
+                    sparse: bool = False, sparse_top_k: int | None = None) -> list[Embedding]:
         """Embed many texts; sent in requests of at most 32 items.
 
         ``kind`` is "passage" (default) or "query" (E1 and E12 encode them differently);
         ``blocks`` names embedder blocks (``"E11"``, ...) to return besides FUSED;
         ``truncate=False`` makes a text over any model's token limit an error;
-        ``gate`` steers FuseMoE for every text of the call (server defaults otherwise).
+        ``gate`` steers FuseMoE for every text of the call (server defaults otherwise);
+        ``sparse`` returns E6's SPLADE terms (``Embedding.sparse``), only the
+        ``sparse_top_k`` heaviest of each text when given (:meth:`terms` reads them).
         """
         if timestamps is None:
             timestamps = [int(time.time())] * len(texts)
@@ -204,15 +237,44 @@ class FusedEmbedClient:
         unknown = [b for b in blocks if b not in BLOCKS]
         if unknown:
             raise ValueError(f"unknown block {unknown[0]!r}; blocks are E1 ... E12")
-        if blocks and self.model == CACHED_MODEL:
-            raise ValueError(f"{CACHED_MODEL} answers FUSED only; ask {MODEL} for blocks")
+        if (blocks or sparse) and self.model == CACHED_MODEL:
+            raise ValueError(f"{CACHED_MODEL} answers FUSED only; ask {MODEL} for blocks "
+                             "and sparse terms")
+        if sparse_top_k is not None and not sparse:
+            raise ValueError("sparse_top_k needs sparse=True")
         gate = gate or GateControls()
         out: list[Embedding] = []
         for start in range(0, len(texts), MAX_BATCH):
             out += self._infer(texts[start:start + MAX_BATCH],
                                timestamps[start:start + MAX_BATCH], kind, tuple(blocks),
-                               truncate, gate)
+                               truncate, gate, sparse, sparse_top_k)
         return out
+
+    def terms(self, indices: Sequence[int] | np.ndarray) -> list[str]:
+        """The vocabulary entries behind SPLADE indices, read from the tokenizer that the
+        server runs for E6 (-1, padding, gives "")."""
+        ids = np.asarray(indices, dtype=np.int32).reshape(1, -1)
+        if ids.size == 0:
+            return []
+        tc = self._tc
+        request = tc.InferInput(IDS, list(ids.shape), "INT32")
+        request.set_data_from_numpy(ids)
+        try:
+            result = self._client.infer(self._sparse_tokenizer(), [request],
+                                        outputs=[tc.InferRequestedOutput(TERMS)])
+        except Exception as err:
+            raise FusedEmbedError(f"{self.url}: {err}",
+                                  str(getattr(err, "status", lambda: None)() or "")) from err
+        return [t.decode("utf-8") for t in result.as_numpy(TERMS).reshape(-1)]
+
+    def _sparse_tokenizer(self) -> str:
+        """The tokenizer model feeding E6 in the served ensemble (from its config)."""
+        for step in self._config(MODEL)["ensemble_scheduling"]["step"]:
+            outputs = step.get("output_map", {})
+            if SPARSE_OUTPUTS[0] in outputs.values():
+                source = step.get("input_map", {}).get("input_ids", "")
+                return source.split(".", 1)[0]
+        raise FusedEmbedError(f"{MODEL} at {self.url} has no {SPARSE_OUTPUTS[0]} output")
 
     def models(self) -> list[ModelInfo]:
         """Every model the ensemble runs, with the weights each serves (pretrained or not)."""
@@ -257,13 +319,18 @@ class FusedEmbedClient:
 
     def _infer(self, texts: Sequence[str], timestamps: Sequence[int], kind: str,
                blocks: tuple[str, ...], truncate: bool, gate: GateControls,
-               ) -> list[Embedding]:
+               sparse: bool = False, sparse_top_k: int | None = None) -> list[Embedding]:
         tc = self._tc
         inputs = []
-        for name, dtype, value in request_tensors(texts, timestamps, kind, truncate, gate):
+        tensors = request_tensors(texts, timestamps, kind, truncate, gate)
+        if sparse_top_k is not None:
+            tensors.append(("SPARSE_TOP_K", "INT32",
+                            np.full((len(texts), 1), sparse_top_k, dtype=np.int32)))
+        for name, dtype, value in tensors:
             inputs.append(tc.InferInput(name, list(value.shape), dtype))
             inputs[-1].set_data_from_numpy(value)
-        names = ("FUSED",) if self.model == CACHED_MODEL else (*OUTPUTS, *blocks)
+        names = (("FUSED",) if self.model == CACHED_MODEL
+                 else (*OUTPUTS, *blocks, *(SPARSE_OUTPUTS if sparse else ())))
         outputs = [tc.InferRequestedOutput(name) for name in names]
         kwargs: dict[str, Any] = {"outputs": outputs}
         if self.protocol == "grpc":
@@ -275,9 +342,13 @@ class FusedEmbedClient:
         fused, weights, selected, cut, redacted, version, tokens = (result.as_numpy(name)
                                                                     for name in OUTPUTS)
         block_arrays = {b: result.as_numpy(b) for b in blocks}
+        terms: list[SparseTerms | None] = [None] * len(texts)
+        if sparse:
+            indices, values = (result.as_numpy(name) for name in SPARSE_OUTPUTS)
+            terms = [SparseTerms(row[row >= 0], w[row >= 0]) for row, w in zip(indices, values)]
         return [Embedding(fused[i], weights[i], selected[i][selected[i] >= 0],
                           tuple(b for b, c in zip(BLOCKS, cut[i]) if c),
                           {t: int(n) for t, n in zip(REDACTION_TYPES, redacted[i]) if n},
                           {b: a[i] for b, a in block_arrays.items()},
-                          version[i][0].decode("utf-8"), int(tokens[i][0]))
+                          version[i][0].decode("utf-8"), int(tokens[i][0]), terms[i])
                 for i in range(len(texts))]

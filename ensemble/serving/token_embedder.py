@@ -1,24 +1,33 @@
-"""Neural embedder: ragged input_ids/attention_mask from many requests -> one padded batch."""
+"""Neural embedder: ragged input_ids/attention_mask from many requests -> one padded batch.
+
+E6 (SPLADE) also sends its vocabulary-sized vector's terms to the requests that ask for them.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from ensemble.native import sparse_rows
 from ensemble.serving.base import (
     Adapter,
     RequestError,
     input_array,
     optional_array,
     optional_texts,
-    split_rows,
 )
 from ensemble.stages import TokenBatch, TokenEmbedder, merge
+from ensemble.validation import InvalidInput, Validator
 from export.registry import (
     ATTENTION_MASK,
     EMBEDDING,
     FLAG,
     INPUT_IDS,
     KIND,
+    SPARSE_INDICES,
+    SPARSE_TOP_K,
+    SPARSE_WEIGHTS,
     TRUNCATE,
     Kind,
     Runtime,
@@ -46,28 +55,59 @@ def truncation_allowed(request) -> bool:
     return True if flags is None else bool(np.all(flags))
 
 
+@dataclass(frozen=True)
+class Item:
+    """One request: its tokens, kinds, and (E6) how many SPLADE terms per row it asked for;
+    None when it did not ask for them."""
+
+    batch: TokenBatch
+    kinds: list[Kind]
+    sparse_top_k: np.ndarray | None = None
+
+
 class TritonPythonModel(Adapter):
     def setup(self) -> None:
         self.embedder = TokenEmbedder(embedder(self.params["block_id"]), self.directory,
                                       Runtime.from_parameters(self.params), self.placement)
+        self.validator = Validator()
         self.log_placement(self.embedder.where, self.embedder.placement_notes)
 
     def execute(self, requests):
         return self.run_batched(requests, self._read, self._embed)
 
-    def _read(self, request) -> tuple[TokenBatch, list[Kind]]:
+    def _read(self, request) -> Item:
         batch = TokenBatch(input_array(request, INPUT_IDS), input_array(request, ATTENTION_MASK))
-        kinds = read_kinds(request, batch.input_ids.shape[0])
+        rows = batch.input_ids.shape[0]
+        kinds = read_kinds(request, rows)
         if not truncation_allowed(request):
             refusal = self.embedder.limits.refusal(batch, kinds)
             if refusal:
                 raise RequestError(refusal)
-        return batch, kinds
+        top_k = None
+        if self.embedder.projection is not None and (
+                {SPARSE_INDICES, SPARSE_WEIGHTS} & set(request.requested_output_names())):
+            try:
+                top_k = self.validator.sparse_top_k(rows, optional_array(request, SPARSE_TOP_K),
+                                                    self.embedder.projection.shape[0])
+            except InvalidInput as err:
+                raise RequestError(str(err)) from err
+        return Item(batch, kinds, top_k)
 
-    def _embed(self, items: list[tuple[TokenBatch, list[Kind]]]) -> list[dict[str, np.ndarray]]:
-        batches = [b for b, _ in items]
-        kinds = [k for _, ks in items for k in ks]
-        vectors, cut = self.embedder.embed_with_flags(merge(batches, self.embedder.pad_id), kinds)
-        counts = [b.input_ids.shape[0] for b in batches]
-        return [{EMBEDDING: v, FLAG: f.reshape(-1, 1)}
-                for v, f in zip(split_rows(vectors, counts), split_rows(cut, counts))]
+    def _embed(self, items: list[Item]) -> list[dict[str, np.ndarray]]:
+        merged = merge([i.batch for i in items], self.embedder.pad_id)
+        kinds = [k for i in items for k in i.kinds]
+        splade = None
+        if any(i.sparse_top_k is not None for i in items):
+            vectors, cut, splade = self.embedder.embed_splade(merged, kinds)
+        else:
+            vectors, cut = self.embedder.embed_with_flags(merged, kinds)
+        counts = [i.batch.input_ids.shape[0] for i in items]
+        starts = np.cumsum([0, *counts])
+        outputs = []
+        for start, end, item in zip(starts, starts[1:], items):
+            out = {EMBEDDING: vectors[start:end], FLAG: cut[start:end].reshape(-1, 1)}
+            if splade is not None and item.sparse_top_k is not None:
+                out[SPARSE_INDICES], out[SPARSE_WEIGHTS] = sparse_rows(splade[start:end],
+                                                                       item.sparse_top_k)
+            outputs.append(out)
+        return outputs

@@ -161,6 +161,24 @@ def test_the_tei_routes(gateway, direct):
     assert post(f"{gateway.url}/embed", {"inputs": long, "truncate": True})[0] == 200
 
 
+def test_embed_sparse_answers_splade_terms_in_teis_shape(gateway, direct):
+    texts = ["the quick brown fox", "what is the capital of australia"]
+    status, rows = post(f"{gateway.url}/embed_sparse", {"inputs": texts})
+    assert status == 200 and len(rows) == 2
+    expected = [e.sparse for e in direct.embed_batch(texts, sparse=True)]
+    for row, terms in zip(rows, expected):
+        assert [t["index"] for t in row] == terms.indices.tolist()
+        np.testing.assert_allclose([t["value"] for t in row], terms.weights, rtol=1e-6)
+    status, rows = post(f"{gateway.url}/embed_sparse", {"inputs": texts[0], "sparse_top_k": 5})
+    assert status == 200 and len(rows) == 1 and len(rows[0]) == 5
+    heaviest = np.sort(expected[0].weights)[-5:]
+    np.testing.assert_allclose(sorted(t["value"] for t in rows[0]), heaviest, rtol=1e-6)
+    status, error = post(f"{gateway.url}/embed_sparse", {"inputs": "x", "sparse_top_k": -1})
+    assert status == 422 and "sparse_top_k" in error["error"], error
+    status, error = post(f"{gateway.url}/embed_sparse", {"inputs": ["ok", " "]})
+    assert status == 422 and "input[1]: empty or whitespace-only" in error["error"], error
+
+
 @pytest.mark.parametrize(("body", "param", "says"), [
     ({"input": [101, 2023, 102]}, "input", "token-id arrays are not supported"),
     ({"input": [[101, 2023]]}, "input", "token-id arrays are not supported"),

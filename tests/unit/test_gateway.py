@@ -33,10 +33,17 @@ def test_catalog_serves_fused_the_cached_entry_point_and_every_block(catalog):
     assert catalog.models["fusedembed-cached"].triton_model == r.CACHED_MODEL
     assert catalog.batch == r.ENSEMBLE_MAX_BATCH_SIZE
     assert catalog.tokens
+    assert catalog.sparse  # E6's SPLADE terms (/embed_sparse)
     assert catalog.usage_step == (r.usage_tokenizer().triton_model, r.TOKEN_COUNT)
     # Without Matryoshka training, only the full size.
     assert not catalog.matryoshka
     assert catalog.models["fusedembed"].dimensions == (r.FUSEMOE.output_dim,)
+
+
+def test_without_splade_terms_embed_sparse_is_not_offered():
+    config = _config()
+    config["output"] = [o for o in config["output"] if not o["name"].startswith("E6_SPARSE")]
+    assert not Catalog.from_configs(config, None).sparse
 
 
 def test_without_the_cached_entry_point_it_is_not_listed():
@@ -97,6 +104,9 @@ class TritonException(Exception):
      "input[3]: 70000 bytes; the limit is 65536"),
     ("StatusCode.INVALID_ARGUMENT", "in ensemble 'fused_text', TOP_K: 9 is not in 1..8", 422,
      "top_k", "top_k: 9 is not in 1..8"),
+    ("StatusCode.INVALID_ARGUMENT",
+     "in ensemble 'fused_text', SPARSE_TOP_K[0]: -1 is outside 0..30522 (0 keeps every term)",
+     422, "sparse_top_k", "sparse_top_k[0]: -1 is outside"),
     ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", 429, None, "queue is full"),
     ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", 503, None, "unavailable"),
     ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", 504, None, "deadline"),

@@ -36,13 +36,15 @@ def test_ensemble_contract():
         ("TEXT", mc.TYPE_STRING, [1], False), ("TIMESTAMP", mc.TYPE_INT64, [1], False),
         ("KIND", mc.TYPE_STRING, [1], True), ("TRUNCATE", mc.TYPE_BOOL, [1], True),
         ("TEMPERATURE", mc.TYPE_FP32, [1], True), ("TOP_K", mc.TYPE_INT32, [1], True),
-        ("FOCUS", mc.TYPE_FP32, [12], True), ("PRESENCE", mc.TYPE_BOOL, [12], True)]
+        ("FOCUS", mc.TYPE_FP32, [12], True), ("PRESENCE", mc.TYPE_BOOL, [12], True),
+        ("SPARSE_TOP_K", mc.TYPE_INT32, [1], True)]
     assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
         ("REDACTIONS", mc.TYPE_INT32, [7]), ("TOKENS", mc.TYPE_INT32, [1]),
         ("FUSED", mc.TYPE_FP32, [1536]), ("EXPERT_WEIGHTS", mc.TYPE_FP32, [8]),
         ("SELECTED_EXPERTS", mc.TYPE_INT32, [-1]), ("TRUNCATED", mc.TYPE_BOOL, [12]),
         ("FUSION_VERSION", mc.TYPE_STRING, [1]),
-        *[(e.block_name, mc.TYPE_FP32, [e.dim]) for e in r.EMBEDDERS]]
+        *[(e.block_name, mc.TYPE_FP32, [e.dim]) for e in r.EMBEDDERS],
+        ("E6_SPARSE_INDICES", mc.TYPE_INT32, [-1]), ("E6_SPARSE_WEIGHTS", mc.TYPE_FP32, [-1])]
     # Off: Triton's cache key ignores the requested outputs (see export/repository.py).
     assert not cfg.response_cache.enable
 
@@ -54,7 +56,8 @@ def test_the_cached_entry_point_has_one_output_and_the_cache_on():
     cached, plain = configs[r.CACHED_MODEL], configs[r.ENSEMBLE_MODEL]
     assert cached.response_cache.enable
     assert [o.name for o in cached.output] == [r.FUSED]
-    assert list(cached.input) == list(plain.input)
+    # SPARSE_TOP_K shapes E6's terms, which the cached entry point does not answer.
+    assert list(cached.input) == [i for i in plain.input if i.name != r.SPARSE_TOP_K]
     assert [s.model_name for s in cached.ensemble_scheduling.step] == [
         s.model_name for s in plain.ensemble_scheduling.step]
     assert cached.ensemble_scheduling.step[-1].output_map == {r.FUSED: r.FUSED}
@@ -82,7 +85,7 @@ def test_ensemble_steps_consume_only_what_is_produced(name):
         required = {i.name for i in model.input if not i.optional}
         assert required <= set(step.input_map) <= {i.name for i in model.input}, step.model_name
         assert all(i.optional for i in model.input
-                   if i.name in (r.KIND, r.TRUNCATE, *r.GATE_CONTROLS))
+                   if i.name in (r.KIND, r.TRUNCATE, r.SPARSE_TOP_K, *r.GATE_CONTROLS))
         assert set(step.input_map.values()) <= available, step.model_name
         assert set(step.output_map) <= {o.name for o in model.output}
         available |= set(step.output_map.values())
@@ -96,7 +99,8 @@ def test_every_embedder_batches_dynamically_and_token_inputs_are_ragged():
         assert cfg.HasField("dynamic_batching") and cfg.max_batch_size >= 32
         assert cfg.model_warmup, e.triton_model
         if e.input is r.Input.TOKENS:
-            token_inputs = [i for i in cfg.input if i.name not in (r.KIND, r.TRUNCATE)]
+            token_inputs = [i for i in cfg.input
+                            if i.name not in (r.KIND, r.TRUNCATE, r.SPARSE_TOP_K)]
             assert [i.name for i in token_inputs] == [r.INPUT_IDS, r.ATTENTION_MASK]
             assert all(i.allow_ragged_batch for i in token_inputs)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -77,6 +77,19 @@ class EmbedRequest(BaseModel):
     dimensions: int | None = Field(default=None, ge=1)
 
 
+class EmbedSparseRequest(BaseModel):
+    """POST /embed_sparse, as text-embeddings-inference takes it, and ``sparse_top_k``
+    (ours): only each text's k heaviest terms."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: str | list[str]
+    truncate: bool = False
+    truncation_direction: Literal["Right", "right"] = "Right"
+    prompt_name: None = None
+    sparse_top_k: int | None = Field(default=None, ge=0)
+
+
 class Metrics:
     """The gateway's own series, in their own registry (served at /metrics)."""
 
@@ -126,6 +139,7 @@ class Gateway:
                   Route("/v1/models", self.models, methods=["GET"]),
                   Route("/v1/models/{model:path}", self.model, methods=["GET"]),
                   Route("/embed", self.embed, methods=["POST"]),
+                  Route("/embed_sparse", self.embed_sparse, methods=["POST"]),
                   Route("/health", self.health, methods=["GET"]),
                   Route("/info", self.info, methods=["GET"]),
                   Route("/metrics", self.prometheus, methods=["GET"])]
@@ -192,6 +206,28 @@ class Gateway:
                           GateControls(), body.dimensions)
             vectors, _ = await self._run(route, batch, served)
             return self._done(route, PREFIX, start, 200, vectors)
+        except ValidationError as err:
+            return self._failed(route, PREFIX, start, _invalid(err), openai=False)
+        except GatewayError as err:
+            return self._failed(route, PREFIX, start, err, openai=False)
+        finally:
+            self._release(request)
+
+    async def embed_sparse(self, request: Request) -> Response:
+        """E6's SPLADE terms of each text: [[{"index", "value"}, ...], ...], by index."""
+        route, start = "/embed_sparse", time.perf_counter()
+        try:
+            body = EmbedSparseRequest.model_validate(await self._body(request))
+            texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+            if not texts:
+                raise GatewayError(422, "inputs: the list is empty", "inputs")
+            _, kind = (await self._triton().catalog()).resolve(PREFIX, None)
+            batch = Batch(texts, self._timestamps(None, len(texts)), kind, body.truncate)
+            rows = await self._admitted(
+                route, batch, lambda: self._triton().sparse(batch, body.sparse_top_k))
+            answer = [[{"index": int(i), "value": float(w)} for i, w in zip(*row)]
+                      for row in rows]
+            return self._done(route, PREFIX, start, 200, answer)
         except ValidationError as err:
             return self._failed(route, PREFIX, start, _invalid(err), openai=False)
         except GatewayError as err:
@@ -268,6 +304,12 @@ class Gateway:
 
     async def _run(self, route: str, batch: Batch, served: Any) -> tuple[np.ndarray, np.ndarray]:
         """Admit the texts under the in-flight limit (429 at once past it), then embed."""
+        return await self._admitted(route, batch, lambda: self._triton().embed(served, batch))
+
+    async def _admitted(self, route: str, batch: Batch,
+                        work: Callable[[], Awaitable[Any]]) -> Any:
+        """``work()`` (Triton's answer for ``batch``) once its texts are admitted under the
+        in-flight limit: 413 past max_inputs, 429 at once past the limit."""
         n, s = len(batch.texts), self.settings
         self.metrics.texts.labels(route).observe(n)
         if n > s.max_inputs:
@@ -281,7 +323,7 @@ class Gateway:
         self.inflight += n
         self.metrics.inflight.set(self.inflight)
         try:
-            return await self._triton().embed(served, batch)
+            return await work()
         finally:
             self.inflight -= n
             self.metrics.inflight.set(self.inflight)

@@ -15,11 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from fusedembed_client.client import CACHED_MODEL, KINDS, MODEL, GateControls, request_tensors
+from fusedembed_client.client import (
+    CACHED_MODEL,
+    KINDS,
+    MODEL,
+    SPARSE_OUTPUTS,
+    GateControls,
+    request_tensors,
+)
 
 PREFIX = "fusedembed"
 FUSED = "FUSED"
 TOKENS = "TOKENS"
+FUSION_VERSION = "FUSION_VERSION"
 # An ensemble input a Matryoshka-trained FuseMoE adds (its config parameter
 # "dimensions" lists the prefixes it was trained for): with it, `dimensions` is honoured.
 DIMENSIONS = "DIMENSIONS"
@@ -58,7 +66,8 @@ class Served:
 # Triton's tensor names -> the request fields they come from (for `param` of an error).
 FIELDS = {"TEXT": "input", "TIMESTAMP": "timestamp", "KIND": "input_type",
           "TRUNCATE": "truncate", "TOP_K": "top_k", "TEMPERATURE": "temperature",
-          "FOCUS": "focus", "PRESENCE": "missing", DIMENSIONS: "dimensions"}
+          "FOCUS": "focus", "PRESENCE": "missing", DIMENSIONS: "dimensions",
+          "SPARSE_TOP_K": "sparse_top_k"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class Catalog:
     tokens: bool  # fused_text answers TOKENS
     usage_step: tuple[str, str] | None  # (tokenizer model, its output) behind TOKENS
     matryoshka: bool  # fused_text takes DIMENSIONS
+    sparse: bool = False  # fused_text answers E6's SPLADE terms
 
     @classmethod
     def from_configs(cls, fused: dict[str, Any], cached: dict[str, Any] | None) -> Catalog:
@@ -93,7 +103,8 @@ class Catalog:
         usage = next(((s["model_name"], key) for s in steps
                       for key, value in s.get("output_map", {}).items() if value == TOKENS), None)
         return cls(models, int(fused.get("max_batch_size", 1)) or 1,
-                   tuple(s["model_name"] for s in steps), TOKENS in outputs, usage, matryoshka)
+                   tuple(s["model_name"] for s in steps), TOKENS in outputs, usage, matryoshka,
+                   all(o in outputs for o in SPARSE_OUTPUTS))
 
     def resolve(self, name: str, input_type: str | None) -> tuple[Served, str]:
         """The served model and the KIND a model name (with an optional ``-query`` /
@@ -180,8 +191,13 @@ class Triton:
         self._slots = asyncio.Semaphore(concurrency)
         self._catalog: Catalog | None = None
         self._counts: OrderedDict[bytes, int] = OrderedDict()
+        self._calls: set[asyncio.Future] = set()  # inference calls under way
 
     async def close(self) -> None:
+        """Close the channel once the calls under way have ended (at most ``timeout_s``):
+        closing it earlier would cancel them in Triton."""
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=self.timeout_s)
         await self._client.close()
 
     async def catalog(self) -> Catalog:
@@ -217,18 +233,46 @@ class Triton:
             supported = ", ".join(map(str, served.dimensions))
             raise GatewayError(422, f"dimensions: model {served.id} returns {supported} "
                                f"dimensions, not {batch.dimensions}", "dimensions")
-        n = len(batch.texts)
-        chunks = [range(i, min(n, i + catalog.batch)) for i in range(0, n, catalog.batch)]
-        deadline = time.monotonic() + self.timeout_s
-        jobs = [self._chunk(catalog, served, batch, c, deadline) for c in chunks]
-        try:
-            parts = await asyncio.wait_for(asyncio.gather(*jobs), self.timeout_s)
-        except TimeoutError as err:
-            raise GatewayError(504, f"no answer within {self.timeout_s:g} s "
-                               "(FUSEDEMBED_GATEWAY_TIMEOUT_S)", kind="timeout") from err
+        parts = await self._chunked(catalog, batch, lambda rows, deadline: self._chunk(
+            catalog, served, batch, rows, deadline))
         vectors = np.concatenate([p[0] for p in parts])
         tokens = np.concatenate([p[1] for p in parts])
         return vectors, tokens
+
+    async def sparse(self, batch: Batch, top_k: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """E6's SPLADE terms of every text, in order: (indices, weights) without padding."""
+        catalog = await self.catalog()
+        if not catalog.sparse:
+            raise GatewayError(404, f"{MODEL} at {self.url} does not answer SPLADE terms "
+                               f"({', '.join(SPARSE_OUTPUTS)})", kind="model_not_found")
+
+        async def chunk(rows: range, deadline: float) -> list[tuple[np.ndarray, np.ndarray]]:
+            texts = [batch.texts[i] for i in rows]
+            tensors = request_tensors(texts, [batch.timestamps[i] for i in rows], batch.kind,
+                                      batch.truncate, batch.gate)
+            if top_k is not None:
+                tensors.append(("SPARSE_TOP_K", "INT32",
+                                np.full((len(texts), 1), top_k, dtype=np.int32)))
+            async with self._slots:  # with one of FuseMoE's outputs: see SPARSE_OUTPUTS
+                result = await self._infer(MODEL, tensors, [*SPARSE_OUTPUTS, FUSION_VERSION],
+                                           deadline)
+            indices, weights = (result.as_numpy(o) for o in SPARSE_OUTPUTS)
+            return [(i[i >= 0], w[i >= 0]) for i, w in zip(indices, weights)]
+
+        return [row for part in await self._chunked(catalog, batch, chunk) for row in part]
+
+    async def _chunked(self, catalog: Catalog, batch: Batch, run: Any) -> list[Any]:
+        """``run(rows, deadline)`` on each slice of the ensemble's batch size, concurrently;
+        their answers in order, or 504 past the timeout."""
+        n = len(batch.texts)
+        chunks = [range(i, min(n, i + catalog.batch)) for i in range(0, n, catalog.batch)]
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(run(c, deadline) for c in chunks)),
+                                          self.timeout_s)
+        except TimeoutError as err:
+            raise GatewayError(504, f"no answer within {self.timeout_s:g} s "
+                               "(FUSEDEMBED_GATEWAY_TIMEOUT_S)", kind="timeout") from err
 
     async def _chunk(self, catalog: Catalog, served: Served, batch: Batch, rows: range,
                      deadline: float) -> tuple[np.ndarray, np.ndarray]:
@@ -278,11 +322,26 @@ class Triton:
         for name, dtype, value in tensors:
             inputs.append(tc.InferInput(name, list(value.shape), dtype))
             inputs[-1].set_data_from_numpy(value)
+        # No gRPC deadline, and no cancellation: Triton 2.51 can crash or stall a model's
+        # queue when a gRPC request is cancelled while an ensemble runs it (fixed in 2.53,
+        # triton-inference-server/server#7840). The call runs to its end as a task of its
+        # own; past the deadline the gateway answers 504 and drops the answer.
+        call = asyncio.ensure_future(self._client.infer(
+            model, inputs, outputs=[tc.InferRequestedOutput(o) for o in outputs]))
+        self._calls.add(call)
+        call.add_done_callback(self._finished)
         try:
-            return await self._client.infer(
-                model, inputs, outputs=[tc.InferRequestedOutput(o) for o in outputs],
-                client_timeout=max(0.001, deadline - time.monotonic()))
+            return await asyncio.wait_for(asyncio.shield(call),
+                                          max(0.001, deadline - time.monotonic()))
+        except TimeoutError as err:
+            raise GatewayError(504, f"no answer within {self.timeout_s:g} s "
+                               "(FUSEDEMBED_GATEWAY_TIMEOUT_S)", kind="timeout") from err
         except GatewayError:
             raise
         except Exception as err:
             raise triton_error(err, self._catalog) from err
+
+    def _finished(self, call: asyncio.Future) -> None:
+        self._calls.discard(call)
+        if not call.cancelled():
+            call.exception()  # retrieved: an answer dropped after a 504 is not an error
