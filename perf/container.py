@@ -169,7 +169,7 @@ def start_once(i: int) -> dict:
         stop = time.perf_counter()
         podman("stop", "--time", "40", name, check=False)
         stopped = time.perf_counter() - stop
-        podman("rm", "--force", name, check=False)
+        podman("rm", "--force", "--volumes", name, check=False)  # and its anonymous volumes
         print(f"  start {i + 1}: stopped in {stopped:.1f} s", flush=True)
 
 

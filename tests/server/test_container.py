@@ -107,7 +107,7 @@ def container(image, tmp_path_factory):
     finally:
         stopped = podman("stop", "--time", "40", name, check=False, timeout=120)
         code = podman("inspect", "--format", "{{.State.ExitCode}}", name, check=False)
-        podman("rm", "--force", name, check=False)
+        podman("rm", "--force", "--volumes", name, check=False)  # and its anonymous volumes
     assert stopped.returncode == 0, stopped.stderr
     assert code.stdout.strip() == "0", "fusedembed-serve did not exit cleanly on SIGTERM"
 
