@@ -195,39 +195,36 @@ class Gateway:
     # --- text-embeddings-inference ------------------------------------------------------
 
     async def embed(self, request: Request) -> Response:
-        route, start = "/embed", time.perf_counter()
-        try:
-            body = EmbedRequest.model_validate(await self._body(request))
-            texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-            if not texts:
-                raise GatewayError(422, "inputs: the list is empty", "inputs")
-            served, kind = (await self._triton().catalog()).resolve(PREFIX, None)
-            batch = Batch(texts, self._timestamps(None, len(texts)), kind, body.truncate,
-                          GateControls(), body.dimensions)
-            vectors, _ = await self._run(route, batch, served)
-            return self._done(route, PREFIX, start, 200, vectors)
-        except ValidationError as err:
-            return self._failed(route, PREFIX, start, _invalid(err), openai=False)
-        except GatewayError as err:
-            return self._failed(route, PREFIX, start, err, openai=False)
-        finally:
-            self._release(request)
+        async def vectors(body: EmbedRequest, batch: Batch) -> Any:
+            served, _ = (await self._triton().catalog()).resolve(PREFIX, None)
+            return (await self._run("/embed", batch, served))[0]
+
+        return await self._tei(request, "/embed", EmbedRequest, vectors)
 
     async def embed_sparse(self, request: Request) -> Response:
         """E6's SPLADE terms of each text: [[{"index", "value"}, ...], ...], by index."""
-        route, start = "/embed_sparse", time.perf_counter()
+        async def terms(body: EmbedSparseRequest, batch: Batch) -> Any:
+            rows = await self._admitted("/embed_sparse", batch, lambda: self._triton().sparse(
+                batch, body.sparse_top_k))
+            return [[{"index": int(i), "value": float(w)} for i, w in zip(*row)]
+                    for row in rows]
+
+        return await self._tei(request, "/embed_sparse", EmbedSparseRequest, terms)
+
+    async def _tei(self, request: Request, route: str, schema: type[BaseModel],
+                   answer: Callable[[Any, Batch], Awaitable[Any]]) -> Response:
+        """A text-embeddings-inference route: the body read as ``schema``, its ``inputs`` as
+        one batch of passages stamped now, ``answer(body, batch)`` as the reply; errors in
+        TEI's shape."""
+        start = time.perf_counter()
         try:
-            body = EmbedSparseRequest.model_validate(await self._body(request))
+            body: Any = schema.model_validate(await self._body(request))
             texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
             if not texts:
                 raise GatewayError(422, "inputs: the list is empty", "inputs")
-            _, kind = (await self._triton().catalog()).resolve(PREFIX, None)
-            batch = Batch(texts, self._timestamps(None, len(texts)), kind, body.truncate)
-            rows = await self._admitted(
-                route, batch, lambda: self._triton().sparse(batch, body.sparse_top_k))
-            answer = [[{"index": int(i), "value": float(w)} for i, w in zip(*row)]
-                      for row in rows]
-            return self._done(route, PREFIX, start, 200, answer)
+            batch = Batch(texts, self._timestamps(None, len(texts)), "passage", body.truncate,
+                          GateControls(), getattr(body, "dimensions", None))
+            return self._done(route, PREFIX, start, 200, await answer(body, batch))
         except ValidationError as err:
             return self._failed(route, PREFIX, start, _invalid(err), openai=False)
         except GatewayError as err:
