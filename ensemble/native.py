@@ -1,7 +1,8 @@
 """The source models' own outputs, beside the blocks fused into FUSED.
 
 SPLADE (E6) is used through an inverted index: its vocabulary-sized vector, sent as the
-indices and weights of its non-zero terms.
+indices and weights of its non-zero terms. ColBERT (E12) scores by MaxSim over its token
+vectors, sent padded to the request's longest row with each row's count.
 """
 
 from __future__ import annotations
@@ -32,3 +33,13 @@ def sparse_rows(vectors: np.ndarray, top_k: np.ndarray | None = None,
         indices[i, :terms.size] = terms
         weights[i, :terms.size] = vectors[i, terms]
     return indices, weights
+
+
+def token_rows(rows: list[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row token vectors [n_i, dim] -> (FP32 [rows, width, dim] padded with zero vectors,
+    INT32 [rows, 1] counts n_i); the width is at least 1."""
+    width = max([1, *(r.shape[0] for r in rows)])
+    vectors = np.zeros((len(rows), width, dim), dtype=np.float32)
+    for i, r in enumerate(rows):
+        vectors[i, :r.shape[0]] = r
+    return vectors, np.array([[r.shape[0]] for r in rows], dtype=np.int32).reshape(-1, 1)

@@ -57,8 +57,10 @@ class Pipeline:
         self.fusemoe, self.manifest = fusemoe.load(version_dir(repository, FUSEMOE_MODEL))
 
     def blocks(self, texts: list[str], timestamps: np.ndarray, kinds: list[Kind] | None = None,
+               sessions: list[str] | None = None, positions: np.ndarray | None = None,
                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Every block for already validated texts, and the [B, 12] truncation flags."""
+        """Every block for already validated texts, and the [B, 12] truncation flags (E4:
+        ``sessions`` and ``positions``, by default the default session and the timestamps)."""
         tokens = {name: tok.encode(texts) for name, tok in self.tokenizers.items()}
         out: dict[str, np.ndarray] = {}
         cut = np.zeros((len(texts), len(EMBEDDERS)), dtype=bool)
@@ -69,18 +71,26 @@ class Pipeline:
                 out[spec.id], cut[:, j] = stage.embed_with_flags(tokens[family], kinds)
             elif spec.input is Input.TEXT:
                 out[spec.id] = stage.embed_texts(texts)
+            elif spec.id == "E4":
+                out[spec.id] = stage.embed_times(
+                    timestamps if positions is None else positions, sessions)
             else:
                 out[spec.id] = stage.embed_times(timestamps)
         return out, cut
 
     def encode(self, texts: list[str], timestamps: np.ndarray, kinds: list[Kind] | None = None,
+               sessions: list[str] | None = None, sequences: np.ndarray | None = None,
                ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """Validation, PII scrubbing and the twelve blocks: (blocks, truncated, redactions)."""
+        """Validation, PII scrubbing and the twelve blocks: (blocks, truncated, redactions).
+        ``sessions`` and ``sequences`` are the optional SESSION and SEQUENCE inputs."""
         raw = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)
         texts = self.validator.texts(raw)
         stamps = self.validator.timestamps(np.asarray(timestamps))
+        session_ids = self.validator.sessions(
+            len(texts), None if sessions is None else np.array(sessions, dtype=np.object_))
+        positions = self.validator.positions(stamps, sequences)
         texts, redactions = scrub_texts(texts, self.validator.limits.pii_scrubbing)
-        blocks, cut = self.blocks(texts, stamps, kinds)
+        blocks, cut = self.blocks(texts, stamps, kinds, session_ids, positions)
         return blocks, cut, redactions
 
     def block_matrix(self, texts: list[str], timestamps: np.ndarray, batch: int = 32,

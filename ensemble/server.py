@@ -35,6 +35,13 @@ RUN_DIR = Path(os.environ.get("FUSEDEMBED_RUN_DIR", ROOT / ".run"))
 # when a container image is built.
 TRITON_DIR = Path(os.environ.get("FUSEDEMBED_TRITON_DIR", RUN_DIR / "tritonserver"))
 CACHE_BYTES = 256 * 1024 * 1024  # local response cache of fused_text_cached
+# glibc's malloc for tritonserver and the Python stubs (inherited), unless set already: a
+# buffer of 1 MiB or more is mapped on its own and returned to the system when freed, and a
+# heap gives back what it holds free past 16 MiB. By default glibc raises the mapping
+# threshold as large buffers are freed, so after a burst of the largest requests the
+# processes kept their peak buffers in their heaps (perf/reports/burst.md).
+RETURNING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+                    "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
 # The model-repository (load/unload) and shared-memory APIs need this header with the admin
 # key, over HTTP and gRPC, unless FUSEDEMBED_OPEN_ADMIN=1 opens them explicitly.
 ADMIN_HEADER = "fusedembed-admin-key"
@@ -289,6 +296,7 @@ class TritonServer:
         # The stub imports packages through the first python3 on PATH: this venv's.
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
         env.pop("PYTHONPATH", None)
+        env.update({k: v for k, v in RETURNING_MALLOC.items() if k not in env})
         return env
 
     def start(self, timeout: float = 300.0) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,6 @@ from export.registry import (
     ATTENTION_MASK,
     INPUT_IDS,
     LIBRARY_DEFAULTS,
-    POOL_MASK,
     TEXT,
     TRUNCATE,
     Embedder,
@@ -260,6 +260,25 @@ def unused_providers(asked: list[tuple[str, dict[str, str]]], active: list[str])
             for name, _ in asked if name not in active]
 
 
+def onnx_session(path: Path, runtime: Runtime, placement: Placement,
+                 level: str | None = None) -> tuple[Any, list[str]]:
+    """An ONNX Runtime session of ``path`` with the runtime's threads and graph optimisation
+    (``level`` overrides it) on the placement's providers, and why an accelerator asked for
+    is not among the session's providers."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = runtime.threads
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[level or runtime.graph_optimization])
+    # Many models share few cores: idle threads must sleep, not spin.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers, notes = execution_providers(placement, ort.get_available_providers())
+    session = ort.InferenceSession(str(path), options, providers=[p for p, _ in providers],
+                                   provider_options=[o for _, o in providers])
+    return session, notes + unused_providers(providers, session.get_providers())
+
+
 def torch_device(placement: Placement, cuda_available: bool) -> tuple[str, list[str]]:
     """The torch device of an instance and, when a GPU instance falls back, why."""
     if placement.gpu is None:
@@ -297,18 +316,9 @@ class TokenEmbedder:
             if self.precision == "fp8" and (list(GRAPH_OPTIMIZATION).index(level)
                                             > list(GRAPH_OPTIMIZATION).index(FP8_MAX_OPTIMIZATION)):
                 level = FP8_MAX_OPTIMIZATION
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = runtime.threads
-            options.graph_optimization_level = getattr(
-                ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[level])
-            # Many models share few cores: idle threads must sleep, not spin.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            providers, notes = execution_providers(placement, ort.get_available_providers())
-            self.session = ort.InferenceSession(str(directory / ONNX_FILE), options,
-                                                providers=[p for p, _ in providers],
-                                                provider_options=[o for _, o in providers])
+            self.session, notes = onnx_session(directory / ONNX_FILE, runtime, placement, level)
             active = self.session.get_providers()
-            self.placement_notes += notes + unused_providers(providers, active)
+            self.placement_notes += notes
             arenas = ["cpu:0"] + ([f"gpu:{placement.device_id}"]
                                   if PROVIDERS["cuda"] in active else [])
             self.shrink = ort.RunOptions()
@@ -352,28 +362,33 @@ class TokenEmbedder:
     def embed_with_flags(self, batch: TokenBatch, kinds: list[Kind] | None = None,
                          ) -> tuple[np.ndarray, np.ndarray]:
         """Vectors [rows, dim] and, per row, whether the text was cut to the model's limit."""
-        out, cut, _ = self._embed_groups(batch, kinds, keep_splade=False)
+        out, cut, _ = self._embed_groups(batch, kinds, keep_native=False)
         return out, cut
 
-    def embed_splade(self, batch: TokenBatch, kinds: list[Kind] | None = None,
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """E6: vectors [rows, dim], truncation flags, and the vocabulary-sized SPLADE vectors
-        [rows, vocabulary] the vectors were projected from (SPLADE's own output)."""
-        if self.projection is None:
-            raise ValueError(f"{self.spec.id} is not a SPLADE model")
-        out, cut, splade = self._embed_groups(batch, kinds, keep_splade=True)
-        assert splade is not None
-        return out, cut, splade
+    @property
+    def has_native(self) -> bool:
+        """Whether the source model has an output of its own behind the block (E6, E12)."""
+        return self.projection is not None or self.spec.pooling is Pooling.COLBERT_MEAN
 
-    def _embed_groups(self, batch: TokenBatch, kinds: list[Kind] | None, keep_splade: bool,
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def embed_native(self, batch: TokenBatch, kinds: list[Kind] | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Vectors [rows, dim], truncation flags, and per row the source model's own output
+        the vector came from: E6's vocabulary-sized SPLADE vector [vocabulary] (before the
+        projection), E12's ColBERT token vectors [tokens, 128] (before the mean)."""
+        if not self.has_native:
+            raise ValueError(f"{self.spec.id} has no output besides its block")
+        out, cut, native = self._embed_groups(batch, kinds, keep_native=True)
+        assert native is not None
+        return out, cut, native
+
+    def _embed_groups(self, batch: TokenBatch, kinds: list[Kind] | None, keep_native: bool,
+                      ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
         rows = batch.input_ids.shape[0]
         out = np.zeros((rows, self.spec.dim), dtype=np.float32)
         cut = np.zeros(rows, dtype=bool)
-        splade = (np.zeros((rows, self.projection.shape[0]), dtype=np.float32)
-                  if keep_splade and self.projection is not None else None)
+        native: list[np.ndarray] | None = [np.empty(0)] * rows if keep_native else None
         if rows == 0:
-            return out, cut, splade
+            return out, cut, native
         kinds = kinds or [Kind.PASSAGE] * rows
         bucket = length_bucket(batch.attention_mask.sum(axis=1), self.length_buckets)
         for group in sorted(set(zip(kinds, bucket))):
@@ -381,18 +396,19 @@ class TokenEmbedder:
             # truncate() trims the group to its longest row: a short text is not padded
             # to the longest text of the whole batch.
             part = TokenBatch(batch.input_ids[idx], batch.attention_mask[idx])
-            out[idx], cut[idx], raw = self._embed_kind(part, group[0])
-            if splade is not None:
-                splade[idx] = raw
-        return out, cut, splade
+            out[idx], cut[idx], own = self._embed_kind(part, group[0])
+            if native is not None:
+                for i, row in zip(idx, own):
+                    native[i] = row
+        return out, cut, native
 
     def token_counts(self, batch: TokenBatch, kind: Kind) -> np.ndarray:
         return self.limits.counts(batch, kind)
 
     def _embed_kind(self, batch: TokenBatch, kind: Kind,
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Vectors, truncation flags, and what the module itself returned (E6: before the
-        projection; the vectors themselves elsewhere)."""
+                    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Vectors, truncation flags, and per row the source model's own output (see
+        ``embed_native``; the vector itself for the other models)."""
         c = self.convention
         cut = self.token_counts(batch, kind) > self.token_limit(kind)
         batch = insert_after_first(batch, c.insert.get(kind.value, []))
@@ -410,10 +426,16 @@ class TokenEmbedder:
             pool = batch.attention_mask
             if c.skip_ids:
                 pool = pool * ~np.isin(batch.input_ids, c.skip_ids)
-        raw = self.forward(batch, pool)
+        raw = self.forward(batch)
+        if self.spec.pooling is Pooling.COLBERT_MEAN:
+            # ColBERT's block: the mean of the token vectors it keeps, L2.
+            keep = pool.astype(bool)
+            weights = keep[..., None].astype(np.float32)
+            mean = (raw * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+            return l2_normalize(mean), cut, [tokens[k] for tokens, k in zip(raw, keep)]
         if self.projection is None:
-            return raw, cut, raw
-        return l2_normalize(raw @ self.projection), cut, raw
+            return raw, cut, list(raw)
+        return l2_normalize(raw @ self.projection), cut, list(raw)
 
     def rows_per_run(self, width: int) -> int:
         """Rows of ``width`` tokens one run may take under ``max_batch_tokens`` (at least 1)."""
@@ -421,22 +443,20 @@ class TokenEmbedder:
             return 1 << 30
         return max(1, self.max_batch_tokens // max(1, width))
 
-    def forward(self, batch: TokenBatch, pool: np.ndarray | None = None) -> np.ndarray:
-        """The exported module itself on prepared tokens (E6: before its projection), in
-        runs of at most ``max_batch_tokens`` tokens."""
-        pool = batch.attention_mask if pool is None else pool
+    def forward(self, batch: TokenBatch) -> np.ndarray:
+        """The exported module itself on prepared tokens (E6: before its projection; E12:
+        per token, before the mean), in runs of at most ``max_batch_tokens`` tokens."""
         rows, width = batch.input_ids.shape
         step = self.rows_per_run(width)
         if rows <= step:
-            return self._forward(batch, pool)
+            return self._forward(batch)
         return np.concatenate([
             self._forward(TokenBatch(batch.input_ids[i:i + step],
-                                     batch.attention_mask[i:i + step]), pool[i:i + step])
+                                     batch.attention_mask[i:i + step]))
             for i in range(0, rows, step)])
 
-    def _forward(self, batch: TokenBatch, pool: np.ndarray) -> np.ndarray:
-        feeds = {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask,
-                 POOL_MASK: pool.astype(np.int64)}
+    def _forward(self, batch: TokenBatch) -> np.ndarray:
+        feeds = {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask}
         if self.runtime == "onnx":
             return self._onnx(feeds)
         if self.runtime == "torch":
@@ -467,6 +487,29 @@ class TokenEmbedder:
         return out.float().cpu().numpy()
 
 
+class ImageEmbedder:
+    """E10's vision tower: prepared images [B, 3, 224, 224] -> unit vectors [B, 768] (ONNX
+    Runtime), in runs of at most ``max_images`` images."""
+
+    def __init__(self, directory: Path, runtime: Runtime = LIBRARY_DEFAULTS,
+                 placement: Placement = Placement(), max_images: int = 32) -> None:
+        self.info = read_build_info(directory)
+        self.max_images = max_images
+        self.session, self.placement_notes = onnx_session(directory / ONNX_FILE, runtime,
+                                                          placement)
+        self.where = f"onnxruntime {', '.join(self.session.get_providers())}"
+        self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        rows = pixels.shape[0]
+        if rows == 0:
+            return np.zeros((0, self.session.get_outputs()[0].shape[-1]), dtype=np.float32)
+        return np.concatenate([
+            self.session.run([self.output], {self.input: pixels[i:i + self.max_images]})[0]
+            for i in range(0, rows, self.max_images)]).astype(np.float32, copy=False)
+
+
 class CustomEmbedder:
     """E2, E3, E4 (timestamps) and E9 (text): deterministic encoders without weights."""
 
@@ -474,8 +517,13 @@ class CustomEmbedder:
         self.spec = spec
         self.hdc = HdcEncoder.load(directory) if spec.input is Input.TEXT else None
 
-    def embed_times(self, timestamps: np.ndarray) -> np.ndarray:
-        fn = {"E2": temporal_recent, "E3": temporal_periodic, "E4": temporal_positional}
+    def embed_times(self, timestamps: np.ndarray, sessions: list[str] | None = None,
+                    ) -> np.ndarray:
+        """E2, E3: timestamps; E4: positions (a SEQUENCE or the timestamp) and sessions
+        (default: the shared default session)."""
+        if self.spec.id == "E4":
+            return temporal_positional(timestamps, sessions)
+        fn = {"E2": temporal_recent, "E3": temporal_periodic}
         return fn[self.spec.id](timestamps)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:

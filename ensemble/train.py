@@ -37,7 +37,7 @@ import torch
 
 from ensemble import corpus, fusemoe
 from export.build import embedder_fingerprints
-from export.registry import EMBEDDERS, FUSEMOE
+from export.registry import EMBEDDERS, FUSEMOE, IMAGE_BLOCKS
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
@@ -45,6 +45,7 @@ CHECKPOINTS = ROOT / "checkpoints" / "fusemoe"
 CACHE = ROOT / ".run" / "fusemoe-train"
 REPORT = ROOT / "perf" / "reports" / "fusemoe-training"
 BLOCK_DIMS = [e.dim for e in EMBEDDERS]
+IMAGE_PRESENCE = torch.tensor([e.id in IMAGE_BLOCKS for e in EMBEDDERS])
 TIME_RANGE = (0, 1_893_456_000)  # training timestamps: 1970 .. 2030, one per text
 WEIGHT_SOURCES = ("paraphrase", "code")  # the pairs that set the teacher's block weights
 
@@ -65,6 +66,9 @@ class TrainConfig:
     gate_noise_std: float = 1.0
     block_drop: float = 0.3  # per-block probability of being missing in a masked view
     masked_share: float = 0.25  # share of a batch's pairs that are masked views
+    # Share of the masked views that are image views: only the blocks an image fills
+    # (IMAGE_BLOCKS) present, E10 being CLIP's text tower standing in for its image tower.
+    image_views: float = 0.25
     code_pairs: int = 800
     augmented_pairs: int = 800
     holdout: float = 0.1  # share of pairs kept out of training to measure generalisation
@@ -203,6 +207,24 @@ def evaluate(model: fusemoe.FuseMoE, x: torch.Tensor, teacher: torch.Tensor,
     return corr, acc, (counts.float() / counts.sum()).tolist()
 
 
+def evaluate_image_views(model: fusemoe.FuseMoE, x: torch.Tensor, pairs: np.ndarray,
+                         seed: int) -> tuple[float, float]:
+    """On held-out texts: the mean cosine of a text's image view (only IMAGE_BLOCKS present)
+    to its full fused vector, and the share of texts whose image view is closer to its own
+    full vector than to a random other text's."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.from_numpy(np.unique(pairs))
+    presence = IMAGE_PRESENCE.float().to(x.device).expand(len(rows), -1)
+    model.eval()
+    with torch.inference_mode():
+        full = model(x[rows]).fused
+        image = model(x[rows], presence=presence).fused
+    model.train()
+    own = (image * full).sum(-1)
+    other = (image * full[torch.randperm(len(rows), generator=g)]).sum(-1)
+    return float(own.mean()), float((own > other).float().mean())
+
+
 def train(cfg: TrainConfig, x_np: np.ndarray, data: Data, log=print,
           ) -> tuple[fusemoe.FuseMoE, History, dict]:
     torch.manual_seed(cfg.seed)
@@ -256,9 +278,11 @@ def train(cfg: TrainConfig, x_np: np.ndarray, data: Data, log=print,
         second = torch.from_numpy(np.concatenate([p[:, 1], solo]))
         rows = torch.cat([first, second])
         presence = torch.ones(len(rows), len(EMBEDDERS))
-        # Masked views: the second copy of each solo text loses random blocks (never all).
+        # Masked views: the second copy of each solo text loses random blocks (never all);
+        # image views keep only the blocks fused_image fills.
         drop = torch.rand(n_masked, len(EMBEDDERS)) < cfg.block_drop
         drop[drop.all(1), 0] = False
+        drop[:int(n_masked * cfg.image_views)] = ~IMAGE_PRESENCE
         presence[len(rows) - n_masked:] = (~drop).float()
         out = model(x[rows], presence=presence.to(device), noise_std=cfg.gate_noise_std,
                     capacity_factor=cfg.capacity_factor)
@@ -287,8 +311,10 @@ def train(cfg: TrainConfig, x_np: np.ndarray, data: Data, log=print,
             log(f"  loss {hist.total[-1]:.4f} (similarity {hist.similarity[-1]:.4f}, "
                 f"contrastive {hist.contrastive[-1]:.3f}, balance {hist.balance[-1]:.3f})")
             record(step + 1)
+    image_cosine, image_accuracy = evaluate_image_views(model, x, held, cfg.seed)
     model.eval().cpu()
-    metrics = {"device": str(device), "held_out_teacher_correlation": hist.eval_teacher_corr[-1],
+    metrics = {"device": str(device), "held_out_image_view_cosine": image_cosine,
+               "held_out_image_view_closer_than_random": image_accuracy, "held_out_teacher_correlation": hist.eval_teacher_corr[-1],
                "held_out_positive_over_random": hist.eval_pair_accuracy[-1],
                "expert_share": hist.utilisation[-1],
                "teacher_block_weights": dict(zip([e.id for e in EMBEDDERS],
@@ -404,7 +430,9 @@ def write_report(cfg: TrainConfig, data: Data, metrics: dict, version: str, seco
          f"{cfg.contrastive_weight}, temperature {cfg.contrastive_temperature}) + switch "
          f"load balance ({cfg.load_balance_coef}); capacity factor {cfg.capacity_factor} and "
          f"gate noise (std {cfg.gate_noise_std}) in training only. A quarter of each batch "
-         f"are masked views (each block missing with probability {cfg.block_drop})."), "",
+         f"are masked views (each block missing with probability {cfg.block_drop}); "
+         f"{cfg.image_views:.0%} of those are image views, with only "
+         f"{', '.join(IMAGE_BLOCKS)} present (what fused_image fuses)."), "",
         "## Data", "",
         f"{data.description['texts']} texts; pairs: "
         + ", ".join(f"{k} {v}" for k, v in data.description["pairs"].items())
@@ -418,7 +446,11 @@ def write_report(cfg: TrainConfig, data: Data, metrics: dict, version: str, seco
               (f"- positive pair closer than a random partner: "
               f"{metrics['held_out_positive_over_random']:.3f}"),
               "- expert share of top-k assignments: "
-              + ", ".join(f"{s:.3f}" for s in metrics["expert_share"]), "",
+              + ", ".join(f"{s:.3f}" for s in metrics["expert_share"]),
+              (f"- image views (only {', '.join(IMAGE_BLOCKS)} present, what fused_image "
+               f"fuses; E10 from CLIP's text tower): cosine to the text's full vector "
+               f"{metrics['held_out_image_view_cosine']:.3f}, closer to it than to a random "
+               f"text's {metrics['held_out_image_view_closer_than_random']:.3f}"), "",
               "## Settings", "", "```json", json.dumps(asdict(cfg), indent=2), "```", "",
               "![losses](losses.png)", "", "![expert utilisation](expert-utilisation.png)", ""]
     path = directory / "README.md"

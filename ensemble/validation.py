@@ -7,12 +7,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from export.custom_encoders import DEFAULT_SESSION
 from export.registry import (
     EMBEDDERS,
     FOCUS,
     FUSEMOE,
     LIMITS,
     PRESENCE,
+    SEQUENCE,
+    SESSION,
     SPARSE_TOP_K,
     TEMPERATURE,
     TEXT,
@@ -46,6 +49,17 @@ class GateControls:
                      for f in ("top_k", "temperature", "focus", "presence")))
 
 
+def _utf8(field: str, item: bytes | str, max_bytes: int) -> str:
+    """A BYTES item as text: at most ``max_bytes`` bytes of valid UTF-8."""
+    data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+    if len(data) > max_bytes:
+        raise InvalidInput(f"{field}: {len(data)} bytes exceed the limit of {max_bytes} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidInput(f"{field}: not valid UTF-8 (byte {err.start})") from err
+
+
 def _rows(name: str, value: np.ndarray, rows: int, width: int) -> np.ndarray:
     if value.shape[0] != rows:
         raise InvalidInput(f"{name}: {value.shape[0]} rows for {rows} texts")
@@ -59,14 +73,7 @@ class Validator:
     def texts(self, raw: np.ndarray) -> list[str]:
         out = []
         for i, item in enumerate(raw.reshape(-1)):
-            data = item if isinstance(item, bytes) else str(item).encode("utf-8")
-            if len(data) > self.limits.max_text_bytes:
-                raise InvalidInput(f"{TEXT}[{i}]: {len(data)} bytes exceed the limit of "
-                                   f"{self.limits.max_text_bytes} bytes")
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InvalidInput(f"{TEXT}[{i}]: not valid UTF-8 (byte {err.start})") from err
+            text = _utf8(f"{TEXT}[{i}]", item, self.limits.max_text_bytes)
             if not text.strip():
                 raise InvalidInput(f"{TEXT}[{i}]: empty or whitespace-only text")
             out.append(text)
@@ -81,6 +88,35 @@ class Validator:
             raise InvalidInput(f"{TIMESTAMP}[{i}]: {int(stamps[i])} is outside the accepted range "
                                f"[{lo}, {hi}] Unix seconds ({_date(lo)} to {_date(hi)} UTC)")
         return stamps
+
+    def sessions(self, rows: int, raw: np.ndarray | None) -> list[str]:
+        """SESSION per row: UTF-8 of at most max_session_bytes; "" (the default session)
+        when absent."""
+        if raw is None:
+            return [DEFAULT_SESSION] * rows
+        return [_utf8(f"{SESSION}[{i}]", item, self.limits.max_session_bytes)
+                for i, item in enumerate(_rows(SESSION, np.asarray(raw), rows, 1).reshape(-1))]
+
+    def positions(self, timestamps: np.ndarray, raw: np.ndarray | None) -> np.ndarray:
+        """E4's position per row: SEQUENCE (0..max_sequence) where given, else the row's
+        (validated) timestamp."""
+        if raw is None:
+            return np.asarray(timestamps, dtype=np.int64).reshape(-1)
+        seq = _rows(SEQUENCE, np.asarray(raw), len(timestamps), 1).reshape(-1).astype(np.int64)
+        for i in np.nonzero((seq < 0) | (seq > self.limits.max_sequence))[0][:1]:
+            raise InvalidInput(f"{SEQUENCE}[{i}]: {int(seq[i])} is outside "
+                               f"0..{self.limits.max_sequence}")
+        return seq
+
+    def times(self, rows: int, timestamps: np.ndarray, sessions: np.ndarray | None,
+              sequences: np.ndarray | None, items: str = "texts",
+              ) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """The time inputs of ``rows`` items: TIMESTAMP (one per item), E4's SESSION and its
+        position (SEQUENCE, else the timestamp)."""
+        stamps = self.timestamps(timestamps)
+        if len(stamps) != rows:
+            raise InvalidInput(f"{TIMESTAMP}: {len(stamps)} values for {rows} {items}")
+        return stamps, self.sessions(rows, sessions), self.positions(stamps, sequences)
 
     def sparse_top_k(self, rows: int, top_k: np.ndarray | None, vocabulary: int) -> np.ndarray:
         """SPARSE_TOP_K per row: 0 (every term) by default, else 1..vocabulary."""

@@ -3,7 +3,8 @@
 Each class holds only what differs between the eight neural embedders (config class,
 pooling, whether the sequence axis can be dynamic). The wrappers take ``input_ids`` and
 ``attention_mask`` and return the pooled, L2-normalised ``embedding`` (E6 returns its
-vocabulary-sized SPLADE vector: the seeded projection is a persisted artifact applied after).
+vocabulary-sized SPLADE vector: the seeded projection is a persisted artifact applied after;
+E12 returns ColBERT's per-token vectors, pooled after: ColBERT's users keep them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from export.registry import EMBEDDERS, POOL_MASK, Embedder, Pooling, PublishedConfig
+from export.registry import EMBEDDERS, TOKEN_VECTORS, Embedder, Pooling, PublishedConfig
 
 # Toy sizes: the hidden width stays the real block width where the block is the hidden state.
 TINY_LAYERS = 2
@@ -164,22 +165,21 @@ class ClipEosProjection(Pooler):
         return l2(self.model(input_ids=input_ids, attention_mask=attention_mask).text_embeds)
 
 
-class ColbertMean(Pooler):
-    """ColBERT: 128-D linear head, per-token L2, mean over ``pool_mask``, L2 (fusion block).
+class ColbertTokens(Pooler):
+    """ColBERT: 128-D linear head, per-token L2, the vectors ColBERT's reference keeps.
 
-    ``pool_mask`` differs from the attention mask as in the ColBERT reference: a query's
-    [MASK] padding is pooled though not attended to; a document's punctuation is dropped.
+    The fusion block is their mean over a pooling mask, taken after the module (ensemble/
+    stages.py) because the token vectors themselves are an output: a query's [MASK] padding
+    is pooled though not attended to; a document's punctuation is dropped.
     """
 
     def __init__(self, model: nn.Module, dim: int) -> None:
         super().__init__(model)
         self.linear = nn.Linear(model.config.hidden_size, dim, bias=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                pool_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        tokens = l2(self.linear(states))
-        return l2(masked_mean(tokens, pool_mask))
+        return l2(self.linear(states))
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,8 @@ class Architecture:
     """What differs per source model: config, wrapper, export shape, tolerance."""
 
     output_name: ClassVar[str] = "embedding"
-    extra_inputs: ClassVar[tuple[str, ...]] = ()  # beyond input_ids and attention_mask
+    # The graph output's dynamic axes: one vector per row, or (ColBERT) per token.
+    output_axes: ClassVar[dict[int, str]] = {0: "batch"}
     # "onnx": exported and run with ONNX Runtime; "onnx+torch": the ONNX graph for texts up
     # to ``exact_limit`` tokens and the PyTorch module itself for longer ones.
     runtime: ClassVar[str] = "onnx"
@@ -259,17 +260,12 @@ class Architecture:
         Every weight of the module must come from the folder: a missing or mis-shaped
         tensor (which transformers would re-initialise with a warning) is an error.
         """
-        from export.artifacts import ArtifactError
-
         config = self.pretrained_config(checkpoint)
         config._attn_implementation = "eager"
         model, info = self._model_type().from_pretrained(
             checkpoint, config=config, dtype=dtype, use_safetensors=True,
             output_loading_info=True, **self.model_kwargs)
-        bad = list(info.get("missing_keys", [])) + [str(k) for k in info.get("mismatched_keys", [])]
-        if bad:
-            raise ArtifactError(f"{checkpoint}: weights missing or of another shape for "
-                                f"{self.model_class}: {', '.join(sorted(bad)[:5])}")
+        all_loaded(checkpoint, info, self.model_class)
         return self.wrap(spec, model).eval()
 
     def seeded_module(self, spec: Embedder, ids: TokenizerIds,
@@ -288,6 +284,31 @@ class Architecture:
     def full_module(self, spec: Embedder, ids: TokenizerIds) -> nn.Module:
         """The real architecture at its published size, seeded random weights."""
         return self.seeded_module(spec, ids, self.full_size(spec, ids))
+
+
+def all_loaded(checkpoint: Path, info: dict, model_class: str) -> None:
+    """Every weight of ``model_class`` came from ``checkpoint`` (``info``: transformers'
+    loading info): a missing or mis-shaped tensor, which transformers would re-initialise
+    with a warning, is an error."""
+    from export.artifacts import ArtifactError
+
+    bad = list(info.get("missing_keys", [])) + [str(k) for k in info.get("mismatched_keys", [])]
+    if bad:
+        raise ArtifactError(f"{checkpoint}: weights missing or of another shape for "
+                            f"{model_class}: {', '.join(sorted(bad)[:5])}")
+
+
+def clip_tower_config(checkpoint: Path, tower: str):
+    """The ``tower`` ("text" or "vision") config of a CLIP checkpoint, with the projection
+    size of the whole model (a full model's sub-config may not repeat it)."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(checkpoint)
+    if isinstance(config, getattr(transformers, f"CLIP{tower.capitalize()}Config")):
+        return config
+    sub = getattr(config, f"{tower}_config")
+    sub.projection_dim = config.projection_dim
+    return sub
 
 
 def seed_for(spec: Embedder) -> int:
@@ -325,7 +346,8 @@ class BertSplade(Bert):
 class BertColbert(Bert):
     """ColBERTv2: BertModel with a 128-D linear head (``linear.weight`` in the checkpoint)."""
 
-    extra_inputs = (POOL_MASK,)
+    output_name = TOKEN_VECTORS
+    output_axes: ClassVar[dict[int, str]] = {0: "batch", 1: "sequence"}
 
     def pretrained_module(self, spec, checkpoint, dtype=torch.float32):
         from safetensors import safe_open
@@ -336,7 +358,7 @@ class BertColbert(Bert):
         return module
 
     def wrap(self, spec, model):
-        return ColbertMean(model, spec.dim)
+        return ColbertTokens(model, spec.dim)
 
 
 class Roberta(Architecture):
@@ -416,19 +438,84 @@ class ClipText(Architecture):
                               pad_token_id=ids.pad, bos_token_id=ids.bos, eos_token_id=ids.eos)
 
     def pretrained_config(self, checkpoint):
-        # A full CLIP checkpoint: the text tower's config, with the projection size of the
-        # whole model (the text sub-config may not repeat it).
-        from transformers import AutoConfig, CLIPTextConfig
-
-        config = AutoConfig.from_pretrained(checkpoint)
-        if isinstance(config, CLIPTextConfig):
-            return config
-        text = config.text_config
-        text.projection_dim = config.projection_dim
-        return text
+        return clip_tower_config(checkpoint, "text")
 
     def wrap(self, spec, model):
         return ClipEosProjection(model)
+
+
+class ClipImageProjection(nn.Module):
+    """CLIP's vision tower: the pooled (post-layernorm CLS) state through the visual
+    projection, L2: ``CLIPModel.get_image_features``, normalised."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return l2(self.model(pixel_values=pixel_values).image_embeds)
+
+
+@dataclass(frozen=True)
+class VisionSize:
+    """A CLIP vision tower's size (the vision_config of the source model's config.json)."""
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    patch: int
+    image: int = 224
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "quick_gelu"
+
+
+# openai/clip-vit-large-patch14's vision_config; the toy keeps the 224-pixel input.
+VISION_FULL = VisionSize(layers=24, hidden=1024, heads=16, intermediate=4096, patch=14)
+VISION_TINY = VisionSize(layers=TINY_LAYERS, hidden=TINY_HIDDEN, heads=TINY_HEADS,
+                         intermediate=TINY_INTERMEDIATE, patch=32)
+VISION_SEED_OFFSET = 500  # the vision tower's seed: the text tower's plus this
+
+
+class ClipVision:
+    """E10's image path: CLIPVisionModelWithProjection, exported with a dynamic batch axis
+    on ``pixel_values`` [B, 3, 224, 224]."""
+
+    output_name: ClassVar[str] = "embedding"
+    input_name: ClassVar[str] = "pixel_values"
+
+    def config(self, spec: Embedder, size: VisionSize):
+        from transformers import CLIPVisionConfig
+
+        return CLIPVisionConfig(hidden_size=size.hidden, intermediate_size=size.intermediate,
+                                num_hidden_layers=size.layers, num_attention_heads=size.heads,
+                                image_size=size.image, patch_size=size.patch,
+                                projection_dim=spec.dim, layer_norm_eps=size.layer_norm_eps,
+                                hidden_act=size.hidden_act)
+
+    def seeded_module(self, spec: Embedder, size: VisionSize) -> nn.Module:
+        from transformers import CLIPVisionModelWithProjection
+
+        torch.manual_seed(seed_for(spec) + VISION_SEED_OFFSET)
+        config = self.config(spec, size)
+        config._attn_implementation = "eager"
+        return ClipImageProjection(CLIPVisionModelWithProjection(config)).eval()
+
+    def pretrained_module(self, checkpoint: Path) -> nn.Module:
+        """The vision tower of a full CLIP checkpoint; every weight must come from it."""
+        from transformers import CLIPVisionModelWithProjection
+
+        from export.artifacts import ArtifactError
+
+        config = clip_tower_config(checkpoint, "vision")
+        if config.image_size != VISION_FULL.image:
+            raise ArtifactError(f"{checkpoint}: a vision tower for {config.image_size}-pixel "
+                                f"images; fused_image prepares {VISION_FULL.image}-pixel ones")
+        config._attn_implementation = "eager"
+        model, info = CLIPVisionModelWithProjection.from_pretrained(
+            checkpoint, config=config, use_safetensors=True, output_loading_info=True)
+        all_loaded(checkpoint, info, "CLIPVisionModelWithProjection")
+        return ClipImageProjection(model).eval()
 
 
 ARCHITECTURES: dict[str, Architecture] = {

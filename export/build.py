@@ -56,6 +56,7 @@ from export.registry import (
     DEVICES,
     EMBEDDERS,
     FUSEMOE_MODEL,
+    IMAGE_EMBEDDER_MODEL,
     INPUT_IDS,
     PREPROCESS_MODEL,
     TOKENIZER_FAMILIES,
@@ -63,6 +64,7 @@ from export.registry import (
     Input,
     Pooling,
     TokenizerFamily,
+    embedder,
     tokenizer_family,
 )
 
@@ -233,7 +235,6 @@ def calibration_batch(spec: Embedder, repo: Path, texts: int = CALIBRATION_TEXTS
     """Tokens of STS-B dev sentences as a model's graph inputs (FP8 calibration)."""
     import numpy as np
 
-    from export.architectures import architecture
     from export.stsb import sentences
 
     family = tokenizer_family(spec.tokenizer or "")
@@ -243,8 +244,7 @@ def calibration_batch(spec: Embedder, repo: Path, texts: int = CALIBRATION_TEXTS
     encodings = tok.encode_batch(sentences("dev")[:texts])
     ids = np.array([e.ids for e in encodings], dtype=np.int64)
     mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-    feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask}
-    return feeds | {name: mask for name in architecture(spec).extra_inputs}
+    return {INPUT_IDS: ids, ATTENTION_MASK: mask}
 
 
 def build_neural(spec: Embedder, directory: Path, repo: Path, key: str,
@@ -269,10 +269,10 @@ def build_neural(spec: Embedder, directory: Path, repo: Path, key: str,
         graph, target = arch.onnx_module(module), directory / ONNX_FILE
         example = example_inputs(2, 16, ids.pad, ids.vocab_size)
         if precision == "fp16":
-            export_fp16(graph, target, arch.output_name, example, arch.extra_inputs)
+            export_fp16(graph, target, arch.output_name, example)
         else:
             staged = target.with_name("fp32.onnx") if precision != "fp32" else target
-            export(graph, staged, arch.output_name, example, arch.extra_inputs)
+            export(graph, staged, arch.output_name, example, arch.output_axes)
             if precision == "int8":
                 kept = quantize_int8(staged, target, arch.int8_keep_fp32)
                 precision_info["int8_kept_fp32"] = kept
@@ -307,6 +307,34 @@ def build_neural(spec: Embedder, directory: Path, repo: Path, key: str,
     _write_info(directory, key=key, runtime=arch.runtime, precision=precision,
                 pad_token_id=ids.pad, max_length=spec.max_length, parameters=parameters,
                 convention=convention_ids(spec, repo), **precision_info, **provenance)
+
+
+def build_image(directory: Path, key: str, checkpoint: Checkpoint | None,
+                profile: str = "pretrained") -> None:
+    """E10's vision tower (CLIP ViT-L/14's, from E10's checkpoint when there is one; else
+    seeded at the profile's size) exported to ONNX with a dynamic batch axis."""
+    import torch
+
+    from export.architectures import VISION_FULL, VISION_TINY, ClipVision
+    from export.onnx_export import export_images
+
+    spec, arch = embedder("E10"), ClipVision()
+    if checkpoint is not None:
+        module = arch.pretrained_module(checkpoint.path)
+        provenance = {"pretrained": True, "source": spec.source, "origin": checkpoint.origin,
+                      "checkpoint": str(checkpoint.path), "sha256": checkpoint.sha256}
+    else:
+        size = VISION_FULL if profile == "full" else VISION_TINY
+        module = arch.seeded_module(spec, size)
+        provenance = {"pretrained": False, "size": "full" if profile == "full" else "tiny",
+                      "source": f"{'' if profile == 'full' else 'tiny '}"
+                                "CLIPVisionModelWithProjection (seeded random weights)"}
+    image = module.model.config.image_size
+    example = torch.randn(2, 3, image, image, generator=torch.Generator().manual_seed(0))
+    export_images(module, directory / ONNX_FILE, arch.input_name, arch.output_name, example)
+    parameters = sum(p.numel() for p in module.parameters())
+    _write_info(directory, key=key, runtime="onnx", precision="fp32", parameters=parameters,
+                image_size=image, **provenance)
 
 
 def build_custom(spec: Embedder, directory: Path, key: str) -> None:
@@ -463,6 +491,10 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
                      s, d, repo, k, c, p, profile))
         else:
             step(spec.triton_model, recipe, lambda d, s=spec: build_custom(s, d, recipe))
+        if spec.id == "E10":  # its vision tower, for fused_image
+            ckpt = checkpoints[spec.id]
+            key = f"{recipe}:{ckpt.sha256 if ckpt else size}"
+            step(IMAGE_EMBEDDER_MODEL, key, lambda d, c=ckpt, k=key: build_image(d, k, c, profile))
     if only is None:
         trained = trained_checkpoint(repo) if fusemoe_checkpoint == "latest" else (
             None if fusemoe_checkpoint == "seeded" else Path(fusemoe_checkpoint))
@@ -503,6 +535,11 @@ def summary(repo: Path) -> list[tuple[str, str, str]]:
         kind = ("pretrained" if info.get("pretrained")
                 else "custom" if spec.input is not Input.TOKENS else info.get("size", "tiny"))
         rows.append((f"{spec.id} {spec.triton_model}", kind, info["source"]))
+        image = _vdir(repo, IMAGE_EMBEDDER_MODEL) / BUILD_INFO
+        if spec.id == "E10" and image.is_file():
+            info = json.loads(image.read_text())
+            kind = "pretrained" if info.get("pretrained") else info.get("size", "tiny")
+            rows.append((f"{spec.id} {IMAGE_EMBEDDER_MODEL}", kind, info["source"]))
     return rows
 
 

@@ -26,7 +26,7 @@ def example_inputs(batch: int, length: int, pad: int, vocab_size: int,
 
 
 def export_fp16(module: nn.Module, path: Path, output_name: str,
-                example: tuple[torch.Tensor, ...], extra_inputs: tuple[str, ...] = ()) -> None:
+                example: tuple[torch.Tensor, torch.Tensor]) -> None:
     """FP16 graph: the module in half precision through the dynamo exporter (the legacy
     exporter does not give a runnable FP16 graph). Token inputs stay int64; the output is
     float16."""
@@ -35,11 +35,7 @@ def export_fp16(module: nn.Module, path: Path, output_name: str,
     import onnx
 
     half = copy.deepcopy(module).half().eval()
-    names = [INPUT_IDS, ATTENTION_MASK, *extra_inputs]
-    # A copy, not the attention mask itself: traced with one tensor object as two inputs,
-    # the dynamo export gave ColBERT's pooled mean the attention mask's tokens (cosine 0.986
-    # to FP32 on texts with punctuation; tests/unit/test_precision.py).
-    example = (*example[:2], *(example[1].clone() for _ in extra_inputs))
+    names = [INPUT_IDS, ATTENTION_MASK]
     dims = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
     shapes = {n: {0: dims["batch"], 1: dims["sequence"]} for n in names}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,20 +65,29 @@ def _rename_value(model, old: str, new: str) -> None:
 
 
 def export(module: nn.Module, path: Path, output_name: str,
-           example: tuple[torch.Tensor, ...], extra_inputs: tuple[str, ...] = ()) -> None:
-    """Export with the legacy TorchScript exporter: dynamic batch and sequence axes.
-
-    ``extra_inputs`` are further [batch, sequence] int64 masks after the two token inputs;
-    the example gives them the attention mask's values.
-    """
+           example: tuple[torch.Tensor, torch.Tensor],
+           output_axes: dict[int, str] | None = None) -> None:
+    """Export with the legacy TorchScript exporter: dynamic batch and sequence axes on the
+    inputs; ``output_axes`` on the output (default: the batch only)."""
     axes = {0: "batch", 1: "sequence"}
-    names = [INPUT_IDS, ATTENTION_MASK, *extra_inputs]
-    example = (*example[:2], *(example[1].clone() for _ in extra_inputs))  # see export_fp16
+    names = [INPUT_IDS, ATTENTION_MASK]
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, example, str(path), dynamo=False, opset_version=OPSET,
             input_names=names, output_names=[output_name],
-            dynamic_axes={**{n: axes for n in names}, output_name: {0: "batch"}},
+            dynamic_axes={**{n: axes for n in names},
+                          output_name: output_axes or {0: "batch"}},
         )
+
+
+def export_images(module: nn.Module, path: Path, input_name: str, output_name: str,
+                  example: torch.Tensor) -> None:
+    """Export an image module (pixels [B, 3, H, W] -> [B, dim]) with a dynamic batch axis."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})

@@ -8,7 +8,7 @@ or a dimension on its own.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 class Role(str, enum.Enum):
@@ -32,7 +32,7 @@ class Pooling(str, enum.Enum):
     MEAN = "mean"  # attention-masked mean of the last hidden state
     SPLADE_MAX = "splade-max"  # max over tokens of log(1 + relu(MLM logits)), then a projection
     EOS_PROJECTION = "eos-projection"  # CLIP: hidden state at the EOS token, text projection
-    COLBERT_MEAN = "colbert-mean"  # 128-D head, per-token L2, masked mean
+    COLBERT_MEAN = "colbert-mean"  # 128-D head, per-token L2 (the graph), masked mean (after)
     CUSTOM = "custom"  # deterministic encoder without weights (E2, E3, E4, E9)
 
 
@@ -127,8 +127,9 @@ class Gpu:
     """How the neural models run on a GPU (``make build DEVICE=gpu``; docker/Containerfile.gpu).
 
     The committed configs are the CPU ones; a GPU build writes its built configs with
-    ``KIND_GPU`` instance groups for the token embedders and FuseMoE (tokenizers, the custom
-    encoders and the entry points stay on CPU) and these settings as parameters. ONNX Runtime
+    ``KIND_GPU`` instance groups for the token embedders, E10's vision tower and FuseMoE
+    (tokenizers, the custom encoders and the entry points stay on CPU) and these settings as
+    parameters. ONNX Runtime
     tries ``providers`` in order, then the CPU, and logs why each one it skipped was skipped;
     TensorRT builds its engines (FP16 kernels where ``trt_fp16``, the standard choice on a
     GPU; an FP8 model's Q/DQ layers in FP8) into ``engine_cache``, a volume, so a restart
@@ -324,6 +325,32 @@ class Limits:
     min_temperature: float = 0.05
     max_temperature: float = 20.0
     max_focus: float = 100.0
+    # E4's optional SESSION (UTF-8 bytes; "" is the default shared session) and SEQUENCE
+    # (a position in the session, 0..max_sequence; the TIMESTAMP stands in without one).
+    max_session_bytes: int = 256
+    max_sequence: int = 10**12
+    # fused_image's IMAGE: encoded bytes, the pixels its header declares (checked before
+    # decoding), and how elongated it may be (resized to 224 on its short side, a 1 x N
+    # image would become 224 x 224N).
+    max_image_bytes: int = 20 * 2**20
+    max_image_pixels: int = 40_000_000
+    max_image_aspect: int = 100
+
+    def parameters(self, *names: str) -> dict[str, str]:
+        """These limits (``names`` of them) as a model config's parameters."""
+        return {n: ("on" if getattr(self, n) else "off") if n == "pii_scrubbing"
+                else str(getattr(self, n)) for n in names}
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> Limits:
+        """The limits a model's config parameters name; the others at their defaults."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name == "pii_scrubbing" and f.name in params:
+                values[f.name] = params[f.name] != "off"
+            elif f.name in params:
+                values[f.name] = type(f.default)(params[f.name])
+        return cls(**values)
 
 
 LIMITS = Limits()
@@ -388,10 +415,28 @@ TOKENS = "TOKENS"
 E6_SPARSE_INDICES = "E6_SPARSE_INDICES"  # INT32 [k]
 E6_SPARSE_WEIGHTS = "E6_SPARSE_WEIGHTS"  # FP32 [k]
 SPARSE_TOP_K = "SPARSE_TOP_K"  # optional INT32 [1]: keep a row's k heaviest terms (0: all)
+# E12's ColBERT token vectors (unit, 128-D), sent only when asked for: the vectors ColBERT's
+# reference keeps (a query's 32 with its [MASK] augmentation; a passage's tokens but its
+# punctuation), padded with zero vectors to the request's longest row; E12_TOKEN_COUNT is
+# each row's own count.
+E12_TOKENS = "E12_TOKENS"  # FP32 [n, 128]
+E12_TOKEN_COUNT = "E12_TOKEN_COUNT"  # INT32 [1]
 # A tokenizer model also answers IDS (INT32 [n]) with TERMS (BYTES [n]): its vocabulary's
 # entries, so that a client can read SPLADE's indices as words (-1 gives "").
 IDS = "IDS"
 TERMS = "TERMS"
+# fused_image: one encoded image (PNG, JPEG, WebP, GIF, BMP) instead of TEXT.
+IMAGE = "IMAGE"  # BYTES [1]
+IMAGE_MODEL = "fused_image"
+IMAGE_EMBEDDER_MODEL = "e10_image"  # E10's vision tower: PIXELS -> the E10 block
+PIXELS = "pixel_values"  # FP32 [3, 224, 224]: an image prepared as CLIP's processor does
+# The blocks an image fills: E10 from the image, the time blocks from its TIMESTAMP; the
+# text blocks are missing (zeros and FuseMoE's presence mask, as in the fail-safe).
+IMAGE_BLOCKS = ("E2", "E3", "E4", "E10")
+# E4 is a session signature and a position. Optional, per item: without SESSION every text
+# is in the default session (""), without SEQUENCE its TIMESTAMP is its position.
+SESSION = "SESSION"  # BYTES [1]
+SEQUENCE = "SEQUENCE"  # INT64 [1]
 # Optional gate controls, per item (defaults: FuseMoEConfig and "every block, weight 1").
 TEMPERATURE = "TEMPERATURE"  # FP32 [1]: softmax temperature of the gate
 TOP_K = "TOP_K"  # INT32 [1]: experts mixed per item, 1..num_experts
@@ -410,11 +455,15 @@ EMBEDDING = "embedding"
 BLOCK_SUFFIX = "_BLOCK"
 TRUNCATED_SUFFIX = "_TRUNCATED"  # FuseMoE inputs: each token embedder's truncation flag
 CLEAN_TEXT = "text"  # preprocess outputs: the validated (and scrubbed) text ...
-CLEAN_TIMESTAMP = "timestamp"  # ... and the validated timestamp
+CLEAN_TIMESTAMP = "timestamp"  # ... the validated timestamp ...
+CLEAN_SESSION = "session"  # ... E4's session ...
+CLEAN_POSITION = "position"  # ... and E4's position (SEQUENCE, else TIMESTAMP)
 FLAG = "truncated"  # a token embedder's per-text truncation flag
 TOKEN_COUNT = "token_count"  # a tokenizer's per-text token count (the ensemble's TOKENS)
 SPARSE_INDICES = "sparse_indices"  # E6's outputs behind E6_SPARSE_INDICES ...
 SPARSE_WEIGHTS = "sparse_weights"  # ... and E6_SPARSE_WEIGHTS
+TOKEN_VECTORS = "token_vectors"  # E12's outputs behind E12_TOKENS (also its graph's output) ...
+TOKEN_VECTOR_COUNT = "token_vector_count"  # ... and E12_TOKEN_COUNT
 FAILSAFE_MODEL = "fused_text_failsafe"
 MISSING = "MISSING"  # BOOL [12]: blocks the fail-safe entry point filled with zeros
 
@@ -427,7 +476,6 @@ class Failsafe:
 
 
 FAILSAFE = Failsafe()
-POOL_MASK = "pool_mask"  # ColBERT: which token vectors enter the pooled mean
 
 
 def embedder(block_id: str) -> Embedder:

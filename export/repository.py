@@ -31,6 +31,8 @@ ADAPTERS = {
     "custom_embedder": "ensemble.serving.custom_embedder",
     "fusemoe": "ensemble.serving.fusemoe",
     "failsafe": "ensemble.serving.failsafe",
+    "image_embedder": "ensemble.serving.image_embedder",
+    "image_entry": "ensemble.serving.image_entry",
 }
 WARMUP_TOKENS = 8  # length of the synthetic token sequences used for warm-up
 
@@ -79,15 +81,16 @@ def preprocess_config() -> mc.ModelConfig:
     from ensemble.pii import TYPES
 
     limits = r.LIMITS
-    cfg = _python_model(r.PREPROCESS_MODEL, "preprocess", r.ENTRY_BATCHING, {
-        "max_text_bytes": str(limits.max_text_bytes),
-        "min_timestamp": str(limits.min_timestamp),
-        "max_timestamp": str(limits.max_timestamp),
-        "pii_scrubbing": "on" if limits.pii_scrubbing else "off"})
+    cfg = _python_model(r.PREPROCESS_MODEL, "preprocess", r.ENTRY_BATCHING, limits.parameters(
+        "max_text_bytes", "min_timestamp", "max_timestamp", "max_session_bytes", "max_sequence",
+        "pii_scrubbing"))
     cfg.input.append(_tensor(mc.ModelInput, r.TEXT, BYTES, [1]))
     cfg.input.append(_tensor(mc.ModelInput, r.TIMESTAMP, INT64, [1]))
+    cfg.input.extend(session_inputs())
     cfg.output.append(_tensor(mc.ModelOutput, r.CLEAN_TEXT, BYTES, [1]))
     cfg.output.append(_tensor(mc.ModelOutput, r.CLEAN_TIMESTAMP, INT64, [1]))
+    cfg.output.append(_tensor(mc.ModelOutput, r.CLEAN_SESSION, BYTES, [1]))
+    cfg.output.append(_tensor(mc.ModelOutput, r.CLEAN_POSITION, INT64, [1]))
     cfg.output.append(_tensor(mc.ModelOutput, r.REDACTIONS, INT32, [len(TYPES)]))
     # No warm-up: an empty warm-up text would be refused, and the step is cheap.
     return cfg
@@ -122,18 +125,29 @@ def embedder_config(spec: Embedder) -> mc.ModelConfig:
             cfg.input.append(_tensor(mc.ModelInput, r.SPARSE_TOP_K, INT32, [1], optional=True))
             cfg.output.append(_tensor(mc.ModelOutput, r.SPARSE_INDICES, INT32, [-1]))
             cfg.output.append(_tensor(mc.ModelOutput, r.SPARSE_WEIGHTS, FP32, [-1]))
+        if spec.pooling is r.Pooling.COLBERT_MEAN:  # as many vectors as the longest row
+            cfg.output.append(_tensor(mc.ModelOutput, r.TOKEN_VECTORS, FP32, [-1, spec.dim]))
+            cfg.output.append(_tensor(mc.ModelOutput, r.TOKEN_VECTOR_COUNT, INT32, [1]))
         warm_dims = {r.INPUT_IDS: [WARMUP_TOKENS], r.ATTENTION_MASK: [WARMUP_TOKENS]}
     else:
         cfg = _python_model(spec.triton_model, "custom_embedder", spec.batching,
                             {"block_id": spec.id})
         if spec.input is Input.TEXT:
             cfg.input.append(_tensor(mc.ModelInput, r.TEXT, BYTES, [1]))
-        else:
+        else:  # E4: a position (SEQUENCE or TIMESTAMP) and an optional session
             cfg.input.append(_tensor(mc.ModelInput, r.TIMESTAMP, INT64, [1]))
+            if spec.id == "E4":
+                cfg.input.append(_tensor(mc.ModelInput, r.SESSION, BYTES, [1], optional=True))
         warm_dims = {}
     cfg.output.append(_tensor(mc.ModelOutput, r.EMBEDDING, FP32, [spec.dim]))
     _warmup(cfg, warm_dims)
     return cfg
+
+
+def session_inputs() -> list[mc.ModelInput]:
+    """E4's optional SESSION (default "") and SEQUENCE (default the TIMESTAMP), per item."""
+    return [_tensor(mc.ModelInput, r.SESSION, BYTES, [1], optional=True),
+            _tensor(mc.ModelInput, r.SEQUENCE, INT64, [1], optional=True)]
 
 
 def gate_control_inputs() -> list[mc.ModelInput]:
@@ -180,12 +194,15 @@ def ensemble_config(name: str = r.ENSEMBLE_MODEL) -> mc.ModelConfig:
     cfg.input.append(_tensor(mc.ModelInput, r.KIND, BYTES, [1], optional=True))
     # Optional, default true: false makes a text over a model's token limit an error.
     cfg.input.append(_tensor(mc.ModelInput, r.TRUNCATE, BOOL, [1], optional=True))
+    cfg.input.extend(session_inputs())
     cfg.input.extend(gate_control_inputs())
-    sparse = name == r.ENSEMBLE_MODEL  # E6's SPLADE terms: not on the cached entry point
-    if sparse:
+    # E6's SPLADE terms and E12's token vectors: not on the cached entry point.
+    native = name == r.ENSEMBLE_MODEL
+    if native:
         cfg.input.append(_tensor(mc.ModelInput, r.SPARSE_TOP_K, INT32, [1], optional=True))
     preprocess = preprocess_config()
-    cfg.output.append(_tensor(mc.ModelOutput, r.REDACTIONS, INT32, list(preprocess.output[2].dims)))
+    redactions = next(o for o in preprocess.output if o.name == r.REDACTIONS)
+    cfg.output.append(_tensor(mc.ModelOutput, r.REDACTIONS, INT32, list(redactions.dims)))
     cfg.output.append(_tensor(mc.ModelOutput, r.TOKENS, INT32, [1]))
     fusemoe = fusemoe_config()
     # FUSED, the gate outputs, and every block (E1 ... E12): a client that asks only for
@@ -194,9 +211,12 @@ def ensemble_config(name: str = r.ENSEMBLE_MODEL) -> mc.ModelConfig:
     for out in fusemoe.output:
         cfg.output.append(_tensor(mc.ModelOutput, public[out.name], out.data_type,
                                   list(out.dims)))
-    if sparse:
+    if native:
         cfg.output.append(_tensor(mc.ModelOutput, r.E6_SPARSE_INDICES, INT32, [-1]))
         cfg.output.append(_tensor(mc.ModelOutput, r.E6_SPARSE_WEIGHTS, FP32, [-1]))
+        colbert = r.embedder("E12").dim
+        cfg.output.append(_tensor(mc.ModelOutput, r.E12_TOKENS, FP32, [-1, colbert]))
+        cfg.output.append(_tensor(mc.ModelOutput, r.E12_TOKEN_COUNT, INT32, [1]))
     # No response cache here: Triton 2.51's cache key leaves out the requested outputs, so a
     # cached FUSED-only answer would be returned to a later request for E11 (CACHED_MODEL).
     if name == r.CACHED_MODEL:
@@ -206,11 +226,13 @@ def ensemble_config(name: str = r.ENSEMBLE_MODEL) -> mc.ModelConfig:
         public = {r.FUSED: r.FUSED}
 
     steps = cfg.ensemble_scheduling.step
-    text, stamp = f"{r.PREPROCESS_MODEL}.{r.CLEAN_TEXT}", f"{r.PREPROCESS_MODEL}.{r.CLEAN_TIMESTAMP}"
+    clean = {n: f"{r.PREPROCESS_MODEL}.{n}"
+             for n in (r.CLEAN_TEXT, r.CLEAN_TIMESTAMP, r.CLEAN_SESSION, r.CLEAN_POSITION)}
+    text, stamp = clean[r.CLEAN_TEXT], clean[r.CLEAN_TIMESTAMP]
     steps.append(mc.ModelEnsembling.Step(
         model_name=r.PREPROCESS_MODEL, model_version=-1,
-        input_map={r.TEXT: r.TEXT, r.TIMESTAMP: r.TIMESTAMP},
-        output_map={r.CLEAN_TEXT: text, r.CLEAN_TIMESTAMP: stamp}
+        input_map={n: n for n in (r.TEXT, r.TIMESTAMP, r.SESSION, r.SEQUENCE)},
+        output_map=clean
         | ({r.REDACTIONS: r.REDACTIONS} if name == r.ENSEMBLE_MODEL else {})))
     usage = r.usage_tokenizer()
     for family in TOKENIZER_FAMILIES:
@@ -231,12 +253,19 @@ def ensemble_config(name: str = r.ENSEMBLE_MODEL) -> mc.ModelConfig:
             inputs[r.TRUNCATE] = r.TRUNCATE
             outputs = {r.EMBEDDING: f"{spec.triton_model}.{r.EMBEDDING}",
                        r.FLAG: f"{spec.triton_model}.{r.FLAG}"}
-            if spec.pooling is r.Pooling.SPLADE_MAX and sparse:
+            if spec.pooling is r.Pooling.SPLADE_MAX and native:
                 inputs[r.SPARSE_TOP_K] = r.SPARSE_TOP_K
                 outputs |= {r.SPARSE_INDICES: r.E6_SPARSE_INDICES,
                             r.SPARSE_WEIGHTS: r.E6_SPARSE_WEIGHTS}
+            if spec.pooling is r.Pooling.COLBERT_MEAN and native:
+                outputs |= {r.TOKEN_VECTORS: r.E12_TOKENS,
+                            r.TOKEN_VECTOR_COUNT: r.E12_TOKEN_COUNT}
+        elif spec.input is Input.TEXT:
+            inputs = {r.TEXT: text}
+            outputs = {r.EMBEDDING: f"{spec.triton_model}.{r.EMBEDDING}"}
         else:
-            inputs = {r.TEXT: text} if spec.input is Input.TEXT else {r.TIMESTAMP: stamp}
+            inputs = ({r.TIMESTAMP: clean[r.CLEAN_POSITION], r.SESSION: clean[r.CLEAN_SESSION]}
+                      if spec.id == "E4" else {r.TIMESTAMP: stamp})
             outputs = {r.EMBEDDING: f"{spec.triton_model}.{r.EMBEDDING}"}
         steps.append(mc.ModelEnsembling.Step(
             model_name=spec.triton_model, model_version=-1, input_map=inputs,
@@ -274,10 +303,9 @@ def failsafe_config() -> mc.ModelConfig:
     f, limits = r.FAILSAFE, r.LIMITS
     cfg = _python_model(r.FAILSAFE_MODEL, "failsafe", r.ENTRY_BATCHING, {
         "deadline_ms": str(f.deadline_ms), "required": ",".join(f.required),
-        "min_other_blocks": str(f.min_other_blocks),
-        "max_text_bytes": str(limits.max_text_bytes),
-        "min_timestamp": str(limits.min_timestamp),
-        "max_timestamp": str(limits.max_timestamp)})
+        "min_other_blocks": str(f.min_other_blocks)} | limits.parameters(
+        "max_text_bytes", "min_timestamp", "max_timestamp", "max_session_bytes",
+        "max_sequence"))
     ensemble = ensemble_config()
     cfg.input.extend(i for i in ensemble.input if i.name != r.SPARSE_TOP_K)
     for out in ensemble.output:
@@ -288,6 +316,35 @@ def failsafe_config() -> mc.ModelConfig:
     return cfg
 
 
+def image_embedder_config() -> mc.ModelConfig:
+    """E10's vision tower: prepared images (CLIP's processor, done by fused_image) -> E10."""
+    spec = r.embedder("E10")
+    cfg = _python_model(r.IMAGE_EMBEDDER_MODEL, "image_embedder", spec.batching,
+                        {"block_id": spec.id} | r.RUNTIME.parameters(), r.RUNTIME.instances)
+    cfg.input.append(_tensor(mc.ModelInput, r.PIXELS, FP32, [3, 224, 224]))
+    cfg.output.append(_tensor(mc.ModelOutput, r.EMBEDDING, FP32, [spec.dim]))
+    _warmup(cfg, {})
+    return cfg
+
+
+def image_config() -> mc.ModelConfig:
+    """fused_image (BLS): IMAGE and TIMESTAMP (E4's SESSION and SEQUENCE optional) -> FUSED,
+    with the metadata outputs that apply to an image and its E10 block."""
+    limits = r.LIMITS
+    cfg = _python_model(r.IMAGE_MODEL, "image_entry", r.ENTRY_BATCHING, limits.parameters(
+        "min_timestamp", "max_timestamp", "max_session_bytes", "max_sequence",
+        "max_image_bytes", "max_image_pixels", "max_image_aspect"))
+    cfg.input.append(_tensor(mc.ModelInput, r.IMAGE, BYTES, [1]))
+    cfg.input.append(_tensor(mc.ModelInput, r.TIMESTAMP, INT64, [1]))
+    cfg.input.extend(session_inputs())
+    fusemoe = {o.name: o for o in fusemoe_config().output}
+    for name in (r.FUSED, r.EXPERT_WEIGHTS, r.SELECTED_EXPERTS, r.FUSION_VERSION):
+        cfg.output.append(fusemoe[name])
+    e10 = r.embedder("E10")
+    cfg.output.append(_tensor(mc.ModelOutput, e10.block_name, FP32, [e10.dim]))
+    return cfg
+
+
 def all_configs() -> list[tuple[mc.ModelConfig, str | None]]:
     """Every model with the adapter module its ``model.py`` re-exports (None: ensemble)."""
     configs = [preprocess_config()]
@@ -295,6 +352,8 @@ def all_configs() -> list[tuple[mc.ModelConfig, str | None]]:
     configs += [embedder_config(e) for e in EMBEDDERS]
     configs.append(fusemoe_config())
     configs.append(failsafe_config())
+    configs.append(image_embedder_config())
+    configs.append(image_config())
     out: list[tuple[mc.ModelConfig, str | None]] = [
         (c, c.parameters["adapter"].string_value) for c in configs]
     out.append((ensemble_config(), None))
@@ -303,7 +362,7 @@ def all_configs() -> list[tuple[mc.ModelConfig, str | None]]:
 
 
 # The adapters that run a neural network: the ones a GPU build places on the GPU.
-GPU_ADAPTERS = (ADAPTERS["token_embedder"], ADAPTERS["fusemoe"])
+GPU_ADAPTERS = (ADAPTERS["token_embedder"], ADAPTERS["image_embedder"], ADAPTERS["fusemoe"])
 
 
 def placed(cfg: mc.ModelConfig, device: str, gpu: r.Gpu = r.GPU) -> mc.ModelConfig:

@@ -14,6 +14,7 @@ import torch
 
 from ensemble.stages import version_dir
 from export.artifacts import load_numpy
+from export.hf_folders import LINEAR_FILE
 from export.layout import SPLADE_STEM, SPLADE_VERSION
 from export.registry import Kind, embedder
 
@@ -78,13 +79,23 @@ def splade_reference(folder: Path, texts: list[str]) -> np.ndarray:
 
 
 def colbert_reference(folder: Path, texts: list[str], kind: Kind) -> np.ndarray:
-    """ColBERT's tokenizers and ColBERT.query/doc, as its reference code does them."""
+    """E12's block: the mean of ColBERT's token vectors, L2."""
+    return np.stack([_mean_l2(torch.from_numpy(v)[None], torch.ones(1, len(v)))[0]
+                     for v in colbert_token_reference(folder, texts, kind)])
+
+
+def colbert_token_reference(folder: Path, texts: list[str], kind: Kind) -> list[np.ndarray]:
+    """ColBERT's token vectors per text [n, 128], as ColBERT.query / ColBERT.doc keep them
+    (its tokenizers: the [Q]/[D] marker, a query padded with [MASK] to 32 and attending to
+    its text only, a document's punctuation and padding dropped)."""
     import transformers as tf
     from safetensors import safe_open
 
     tok = tf.AutoTokenizer.from_pretrained(folder)
     bert = tf.BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
-    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+    # A checkpoint holds the head beside BERT; a seeded model's folder holds it on its own.
+    head = folder / LINEAR_FILE if (folder / LINEAR_FILE).is_file() else folder / "model.safetensors"
+    with safe_open(str(head), framework="pt") as f:
         linear = f.get_tensor("linear.weight")
     texts = [". " + t for t in texts]  # the "." is replaced by the marker
     if kind is Kind.QUERY:
@@ -105,7 +116,7 @@ def colbert_reference(folder: Path, texts: list[str], kind: Kind) -> np.ndarray:
     with torch.no_grad():
         vectors = bert(input_ids=ids, attention_mask=mask).last_hidden_state @ linear.T
     vectors = torch.nn.functional.normalize(vectors, dim=-1)
-    return _mean_l2(vectors, keep)
+    return [v[k.bool()].numpy() for v, k in zip(vectors, keep)]
 
 
 def sentence_transformers_reference(folder: Path, texts: list[str]) -> np.ndarray:

@@ -9,7 +9,8 @@ from fusedembed_client.client import (
     GateControls,
     Retry,
     SparseTerms,
+    maxsim,
 )
 
 __all__ = ["CACHED_MODEL", "MODEL", "Embedding", "FusedEmbedClient", "FusedEmbedError", "GateControls",
-           "Retry", "SparseTerms"]
+           "Retry", "SparseTerms", "maxsim"]

@@ -1,4 +1,5 @@
-"""``fusedembed embed TEXT``: print the fused vector the server returns for one text.
+"""``fusedembed embed TEXT`` (or ``--image PATH``): print the fused vector the server returns
+for one text or image.
 ``fusedembed info``: the models the server runs and the weights each serves.
 ``fusedembed gateway``: the OpenAI-compatible HTTP gateway (the ``gateway`` extra)."""
 
@@ -17,8 +18,10 @@ from fusedembed_client.client import FusedEmbedClient, FusedEmbedError, GateCont
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusedembed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    embed = sub.add_parser("embed", help="embed one text")
-    embed.add_argument("text")
+    embed = sub.add_parser("embed", help="embed one text, or one image with --image")
+    embed.add_argument("text", nargs="?")
+    embed.add_argument("--image", metavar="PATH",
+                       help="embed this image (PNG, JPEG, WebP, GIF, BMP) with fused_image")
     embed.add_argument("--timestamp", type=int, default=None,
                        help="Unix seconds (default: now)")
     embed.add_argument("--url", default=os.environ.get("FUSEDEMBED_URL"),
@@ -40,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="also return E6's SPLADE terms (vocabulary ids and weights)")
     embed.add_argument("--sparse-top-k", type=int, metavar="K",
                        help="with --sparse: only the K heaviest terms")
+    embed.add_argument("--session", help="E4's session id (default: the shared session)")
+    embed.add_argument("--sequence", type=int,
+                       help="E4's position in the session (default: the timestamp)")
+    embed.add_argument("--tokens", action="store_true",
+                       help="also return E12's ColBERT token vectors (128-D each)")
     embed.add_argument("--json", action="store_true", help="print the whole result as JSON")
     info = sub.add_parser("info", help="show each model and whether its weights are pretrained")
     info.add_argument("--url", default=os.environ.get("FUSEDEMBED_URL"))
@@ -111,11 +119,25 @@ def main(argv: list[str] | None = None) -> int:
         with FusedEmbedClient(args.url, args.protocol) as client:
             if args.command == "info":
                 return _info(client)
-            result = client.embed(args.text, args.timestamp, args.kind, args.block,
-                                  not args.no_truncate, _gate(args),
-                                  args.sparse or args.sparse_top_k is not None, args.sparse_top_k)
+            if (args.text is None) == (args.image is None):
+                raise ValueError("give a TEXT or --image PATH (one of the two)")
+            if args.image is not None:
+                text_only = [f for f, on in (("--kind", args.kind != "passage"),
+                                             ("--block", args.block), ("--sparse", args.sparse),
+                                             ("--sparse-top-k", args.sparse_top_k is not None),
+                                             ("--tokens", args.tokens)) if on]
+                if text_only:
+                    raise ValueError(f"{', '.join(text_only)}: for texts only, not --image")
+                result = client.embed_image(args.image, args.timestamp, args.session,
+                                            args.sequence)
+            else:
+                result = client.embed(args.text, args.timestamp, args.kind, args.block,
+                                      not args.no_truncate, _gate(args),
+                                      args.sparse or args.sparse_top_k is not None,
+                                      args.sparse_top_k, args.tokens, args.session,
+                                      args.sequence)
             words = client.terms(result.sparse.indices) if result.sparse is not None else []
-    except (FusedEmbedError, ValueError) as err:
+    except (FusedEmbedError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.json:
@@ -141,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         order = np.argsort(-result.sparse.weights, kind="stable")
         top = ", ".join(f"{words[i]} {result.sparse.weights[i]:.3f}" for i in order[:10])
         print(f"E6 SPARSE: {len(order)} terms; heaviest: {top}")
+    if result.token_vectors is not None:
+        norms = np.linalg.norm(result.token_vectors, axis=1)
+        span = f", L2 norms {norms.min():.6f} .. {norms.max():.6f}" if norms.size else ""
+        print(f"E12 TOKENS: {result.token_vectors.shape[0]} vectors of "
+              f"{result.token_vectors.shape[1]}-D{span}")
     return 0
 
 

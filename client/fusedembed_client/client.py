@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,9 @@ MODEL = "fused_text"
 # The same pipeline behind Triton's response cache; it answers FUSED only (a repeated
 # request never reaches the embedders), so the Embedding's other fields stay empty.
 CACHED_MODEL = "fused_text_cached"
+# One encoded image (PNG, JPEG, WebP, GIF, BMP) and its time -> FUSED, E10 from the image.
+IMAGE_MODEL = "fused_image"
+IMAGE_OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "FUSION_VERSION", "E10")
 MAX_BATCH = 32  # the ensemble's max_batch_size; larger batches are sent in chunks
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "TRUNCATED", "REDACTIONS",
@@ -22,6 +27,9 @@ OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "TRUNCATED", "REDACTIO
 # Triton 2.51 refuses a request for outputs of earlier steps alone (these, TOKENS,
 # REDACTIONS) without one of FuseMoE's ("unexpected deadlock"): ask for them with one.
 SPARSE_OUTPUTS = ("E6_SPARSE_INDICES", "E6_SPARSE_WEIGHTS")
+# E12's ColBERT token vectors (asked for with token_vectors=True): [n, 128] padded with zero
+# vectors to the request's longest row, and each row's count.
+TOKEN_OUTPUTS = ("E12_TOKENS", "E12_TOKEN_COUNT")
 IDS, TERMS = "IDS", "TERMS"  # a tokenizer model reads ids back as its vocabulary's entries
 REDACTION_TYPES = ("EMAIL", "PHONE", "SSN", "CARD", "API_KEY", "BEARER_TOKEN", "IP")
 BLOCKS = tuple(f"E{i}" for i in range(1, 13))
@@ -85,6 +93,18 @@ class SparseTerms:
         return float(np.dot(self.weights[mine], other.weights[theirs]))
 
 
+def maxsim(query: np.ndarray, documents: Sequence[np.ndarray]) -> np.ndarray:
+    """ColBERT's late-interaction score of a query against each document: over the query's
+    token vectors [q, d], the sum of each one's largest dot product with a document's token
+    vectors [n, d] (``Embedding.token_vectors``). A document without vectors scores 0."""
+    scores = np.zeros(len(documents), dtype=np.float32)
+    for i, doc in enumerate(documents):
+        if len(doc):
+            scores[i] = (np.asarray(query, np.float32) @ np.asarray(doc, np.float32).T
+                         ).max(axis=1).sum()
+    return scores
+
+
 @dataclass(frozen=True)
 class Embedding:
     vector: np.ndarray  # [1536] float32, unit norm
@@ -96,6 +116,7 @@ class Embedding:
     fusion_version: str = ""  # the FuseMoE checkpoint that produced the vector
     tokens: int = 0  # the text's WordPiece tokens (E1's tokenizer, specials included, uncut)
     sparse: SparseTerms | None = None  # E6's SPLADE terms when asked for
+    token_vectors: np.ndarray | None = None  # [n, 128] E12's ColBERT vectors when asked for
 
     def to_dict(self) -> dict[str, Any]:
         out = {"dim": int(self.vector.shape[0]), "vector": self.vector.tolist(),
@@ -108,6 +129,8 @@ class Embedding:
         if self.sparse is not None:
             out["sparse"] = {"indices": self.sparse.indices.tolist(),
                              "weights": self.sparse.weights.tolist()}
+        if self.token_vectors is not None:
+            out["token_vectors"] = self.token_vectors.tolist()
         return out
 
 
@@ -145,9 +168,11 @@ class GateControls:
 
 def request_tensors(texts: Sequence[str], timestamps: Sequence[int], kind: str = "passage",
                     truncate: bool = True, gate: GateControls | None = None,
-                    ) -> list[tuple[str, str, np.ndarray]]:
+                    sparse_top_k: int | None = None, sessions: Sequence[str] | None = None,
+                    sequences: Sequence[int] | None = None) -> list[tuple[str, str, np.ndarray]]:
     """The inputs of one fused_text request as (name, Triton dtype, array); optional inputs
-    only where they differ from the server's defaults."""
+    only where they differ from the server's defaults (``sessions`` and ``sequences``: one
+    per text, E4's SESSION and SEQUENCE)."""
     tensors = [("TEXT", "BYTES", np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)),
                ("TIMESTAMP", "INT64", np.array([[int(s)] for s in timestamps], dtype=np.int64))]
     if kind != "passage":  # the server's default
@@ -157,7 +182,57 @@ def request_tensors(texts: Sequence[str], timestamps: Sequence[int], kind: str =
         tensors.append(("TRUNCATE", "BOOL", np.zeros((len(texts), 1), dtype=bool)))
     for name, (dtype, row) in (gate or GateControls()).tensors().items():
         tensors.append((name, dtype, np.tile(row, (len(texts), 1))))
+    if sparse_top_k is not None:
+        tensors.append(("SPARSE_TOP_K", "INT32",
+                        np.full((len(texts), 1), sparse_top_k, dtype=np.int32)))
+    return tensors + session_tensors(sessions, sequences)
+
+
+def infer_inputs(tc: Any, tensors: list[tuple[str, str, np.ndarray]]) -> list[Any]:
+    """(name, Triton dtype, array) tensors as ``tc``'s (tritonclient.http or .grpc)
+    InferInputs."""
+    inputs = []
+    for name, dtype, value in tensors:
+        inputs.append(tc.InferInput(name, list(value.shape), dtype))
+        inputs[-1].set_data_from_numpy(value)
+    return inputs
+
+
+def _per_item(n: int, items: str, **values: Any) -> dict[str, list[Any] | None]:
+    """Per-item arguments of ``n`` items, given as one value per item, or (a string, such
+    as one session) one value for every item; None where absent (timestamps: now)."""
+    out: dict[str, list[Any] | None] = {}
+    for name, value in values.items():
+        if value is None and name == "timestamps":
+            value = [int(time.time())] * n
+        if isinstance(value, str):
+            value = [value] * n
+        if value is not None and len(value) != n:
+            raise ValueError(f"{n} {items} but {len(value)} {name}")
+        out[name] = None if value is None else list(value)
+    return out
+
+
+def session_tensors(sessions: Sequence[str] | None, sequences: Sequence[int] | None,
+                    ) -> list[tuple[str, str, np.ndarray]]:
+    """E4's optional SESSION and SEQUENCE inputs (one per item), where given."""
+    tensors = []
+    if sessions is not None:
+        tensors.append(("SESSION", "BYTES", np.array([[s.encode("utf-8")] for s in sessions],
+                                                     dtype=np.object_).reshape(-1, 1)))
+    if sequences is not None:
+        tensors.append(("SEQUENCE", "INT64",
+                        np.array([[int(n)] for n in sequences], dtype=np.int64).reshape(-1, 1)))
     return tensors
+
+
+def image_tensors(images: Sequence[bytes], timestamps: Sequence[int],
+                  sessions: Sequence[str] | None = None, sequences: Sequence[int] | None = None,
+                  ) -> list[tuple[str, str, np.ndarray]]:
+    """The inputs of one fused_image request as (name, Triton dtype, array)."""
+    tensors = [("IMAGE", "BYTES", np.array(list(images), dtype=np.object_).reshape(-1, 1)),
+               ("TIMESTAMP", "INT64", np.array([[int(s)] for s in timestamps], dtype=np.int64))]
+    return tensors + session_tensors(sessions, sequences)
 
 
 @dataclass(frozen=True)
@@ -211,14 +286,18 @@ class FusedEmbedClient:
     def embed(self, text: str, timestamp: int | None = None, kind: str = "passage",
               blocks: Sequence[str] = (), truncate: bool = True,
               gate: GateControls | None = None, sparse: bool = False,
-              sparse_top_k: int | None = None) -> Embedding:
+              sparse_top_k: int | None = None, token_vectors: bool = False,
+              session: str | None = None, sequence: int | None = None) -> Embedding:
         return self.embed_batch([text], None if timestamp is None else [timestamp], kind,
-                                blocks, truncate, gate, sparse, sparse_top_k)[0]
+                                blocks, truncate, gate, sparse, sparse_top_k, token_vectors,
+                                session, None if sequence is None else [sequence])[0]
 
     def embed_batch(self, texts: Sequence[str], timestamps: Sequence[int] | None = None,
                     kind: str = "passage", blocks: Sequence[str] = (),
                     truncate: bool = True, gate: GateControls | None = None,
-                    sparse: bool = False, sparse_top_k: int | None = None) -> list[Embedding]:
+                    sparse: bool = False, sparse_top_k: int | None = None,
+                    token_vectors: bool = False, sessions: str | Sequence[str] | None = None,
+                    sequences: Sequence[int] | None = None) -> list[Embedding]:
         """Embed many texts; sent in requests of at most 32 items.
 
         ``kind`` is "passage" (default) or "query" (E1 and E12 encode them differently);
@@ -226,28 +305,64 @@ class FusedEmbedClient:
         ``truncate=False`` makes a text over any model's token limit an error;
         ``gate`` steers FuseMoE for every text of the call (server defaults otherwise);
         ``sparse`` returns E6's SPLADE terms (``Embedding.sparse``), only the
-        ``sparse_top_k`` heaviest of each text when given (:meth:`terms` reads them).
+        ``sparse_top_k`` heaviest of each text when given (:meth:`terms` reads them);
+        ``token_vectors`` returns E12's ColBERT token vectors (``Embedding.token_vectors``,
+        scored with :func:`maxsim`);
+        ``sessions`` (one for every text, or one per text) and ``sequences`` (one per text)
+        are E4's session and position (server defaults: the shared session "", the
+        timestamp as the position).
         """
-        if timestamps is None:
-            timestamps = [int(time.time())] * len(texts)
-        if len(timestamps) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(timestamps)} timestamps")
+        given = _per_item(len(texts), "texts", timestamps=timestamps, sessions=sessions,
+                          sequences=sequences)
+        timestamps, sessions, sequences = given["timestamps"], given["sessions"], given["sequences"]
         if kind not in KINDS:
             raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
         unknown = [b for b in blocks if b not in BLOCKS]
         if unknown:
             raise ValueError(f"unknown block {unknown[0]!r}; blocks are E1 ... E12")
-        if (blocks or sparse) and self.model == CACHED_MODEL:
-            raise ValueError(f"{CACHED_MODEL} answers FUSED only; ask {MODEL} for blocks "
-                             "and sparse terms")
+        if (blocks or sparse or token_vectors) and self.model == CACHED_MODEL:
+            raise ValueError(f"{CACHED_MODEL} answers FUSED only; ask {MODEL} for blocks, "
+                             "sparse terms and token vectors")
         if sparse_top_k is not None and not sparse:
             raise ValueError("sparse_top_k needs sparse=True")
         gate = gate or GateControls()
         out: list[Embedding] = []
         for start in range(0, len(texts), MAX_BATCH):
-            out += self._infer(texts[start:start + MAX_BATCH],
-                               timestamps[start:start + MAX_BATCH], kind, tuple(blocks),
-                               truncate, gate, sparse, sparse_top_k)
+            part = slice(start, start + MAX_BATCH)
+            out += self._infer(texts[part], timestamps[part], kind, tuple(blocks), truncate,
+                               gate, sparse, sparse_top_k, token_vectors,
+                               None if sessions is None else sessions[part],
+                               None if sequences is None else sequences[part])
+        return out
+
+    def embed_image(self, image: bytes | str | os.PathLike, timestamp: int | None = None,
+                    session: str | None = None, sequence: int | None = None) -> Embedding:
+        return self.embed_images([image], None if timestamp is None else [timestamp],
+                                 session, None if sequence is None else [sequence])[0]
+
+    def embed_images(self, images: Sequence[bytes | str | os.PathLike],
+                     timestamps: Sequence[int] | None = None,
+                     sessions: str | Sequence[str] | None = None,
+                     sequences: Sequence[int] | None = None) -> list[Embedding]:
+        """Embed encoded images (bytes, or paths to read) with ``fused_image``: E10 from the
+        image (``Embedding.blocks["E10"]``), the time blocks from its timestamp, the text
+        blocks missing. Sent in requests of at most 32 images."""
+        data = [bytes(i) if isinstance(i, (bytes, bytearray, memoryview))
+                else Path(i).read_bytes() for i in images]
+        given = _per_item(len(data), "images", timestamps=timestamps, sessions=sessions,
+                          sequences=sequences)
+        timestamps, sessions, sequences = given["timestamps"], given["sessions"], given["sequences"]
+        out: list[Embedding] = []
+        for start in range(0, len(data), MAX_BATCH):
+            part = slice(start, start + MAX_BATCH)
+            tensors = image_tensors(data[part], timestamps[part],
+                                    None if sessions is None else sessions[part],
+                                    None if sequences is None else sequences[part])
+            result = self._send(IMAGE_MODEL, tensors, IMAGE_OUTPUTS)
+            fused, weights, selected, version, e10 = (result.as_numpy(n) for n in IMAGE_OUTPUTS)
+            out += [Embedding(fused[i], weights[i], selected[i][selected[i] >= 0],
+                              blocks={"E10": e10[i]}, fusion_version=version[i][0].decode())
+                    for i in range(len(fused))]
         return out
 
     def terms(self, indices: Sequence[int] | np.ndarray) -> list[str]:
@@ -257,10 +372,9 @@ class FusedEmbedClient:
         if ids.size == 0:
             return []
         tc = self._tc
-        request = tc.InferInput(IDS, list(ids.shape), "INT32")
-        request.set_data_from_numpy(ids)
         try:
-            result = self._client.infer(self._sparse_tokenizer(), [request],
+            result = self._client.infer(self._sparse_tokenizer(),
+                                        infer_inputs(tc, [(IDS, "INT32", ids)]),
                                         outputs=[tc.InferRequestedOutput(TERMS)])
         except Exception as err:
             raise FusedEmbedError(f"{self.url}: {err}",
@@ -297,17 +411,24 @@ class FusedEmbedClient:
             return self._client.get_model_config(name)
         return self._client.get_model_config(name, as_json=True)["config"]
 
-    def _send(self, inputs: list[Any], kwargs: dict[str, Any]) -> Any:
-        """One inference, retried with back-off while the server says it is busy."""
+    def _send(self, model: str, tensors: list[tuple[str, str, np.ndarray]],
+              outputs: Sequence[str]) -> Any:
+        """One inference of ``model``, retried with back-off while the server says it is
+        busy."""
+        tc = self._tc
+        inputs = infer_inputs(tc, tensors)
+        kwargs: dict[str, Any] = {"outputs": [tc.InferRequestedOutput(o) for o in outputs]}
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout_s
         start = time.monotonic()
         delays = iter(self.retry.delays())
         while True:
             try:
-                return self._client.infer(self.model, inputs, **kwargs)
+                return self._client.infer(model, inputs, **kwargs)
             except Exception as err:  # tritonclient raises InferenceServerException
                 status = getattr(err, "status", lambda: None)() or ""
                 error = FusedEmbedError(
-                    f"{self.model} at {self.url} ({self.protocol}): {err}", str(status))
+                    f"{model} at {self.url} ({self.protocol}): {err}", str(status))
                 delay = next(delays, None) if error.retryable else None
                 if delay is None:
                     raise error from err
@@ -319,23 +440,14 @@ class FusedEmbedClient:
 
     def _infer(self, texts: Sequence[str], timestamps: Sequence[int], kind: str,
                blocks: tuple[str, ...], truncate: bool, gate: GateControls,
-               sparse: bool = False, sparse_top_k: int | None = None) -> list[Embedding]:
-        tc = self._tc
-        inputs = []
-        tensors = request_tensors(texts, timestamps, kind, truncate, gate)
-        if sparse_top_k is not None:
-            tensors.append(("SPARSE_TOP_K", "INT32",
-                            np.full((len(texts), 1), sparse_top_k, dtype=np.int32)))
-        for name, dtype, value in tensors:
-            inputs.append(tc.InferInput(name, list(value.shape), dtype))
-            inputs[-1].set_data_from_numpy(value)
+               sparse: bool = False, sparse_top_k: int | None = None,
+               token_vectors: bool = False, sessions: Sequence[str] | None = None,
+               sequences: Sequence[int] | None = None) -> list[Embedding]:
         names = (("FUSED",) if self.model == CACHED_MODEL
-                 else (*OUTPUTS, *blocks, *(SPARSE_OUTPUTS if sparse else ())))
-        outputs = [tc.InferRequestedOutput(name) for name in names]
-        kwargs: dict[str, Any] = {"outputs": outputs}
-        if self.protocol == "grpc":
-            kwargs["client_timeout"] = self.timeout_s
-        result = self._send(inputs, kwargs)
+                 else (*OUTPUTS, *blocks, *(SPARSE_OUTPUTS if sparse else ()),
+                       *(TOKEN_OUTPUTS if token_vectors else ())))
+        result = self._send(self.model, request_tensors(
+            texts, timestamps, kind, truncate, gate, sparse_top_k, sessions, sequences), names)
         if self.model == CACHED_MODEL:
             empty = np.zeros(0, dtype=np.float32)
             return [Embedding(v, empty, empty.astype(np.int32)) for v in result.as_numpy("FUSED")]
@@ -346,9 +458,14 @@ class FusedEmbedClient:
         if sparse:
             indices, values = (result.as_numpy(name) for name in SPARSE_OUTPUTS)
             terms = [SparseTerms(row[row >= 0], w[row >= 0]) for row, w in zip(indices, values)]
+        colbert: list[np.ndarray | None] = [None] * len(texts)
+        if token_vectors:
+            padded, counts = (result.as_numpy(name) for name in TOKEN_OUTPUTS)
+            colbert = [v[:int(n[0])] for v, n in zip(padded, counts)]
         return [Embedding(fused[i], weights[i], selected[i][selected[i] >= 0],
                           tuple(b for b, c in zip(BLOCKS, cut[i]) if c),
                           {t: int(n) for t, n in zip(REDACTION_TYPES, redacted[i]) if n},
                           {b: a[i] for b, a in block_arrays.items()},
-                          version[i][0].decode("utf-8"), int(tokens[i][0]), terms[i])
+                          version[i][0].decode("utf-8"), int(tokens[i][0]), terms[i],
+                          colbert[i])
                 for i in range(len(texts))]

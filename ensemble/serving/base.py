@@ -8,6 +8,7 @@ faults of ours INTERNAL (500) and a missing embedder UNAVAILABLE (503: retry lat
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import time
@@ -141,6 +142,23 @@ class Adapter:
 # A batch that took this long was large (long texts, many rows): the heap pages its
 # buffers left free are given back to the system, so that a burst does not stay resident.
 TRIM_AFTER_S = 0.25
+
+
+class BlsAdapter(Adapter):
+    """A model that calls others (BLS): each request answered by its own ``run`` coroutine,
+    concurrently; a refusal or an unavailable step becomes that request's error response."""
+
+    async def execute(self, requests):
+        return list(await asyncio.gather(*(self._answer(r) for r in requests)))
+
+    async def _answer(self, request):
+        try:
+            return await self.run(request)
+        except (RequestError, ServiceError) as err:
+            return error_response(err)
+
+    async def run(self, request) -> Any:
+        raise NotImplementedError  # pragma: no cover - abstract
 
 
 def release_free_memory() -> None:

@@ -15,10 +15,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ensemble.serving.base import (
-    Adapter,
+    BlsAdapter,
     RequestError,
     ServiceError,
-    error_response,
     optional_array,
 )
 from ensemble.serving.metrics import FAILSAFE_MISSING, LabelledCounter
@@ -27,6 +26,8 @@ from ensemble.stages import TokenBatch, TokenLimit, version_dir
 from ensemble.validation import InvalidInput, Validator
 from export.registry import (
     ATTENTION_MASK,
+    CLEAN_POSITION,
+    CLEAN_SESSION,
     CLEAN_TEXT,
     CLEAN_TIMESTAMP,
     EMBEDDERS,
@@ -45,6 +46,8 @@ from export.registry import (
     PRESENCE,
     REDACTIONS,
     SELECTED_EXPERTS,
+    SEQUENCE,
+    SESSION,
     TEMPERATURE,
     TEXT,
     TIMESTAMP,
@@ -83,7 +86,7 @@ async def call(model: str, inputs: dict[str, np.ndarray], outputs: list[str],
             for name in outputs}
 
 
-class TritonPythonModel(Adapter):
+class TritonPythonModel(BlsAdapter):
     def setup(self) -> None:
         p = self.params
         self.deadline_s = float(p["deadline_ms"]) / 1000.0
@@ -91,8 +94,7 @@ class TritonPythonModel(Adapter):
         self.min_others = int(p["min_other_blocks"])
         # The same checks as the steps, with the same limits, so that the caller's mistakes
         # are INVALID_ARG here too.
-        self.validator = Validator(Limits(int(p["max_text_bytes"]), int(p["min_timestamp"]),
-                                          int(p["max_timestamp"])))
+        self.validator = Validator(Limits.from_parameters(p))
         repository = self.directory.parent.parent
         self.token_limits = {s.id: TokenLimit.read(s, version_dir(repository, s.triton_model))
                              for s in EMBEDDERS if s.input is Input.TOKENS}
@@ -101,13 +103,11 @@ class TritonPythonModel(Adapter):
             "embedder failed or missed the deadline", "block", [s.id for s in EMBEDDERS])
 
     def _validate(self, request, given: dict[str, np.ndarray]) -> tuple[int, list[Kind]]:
-        """Rows and kinds of a request whose TEXT, TIMESTAMP, KIND and gate controls are valid
-        (RequestError naming the field otherwise)."""
+        """Rows and kinds of a request whose TEXT, TIMESTAMP, SESSION, SEQUENCE, KIND and gate
+        controls are valid (RequestError naming the field otherwise)."""
         try:
             rows = len(self.validator.texts(given[TEXT]))
-            stamps = self.validator.timestamps(given[TIMESTAMP])
-            if len(stamps) != rows:
-                raise InvalidInput(f"{TIMESTAMP}: {len(stamps)} values for {rows} texts")
+            self.validator.times(rows, given[TIMESTAMP], given.get(SESSION), given.get(SEQUENCE))
             self.validator.controls(rows, given.get(TOP_K), given.get(TEMPERATURE),
                                     given.get(FOCUS), given.get(PRESENCE))
         except InvalidInput as err:
@@ -126,27 +126,19 @@ class TritonPythonModel(Adapter):
             if refusal:
                 raise RequestError(refusal)
 
-    async def execute(self, requests):
-        return list(await asyncio.gather(*(self._answer(r) for r in requests)))
-
-    async def _answer(self, request):
-        try:
-            return await self._run(request)
-        except (RequestError, ServiceError) as err:
-            return error_response(err)
-
-    async def _run(self, request):
+    async def run(self, request):
         start = time.monotonic()
         given = {}
-        for name in (TEXT, TIMESTAMP, KIND, TRUNCATE, *GATE_CONTROLS):
+        for name in (TEXT, TIMESTAMP, SESSION, SEQUENCE, KIND, TRUNCATE, *GATE_CONTROLS):
             value = optional_array(request, name)
             if value is not None:
                 given[name] = value
         if TEXT not in given or TIMESTAMP not in given:
             raise RequestError(f"{TEXT} and {TIMESTAMP} are required")
         _, kinds = self._validate(request, given)
-        clean = await call(PREPROCESS_MODEL, {TEXT: given[TEXT], TIMESTAMP: given[TIMESTAMP]},
-                           [CLEAN_TEXT, CLEAN_TIMESTAMP, REDACTIONS])
+        clean = await call(PREPROCESS_MODEL,
+                           {n: given[n] for n in (TEXT, TIMESTAMP, SESSION, SEQUENCE) if n in given},
+                           [CLEAN_TEXT, CLEAN_TIMESTAMP, CLEAN_SESSION, CLEAN_POSITION, REDACTIONS])
         tokens = dict(zip([f.name for f in TOKENIZER_FAMILIES], await asyncio.gather(*(
             call(f.triton_model, {TEXT: clean[CLEAN_TEXT]}, [INPUT_IDS, ATTENTION_MASK])
             for f in TOKENIZER_FAMILIES))))
@@ -162,8 +154,12 @@ class TritonPythonModel(Adapter):
                 if TRUNCATE in given:
                     inputs[TRUNCATE] = given[TRUNCATE]
                 return await call(spec.triton_model, inputs, [EMBEDDING, FLAG])
-            inputs = ({TEXT: clean[CLEAN_TEXT]} if spec.input is Input.TEXT
-                      else {TIMESTAMP: clean[CLEAN_TIMESTAMP]})
+            if spec.input is Input.TEXT:
+                inputs = {TEXT: clean[CLEAN_TEXT]}
+            elif spec.id == "E4":  # a session and a position (SEQUENCE, else the timestamp)
+                inputs = {TIMESTAMP: clean[CLEAN_POSITION], SESSION: clean[CLEAN_SESSION]}
+            else:
+                inputs = {TIMESTAMP: clean[CLEAN_TIMESTAMP]}
             return await call(spec.triton_model, inputs, [EMBEDDING])
 
         remaining = max(0.0, self.deadline_s - (time.monotonic() - start))

@@ -1,22 +1,44 @@
-"""First step of fused_text: validate TEXT and TIMESTAMP, scrub PII, count redactions."""
+"""First step of fused_text: validate TEXT, TIMESTAMP and E4's optional SESSION and SEQUENCE,
+scrub PII, count redactions."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from ensemble.pii import TYPES, scrub_texts
-from ensemble.serving.base import Adapter, RequestError, input_array
+from ensemble.serving.base import Adapter, RequestError, input_array, optional_array
 from ensemble.serving.metrics import PII_REDACTIONS, LabelledCounter
 from ensemble.validation import InvalidInput, Validator
-from export.registry import CLEAN_TEXT, CLEAN_TIMESTAMP, REDACTIONS, TEXT, TIMESTAMP, Limits
+from export.registry import (
+    CLEAN_POSITION,
+    CLEAN_SESSION,
+    CLEAN_TEXT,
+    CLEAN_TIMESTAMP,
+    REDACTIONS,
+    SEQUENCE,
+    SESSION,
+    TEXT,
+    TIMESTAMP,
+    Limits,
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One request's validated inputs."""
+
+    texts: list[str]
+    timestamps: np.ndarray
+    sessions: list[str]
+    positions: np.ndarray
 
 
 class TritonPythonModel(Adapter):
     def setup(self) -> None:
         p = self.params
-        self.validator = Validator(Limits(int(p["max_text_bytes"]), int(p["min_timestamp"]),
-                                          int(p["max_timestamp"]),
-                                          p.get("pii_scrubbing", "on") != "off"))
+        self.validator = Validator(Limits.from_parameters(p))
         self.redactions = LabelledCounter(
             PII_REDACTIONS, "PII spans replaced by a typed placeholder before embedding",
             "type", TYPES)
@@ -24,24 +46,27 @@ class TritonPythonModel(Adapter):
     def execute(self, requests):
         return self.run_batched(requests, self._read, self._clean)
 
-    def _read(self, request) -> tuple[list[str], np.ndarray]:
+    def _read(self, request) -> Item:
         try:
             texts = self.validator.texts(input_array(request, TEXT))
-            stamps = self.validator.timestamps(input_array(request, TIMESTAMP))
+            stamps, sessions, positions = self.validator.times(
+                len(texts), input_array(request, TIMESTAMP), optional_array(request, SESSION),
+                optional_array(request, SEQUENCE))
         except InvalidInput as err:
             raise RequestError(str(err)) from err
-        if len(stamps) != len(texts):
-            raise RequestError(f"{TIMESTAMP}: {len(stamps)} values for {len(texts)} texts")
-        return texts, stamps
+        return Item(texts, stamps, sessions, positions)
 
-    def _clean(self, items: list[tuple[list[str], np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    def _clean(self, items: list[Item]) -> list[dict[str, np.ndarray]]:
         outputs = []
-        for texts, stamps in items:
-            clean, counts = scrub_texts(texts, self.validator.limits.pii_scrubbing)
+        for item in items:
+            clean, counts = scrub_texts(item.texts, self.validator.limits.pii_scrubbing)
             for kind, count in zip(TYPES, counts.sum(axis=0)):
                 self.redactions.add(kind, count)
             outputs.append({
                 CLEAN_TEXT: np.array([[t.encode("utf-8")] for t in clean], dtype=np.object_),
-                CLEAN_TIMESTAMP: stamps.reshape(-1, 1),
+                CLEAN_TIMESTAMP: item.timestamps.reshape(-1, 1),
+                CLEAN_SESSION: np.array([[x.encode("utf-8")] for x in item.sessions],
+                                        dtype=np.object_).reshape(-1, 1),
+                CLEAN_POSITION: item.positions.reshape(-1, 1),
                 REDACTIONS: counts})
         return outputs

@@ -1,6 +1,7 @@
 """Neural embedder: ragged input_ids/attention_mask from many requests -> one padded batch.
 
-E6 (SPLADE) also sends its vocabulary-sized vector's terms to the requests that ask for them.
+E6 (SPLADE) also sends its vocabulary-sized vector's terms, and E12 (ColBERT) its token
+vectors, to the requests that ask for them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ensemble.native import sparse_rows
+from ensemble.native import sparse_rows, token_rows
 from ensemble.serving.base import (
     Adapter,
     RequestError,
@@ -28,6 +29,8 @@ from export.registry import (
     SPARSE_INDICES,
     SPARSE_TOP_K,
     SPARSE_WEIGHTS,
+    TOKEN_VECTOR_COUNT,
+    TOKEN_VECTORS,
     TRUNCATE,
     Kind,
     Runtime,
@@ -57,12 +60,18 @@ def truncation_allowed(request) -> bool:
 
 @dataclass(frozen=True)
 class Item:
-    """One request: its tokens, kinds, and (E6) how many SPLADE terms per row it asked for;
-    None when it did not ask for them."""
+    """One request: its tokens, kinds, and whether it asked for the model's own output:
+    (E6) how many SPLADE terms per row, None when it did not ask for them; (E12) the token
+    vectors."""
 
     batch: TokenBatch
     kinds: list[Kind]
     sparse_top_k: np.ndarray | None = None
+    token_vectors: bool = False
+
+    @property
+    def wants_native(self) -> bool:
+        return self.sparse_top_k is not None or self.token_vectors
 
 
 class TritonPythonModel(Adapter):
@@ -83,22 +92,24 @@ class TritonPythonModel(Adapter):
             refusal = self.embedder.limits.refusal(batch, kinds)
             if refusal:
                 raise RequestError(refusal)
+        if not self.embedder.has_native:
+            return Item(batch, kinds)
+        wanted = set(request.requested_output_names())
         top_k = None
-        if self.embedder.projection is not None and (
-                {SPARSE_INDICES, SPARSE_WEIGHTS} & set(request.requested_output_names())):
+        if self.embedder.projection is not None and {SPARSE_INDICES, SPARSE_WEIGHTS} & wanted:
             try:
                 top_k = self.validator.sparse_top_k(rows, optional_array(request, SPARSE_TOP_K),
                                                     self.embedder.projection.shape[0])
             except InvalidInput as err:
                 raise RequestError(str(err)) from err
-        return Item(batch, kinds, top_k)
+        return Item(batch, kinds, top_k, bool({TOKEN_VECTORS, TOKEN_VECTOR_COUNT} & wanted))
 
     def _embed(self, items: list[Item]) -> list[dict[str, np.ndarray]]:
         merged = merge([i.batch for i in items], self.embedder.pad_id)
         kinds = [k for i in items for k in i.kinds]
-        splade = None
-        if any(i.sparse_top_k is not None for i in items):
-            vectors, cut, splade = self.embedder.embed_splade(merged, kinds)
+        native = None
+        if any(i.wants_native for i in items):
+            vectors, cut, native = self.embedder.embed_native(merged, kinds)
         else:
             vectors, cut = self.embedder.embed_with_flags(merged, kinds)
         counts = [i.batch.input_ids.shape[0] for i in items]
@@ -106,8 +117,11 @@ class TritonPythonModel(Adapter):
         outputs = []
         for start, end, item in zip(starts, starts[1:], items):
             out = {EMBEDDING: vectors[start:end], FLAG: cut[start:end].reshape(-1, 1)}
-            if splade is not None and item.sparse_top_k is not None:
-                out[SPARSE_INDICES], out[SPARSE_WEIGHTS] = sparse_rows(splade[start:end],
-                                                                       item.sparse_top_k)
+            if native is not None and item.sparse_top_k is not None:
+                out[SPARSE_INDICES], out[SPARSE_WEIGHTS] = sparse_rows(
+                    np.array(native[start:end]).reshape(end - start, -1), item.sparse_top_k)
+            if native is not None and item.token_vectors:
+                out[TOKEN_VECTORS], out[TOKEN_VECTOR_COUNT] = token_rows(
+                    native[start:end], self.embedder.spec.dim)
             outputs.append(out)
         return outputs

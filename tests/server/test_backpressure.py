@@ -4,10 +4,12 @@ a burst beyond the queues is refused at once with UNAVAILABLE, never queued with
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ensemble.server import RETURNING_MALLOC, stub_processes
 from export.registry import MEMORY_BUDGET
 from fusedembed_client import FusedEmbedClient, Retry
 from perf.backpressure import FLOOD_REQUESTS, REFUSED, flood
@@ -29,6 +31,15 @@ def test_the_worst_valid_burst_stays_within_the_memory_budget(server, repository
     over = {p: m for p, m in result.peaks.items() if m > MEMORY_BUDGET.process_mib(p)}
     assert over == {}
     assert total(result.after) - total(result.baseline) <= 1024, (result.baseline, result.after)
+
+
+def test_tritonserver_and_every_stub_run_with_the_returning_malloc_settings(server):
+    pids = {"tritonserver": server.pid} | stub_processes(server.pid, every_instance=True)
+    assert len(pids) > 10
+    for name, pid in pids.items():
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        settings = dict(e.decode().split("=", 1) for e in environ if e.startswith(b"MALLOC_"))
+        assert settings == RETURNING_MALLOC, (name, settings)
 
 
 def test_a_burst_beyond_the_queues_is_refused_at_once_and_nothing_is_lost(server):

@@ -1,6 +1,6 @@
 import pytest
 
-from fusedembed_client import FusedEmbedClient, FusedEmbedError
+from fusedembed_client import MODEL, FusedEmbedClient, FusedEmbedError
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -60,7 +60,7 @@ def test_back_pressure_is_retried_with_back_off(busy):
 
     client = _client([busy, busy], {"first_s": 0.05})
     start = time.monotonic()
-    assert client._send([], {}) == "result"
+    assert client._send(MODEL, [], []) == "result"
     assert client._client.calls == 3 and client.retries == 2
     assert time.monotonic() - start >= 0.05 * 0.5 + 0.1 * 0.5  # it slept between the tries
 
@@ -70,7 +70,7 @@ def test_back_pressure_is_retried_with_back_off(busy):
 def test_client_errors_and_faults_are_never_retried(status):
     client = _client([status], {"first_s": 0.01})
     with pytest.raises(FusedEmbedError, match="refused") as err:
-        client._send([], {})
+        client._send(MODEL, [], [])
     assert err.value.status == status and not err.value.retryable
     assert client._client.calls == 1 and client.retries == 0
 
@@ -78,11 +78,11 @@ def test_client_errors_and_faults_are_never_retried(status):
 def test_retries_stop_at_the_attempts_and_at_the_deadline():
     client = _client(["503"] * 10, {"attempts": 3, "first_s": 0.01})
     with pytest.raises(FusedEmbedError) as err:
-        client._send([], {})
+        client._send(MODEL, [], [])
     assert err.value.retryable and client._client.calls == 3
     slow = _client(["503"] * 10, {"attempts": 10, "first_s": 0.4, "deadline_s": 0.5})
     with pytest.raises(FusedEmbedError):
-        slow._send([], {})
+        slow._send(MODEL, [], [])
     assert slow._client.calls <= 3  # 0.2..0.4 s, then 0.4..0.8 s would pass the deadline
 
 

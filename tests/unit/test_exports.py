@@ -27,12 +27,9 @@ def test_built_model_matches_pytorch_on_a_padded_batch(spec, repository):
     else:
         module = arch.tiny_module(spec, ids)
     input_ids, mask = example_inputs(5, 37, ids.pad, ids.vocab_size, seed=11)
-    pool = mask.clone()
-    pool[:, 1] = 0  # a pooling mask unlike the attention mask (used by ColBERT only)
-    extra = [pool] if arch.extra_inputs else []
     with torch.no_grad():
-        expected = module(input_ids, mask, *extra).numpy()
-    actual = served.forward(TokenBatch(input_ids.numpy(), mask.numpy()), pool.numpy())
+        expected = module(input_ids, mask).numpy()
+    actual = served.forward(TokenBatch(input_ids.numpy(), mask.numpy()))
     assert actual.shape == expected.shape
     assert np.abs(actual - expected).max() <= 1e-4
 

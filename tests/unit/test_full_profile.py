@@ -155,7 +155,7 @@ def test_flop_formula_counts_what_torch_counts(block, repository):
     mask = torch.ones_like(x)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        graph(x, mask, *([mask] if arch.extra_inputs else []))
+        graph(x, mask)
     expected = text_flops(spec, Size(size.layers, size.hidden, size.heads, size.intermediate,
                                      size.vocab_size, size.projection_dim), n)
     if spec.pooling is Pooling.SPLADE_MAX:

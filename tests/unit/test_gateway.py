@@ -123,6 +123,16 @@ def test_triton_errors_become_http_statuses(catalog, status, message, code, para
     assert says in err.message
 
 
+def test_an_item_of_a_later_chunk_is_named_by_its_place_in_the_request(catalog):
+    err = TritonException("StatusCode.INVALID_ARGUMENT",
+                          "in ensemble 'fused_text', TEXT[3]: empty or whitespace-only text")
+    assert triton_error(err, catalog, first=64).message == (
+        "input[67]: empty or whitespace-only text")
+    err = TritonException("StatusCode.INVALID_ARGUMENT", "SESSION[0]: 300 bytes exceed the "
+                          "limit of 256 bytes")
+    assert triton_error(err, catalog, first=32).message.startswith("session[32]: 300 bytes")
+
+
 def test_a_longer_step_name_wins_over_its_prefix(catalog):
     assert catalog.step_in("e01_semantic: out of memory") == "e01_semantic"
     assert catalog.step_in("tok_bert_uncased: broken") == "tok_bert_uncased"

@@ -52,7 +52,7 @@ def test_gpu_configs_differ_from_cpu_only_in_placement_of_neural_models():
             del back.parameters[key]
         assert back == cpu, cpu.name
     token_models = {e.triton_model for e in EMBEDDERS if e.input is Input.TOKENS}
-    assert moved == token_models | {"fusemoe"}
+    assert moved == token_models | {"fusemoe", "e10_image"}
 
 
 def test_unknown_device_is_refused():

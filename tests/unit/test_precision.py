@@ -78,32 +78,33 @@ def test_an_int8_build_records_its_precision(tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_each_graph_input_stays_its_own_input(precision, tmp_path):
-    """A module that weighs its three inputs differently, exported as the builds export
-    ColBERT (extra masks after the attention mask): the dynamo (FP16) export once traced
-    pool_mask and attention_mask as one input, and ColBERT pooled and attended with the
-    same mask (cosine 0.986 to FP32 at full size)."""
+def test_a_per_token_output_keeps_its_batch_and_sequence_axes(precision, tmp_path):
+    """ColBERT's graph answers a vector per token: both exporters give its output dynamic
+    batch and sequence axes, and the attention mask stays its own input."""
     from export.onnx_export import export_fp16
 
-    class Weighed(torch.nn.Module):
+    class PerToken(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(1))
+            self.w = torch.nn.Parameter(torch.ones(3))
 
-        def forward(self, input_ids, attention_mask, pool_mask):
-            x = (100 * input_ids.to(self.w.dtype) + attention_mask.to(self.w.dtype) * self.w
-                 + 10 * pool_mask.to(self.w.dtype))
-            return x.sum(1, keepdim=True).expand(-1, 2)
+        def forward(self, input_ids, attention_mask):
+            x = 100 * input_ids.to(self.w.dtype) + attention_mask.to(self.w.dtype)
+            return x.unsqueeze(-1) * self.w
 
     ids, mask = torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.long)
-    exporter = export_fp16 if precision == "fp16" else export
-    exporter(Weighed().eval(), tmp_path / "model.onnx", "embedding", (ids, mask), ("pool_mask",))
-    pool = mask.numpy().copy()
-    pool[:, :3] = 0
+    if precision == "fp16":
+        export_fp16(PerToken().eval(), tmp_path / "model.onnx", "token_vectors", (ids, mask))
+    else:
+        export(PerToken().eval(), tmp_path / "model.onnx", "token_vectors", (ids, mask),
+               {0: "batch", 1: "sequence"})
+    ids = np.arange(21, dtype=np.int64).reshape(3, 7) % 2
+    mask = np.ones_like(ids)
+    mask[:, 4:] = 0
     session = ort.InferenceSession(str(tmp_path / "model.onnx"))
-    out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-                             "pool_mask": pool})[0]
-    np.testing.assert_allclose(out, 5 * 1 + 10 * 2)
+    out = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    assert out.shape == (3, 7, 3)
+    np.testing.assert_allclose(out[..., 0], 100 * ids + mask)
 
 
 def _fp8_graph(path) -> None:

@@ -113,7 +113,7 @@ def make_checkpoints(root: Path) -> None:
             "eos_token_id": clip.token_to_id("<|endoftext|>"),
             "pad_token_id": clip.token_to_id("<|endoftext|>")}
     vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "image_size": 32, "patch_size": 16}
+              "num_attention_heads": 2, "image_size": 224, "patch_size": 32}
     _save(tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=vision,
                                      projection_dim=768)), folder)
     _clip_tokenizer(folder)
@@ -154,3 +154,26 @@ def test_kind_changes_only_the_models_with_a_convention(built):
         same = np.allclose(stage.embed(tokens, [Kind.QUERY] * len(TEXTS)),
                            stage.embed(tokens, [Kind.PASSAGE] * len(TEXTS)))
         assert same == (block == "E7")
+
+
+def test_the_vision_tower_comes_from_the_clip_checkpoint(built):
+    """e10_image built from E10's checkpoint equals CLIPModel.get_image_features on it."""
+    import transformers as tf
+
+    from ensemble.images import prepare
+    from ensemble.stages import ImageEmbedder
+    from export.registry import IMAGE_EMBEDDER_MODEL
+    from tests.unit.test_images import encoded, picture
+
+    root, repo = built
+    folder = root / embedder("E10").source
+    served = ImageEmbedder(version_dir(repo, IMAGE_EMBEDDER_MODEL))
+    assert served.info["pretrained"] and served.info["checkpoint"] == str(folder)
+    images = [encoded(picture(w, h, seed=w), "PNG") for w, h in ((300, 200), (64, 640))]
+    pixels = np.stack([prepare(i) for i in images])
+    with torch.no_grad():
+        features = tf.CLIPModel.from_pretrained(folder).eval().get_image_features(
+            pixel_values=torch.from_numpy(pixels))
+    features = getattr(features, "pooler_output", features)
+    expected = torch.nn.functional.normalize(features, dim=-1).numpy()
+    assert np.min(np.sum(served.embed(pixels) * expected, axis=1)) >= 0.9999

@@ -25,7 +25,8 @@ def test_every_model_of_the_registry_has_a_config():
     expected = {e.triton_model for e in r.EMBEDDERS} | {f.triton_model
                                                         for f in r.TOKENIZER_FAMILIES}
     assert names == expected | {r.PREPROCESS_MODEL, r.FUSEMOE_MODEL, r.ENSEMBLE_MODEL,
-                                r.CACHED_MODEL, r.FAILSAFE_MODEL}
+                                r.CACHED_MODEL, r.FAILSAFE_MODEL, r.IMAGE_MODEL,
+                                r.IMAGE_EMBEDDER_MODEL}
     assert all((REPOSITORY / n / "config.pbtxt").is_file() for n in names)
 
 
@@ -35,6 +36,7 @@ def test_ensemble_contract():
     assert [(i.name, i.data_type, list(i.dims), i.optional) for i in cfg.input] == [
         ("TEXT", mc.TYPE_STRING, [1], False), ("TIMESTAMP", mc.TYPE_INT64, [1], False),
         ("KIND", mc.TYPE_STRING, [1], True), ("TRUNCATE", mc.TYPE_BOOL, [1], True),
+        ("SESSION", mc.TYPE_STRING, [1], True), ("SEQUENCE", mc.TYPE_INT64, [1], True),
         ("TEMPERATURE", mc.TYPE_FP32, [1], True), ("TOP_K", mc.TYPE_INT32, [1], True),
         ("FOCUS", mc.TYPE_FP32, [12], True), ("PRESENCE", mc.TYPE_BOOL, [12], True),
         ("SPARSE_TOP_K", mc.TYPE_INT32, [1], True)]
@@ -44,7 +46,8 @@ def test_ensemble_contract():
         ("SELECTED_EXPERTS", mc.TYPE_INT32, [-1]), ("TRUNCATED", mc.TYPE_BOOL, [12]),
         ("FUSION_VERSION", mc.TYPE_STRING, [1]),
         *[(e.block_name, mc.TYPE_FP32, [e.dim]) for e in r.EMBEDDERS],
-        ("E6_SPARSE_INDICES", mc.TYPE_INT32, [-1]), ("E6_SPARSE_WEIGHTS", mc.TYPE_FP32, [-1])]
+        ("E6_SPARSE_INDICES", mc.TYPE_INT32, [-1]), ("E6_SPARSE_WEIGHTS", mc.TYPE_FP32, [-1]),
+        ("E12_TOKENS", mc.TYPE_FP32, [-1, 128]), ("E12_TOKEN_COUNT", mc.TYPE_INT32, [1])]
     # Off: Triton's cache key ignores the requested outputs (see export/repository.py).
     assert not cfg.response_cache.enable
 
@@ -85,7 +88,8 @@ def test_ensemble_steps_consume_only_what_is_produced(name):
         required = {i.name for i in model.input if not i.optional}
         assert required <= set(step.input_map) <= {i.name for i in model.input}, step.model_name
         assert all(i.optional for i in model.input
-                   if i.name in (r.KIND, r.TRUNCATE, r.SPARSE_TOP_K, *r.GATE_CONTROLS))
+                   if i.name in (r.KIND, r.TRUNCATE, r.SPARSE_TOP_K, r.SESSION, r.SEQUENCE,
+                                 *r.GATE_CONTROLS))
         assert set(step.input_map.values()) <= available, step.model_name
         assert set(step.output_map) <= {o.name for o in model.output}
         available |= set(step.output_map.values())
@@ -106,12 +110,12 @@ def test_every_embedder_batches_dynamically_and_token_inputs_are_ragged():
 
 
 def test_the_entry_points_refuse_past_their_queue_bound():
-    """Back-pressure at the entry: preprocess (the ensembles' first step) and the fail-safe
-    refuse with REJECT once max_queue_size requests wait; the later steps do not refuse
+    """Back-pressure at the entry: preprocess (the ensembles' first step), the fail-safe and
+    fused_image refuse with REJECT once max_queue_size requests wait; the later steps do not refuse
     (Triton 2.51 would leave an ensemble request stuck), and no default timeout refuses
     valid slow work."""
     configs = _configs()
-    entry = {r.PREPROCESS_MODEL, r.FAILSAFE_MODEL}
+    entry = {r.PREPROCESS_MODEL, r.FAILSAFE_MODEL, r.IMAGE_MODEL}
     python = [c for c in configs.values() if c.backend == "python"]
     assert len(python) == len(configs) - 2  # every model but the two ensembles
     for cfg in python:
@@ -127,3 +131,21 @@ def test_the_entry_points_refuse_past_their_queue_bound():
     assert int(failsafe["max_text_bytes"]) == r.LIMITS.max_text_bytes
     assert (int(failsafe["min_timestamp"]), int(failsafe["max_timestamp"])) == (
         r.LIMITS.min_timestamp, r.LIMITS.max_timestamp)
+
+
+def test_image_entry_point_contract():
+    configs = _configs()
+    image = configs[r.IMAGE_MODEL]
+    assert [(i.name, i.data_type, list(i.dims), i.optional) for i in image.input] == [
+        ("IMAGE", mc.TYPE_STRING, [1], False), ("TIMESTAMP", mc.TYPE_INT64, [1], False),
+        ("SESSION", mc.TYPE_STRING, [1], True), ("SEQUENCE", mc.TYPE_INT64, [1], True)]
+    assert [(o.name, o.data_type, list(o.dims)) for o in image.output] == [
+        ("FUSED", mc.TYPE_FP32, [1536]), ("EXPERT_WEIGHTS", mc.TYPE_FP32, [8]),
+        ("SELECTED_EXPERTS", mc.TYPE_INT32, [-1]), ("FUSION_VERSION", mc.TYPE_STRING, [1]),
+        ("E10", mc.TYPE_FP32, [768])]
+    params = {k: v.string_value for k, v in image.parameters.items()}
+    assert r.Limits.from_parameters(params) == r.LIMITS
+    tower = configs[r.IMAGE_EMBEDDER_MODEL]
+    assert tower.HasField("dynamic_batching") and tower.max_batch_size >= 32
+    assert [(i.name, list(i.dims)) for i in tower.input] == [(r.PIXELS, [3, 224, 224])]
+    assert tower.model_warmup

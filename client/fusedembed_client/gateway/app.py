@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
@@ -43,6 +45,13 @@ class EmbeddingsRequest(BaseModel):
     truncate: Literal["NONE", "END"] = "END"
     # Unix seconds of every text, or one per text (default: now).
     timestamp: int | list[int] | None = None
+    # E4's session of every text or one per text (default: the shared session ""), and its
+    # position in the session, likewise (default: the timestamp).
+    session: str | list[str] | None = None
+    sequence: int | list[int] | None = None
+    # infinity's: "image" makes every input an image, as a data URI
+    # ("data:image/png;base64,..."), embedded by fused_image.
+    modality: Literal["text", "image"] = "text"
     top_k: int | None = None
     temperature: float | None = None
     focus: dict[str, float] | None = None
@@ -60,6 +69,35 @@ class EmbeddingsRequest(BaseModel):
             if bad is not None:
                 raise ValueError(f"input[{bad}]: expected a string")
         return value
+
+
+DATA_URI = re.compile(r"data:image/[A-Za-z0-9.+-]+(?:;[^;,]*)*;base64,(.*)", re.DOTALL)
+
+
+def data_uris(inputs: list[str]) -> list[bytes]:
+    """The bytes of image inputs sent as data URIs (``data:image/png;base64,...``); the
+    gateway fetches no URL."""
+    out = []
+    for i, item in enumerate(inputs):
+        match = DATA_URI.fullmatch(item)
+        if match is None:
+            raise GatewayError(422, f"input[{i}]: an image must be a data URI "
+                               "(data:image/<type>;base64,...); URLs are not fetched", "input")
+        try:
+            out.append(base64.b64decode(match.group(1), validate=True))
+        except binascii.Error as err:
+            raise GatewayError(422, f"input[{i}]: the data URI's base64 is invalid ({err})",
+                               "input") from err
+    return out
+
+
+def _per_input(field: str, value: Any, n: int) -> list[Any] | None:
+    """A field given once for every input or as a list of one per input (None: absent)."""
+    if value is None or not isinstance(value, list):
+        return None if value is None else [value] * n
+    if len(value) != n:
+        raise GatewayError(422, f"{field}: {len(value)} values for {n} inputs", field)
+    return value
 
 
 class EmbedRequest(BaseModel):
@@ -155,8 +193,16 @@ class Gateway:
             served, kind = (await self._triton().catalog()).resolve(body.model, body.input_type)
             model = served.id  # a label from the catalog: never a name a client made up
             batch = Batch(texts, self._timestamps(body.timestamp, len(texts)), kind,
-                          body.truncate == "END", self._gate(body), body.dimensions)
-            vectors, tokens = await self._run(route, batch, served)
+                          body.truncate == "END", self._gate(body), body.dimensions,
+                          _per_input("session", body.session, len(texts)),
+                          _per_input("sequence", body.sequence, len(texts)),
+                          data_uris(texts) if body.modality == "image" else None)
+            if batch.images is not None:
+                vectors = await self._admitted(route, batch, lambda: self._triton().images(
+                    served, batch))
+                tokens = np.zeros(len(texts), dtype=np.int64)  # images have no tokens
+            else:
+                vectors, tokens = await self._run(route, batch, served)
             if body.encoding_format == "base64":
                 little = vectors.astype("<f4", copy=False)
                 data = [{"object": "embedding", "index": i,
@@ -327,14 +373,7 @@ class Gateway:
 
     @staticmethod
     def _timestamps(value: int | list[int] | None, n: int) -> list[int]:
-        if value is None:
-            return [int(time.time())] * n
-        if isinstance(value, int):
-            return [value] * n
-        if len(value) != n:
-            raise GatewayError(422, f"timestamp: {len(value)} values for {n} inputs",
-                               "timestamp")
-        return value
+        return _per_input("timestamp", value, n) or [int(time.time())] * n
 
     @staticmethod
     def _gate(body: EmbeddingsRequest) -> GateControls:

@@ -21,11 +21,15 @@ from fusedembed_client.client import (
     MODEL,
     SPARSE_OUTPUTS,
     GateControls,
+    image_tensors,
+    infer_inputs,
     request_tensors,
 )
 
 PREFIX = "fusedembed"
 FUSED = "FUSED"
+IMAGE_MODEL = "fused_image"  # images: FUSED, or E10 from the image (fusedembed-e10)
+IMAGE_BLOCK = "E10"
 TOKENS = "TOKENS"
 FUSION_VERSION = "FUSION_VERSION"
 # An ensemble input a Matryoshka-trained FuseMoE adds (its config parameter
@@ -67,7 +71,8 @@ class Served:
 FIELDS = {"TEXT": "input", "TIMESTAMP": "timestamp", "KIND": "input_type",
           "TRUNCATE": "truncate", "TOP_K": "top_k", "TEMPERATURE": "temperature",
           "FOCUS": "focus", "PRESENCE": "missing", DIMENSIONS: "dimensions",
-          "SPARSE_TOP_K": "sparse_top_k"}
+          "SPARSE_TOP_K": "sparse_top_k", "SESSION": "session", "SEQUENCE": "sequence",
+          "IMAGE": "input"}
 
 
 @dataclass(frozen=True)
@@ -136,19 +141,21 @@ def _block_number(name: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def triton_error(err: Exception, catalog: Catalog | None) -> GatewayError:
+def triton_error(err: Exception, catalog: Catalog | None, first: int = 0) -> GatewayError:
     """Triton's answer as an HTTP status: its validation errors 422 (field named), a full
     queue 429, unreachable or not ready 503, past the deadline 504, a failed embedder 424
-    with the model named; anything else 500."""
+    with the model named; anything else 500. ``first``: the request's index of the chunk's
+    first item."""
     status = str(getattr(err, "status", lambda: "")() or "")
     message = str(getattr(err, "message", lambda: str(err))() or err)
     text = re.sub(r"^in ensemble '[^']*', ", "", message)
     if status.endswith("INVALID_ARGUMENT"):
-        # "TEXT[3]: ..." speaks of the request's field: "input[3]: ..."
-        tensor = re.match(r"([A-Z_]+)(?=[\[:])", text)
+        # "TEXT[3]: ..." of the chunk from item 32 speaks of the request's "input[35]: ..."
+        tensor = re.match(r"([A-Z_]+)(?:\[(\d+)\])?(?=[\[:])", text)
         field = FIELDS.get(tensor.group(1)) if tensor else None
         if field is not None:
-            text = field + text[tensor.end():]  # type: ignore[union-attr]
+            index = f"[{int(tensor.group(2)) + first}]" if tensor.group(2) else ""
+            text = field + index + text[tensor.end():]  # type: ignore[union-attr]
         return GatewayError(422, text, field)
     if status.endswith("DEADLINE_EXCEEDED"):
         return GatewayError(504, f"no answer from Triton within the deadline: {text}",
@@ -175,6 +182,17 @@ class Batch:
     truncate: bool = True
     gate: GateControls = field(default_factory=GateControls)
     dimensions: int | None = None
+    sessions: Sequence[str] | None = None  # E4's SESSION and SEQUENCE, one per text
+    sequences: Sequence[int] | None = None
+    images: Sequence[bytes] | None = None  # encoded images instead of the texts
+
+    def rows(self, rows: range) -> dict[str, Any]:
+        """``request_tensors``' per-text arguments for ``rows``."""
+        def pick(values: Sequence[Any] | None) -> list[Any] | None:
+            return None if values is None else [values[i] for i in rows]
+
+        return {"texts": pick(self.texts), "timestamps": pick(self.timestamps),
+                "sessions": pick(self.sessions), "sequences": pick(self.sequences)}
 
 
 class Triton:
@@ -239,6 +257,28 @@ class Triton:
         tokens = np.concatenate([p[1] for p in parts])
         return vectors, tokens
 
+    async def images(self, served: Served, batch: Batch) -> np.ndarray:
+        """fused_image's vectors [n, dim] (FUSED, or E10 for fusedembed-e10) of every image."""
+        catalog = await self.catalog()
+        if served.triton_model != MODEL or served.output not in (FUSED, IMAGE_BLOCK):
+            raise GatewayError(422, f"model: {served.id} embeds text only; images are embedded "
+                               f"by {PREFIX} and {PREFIX}-{IMAGE_BLOCK.lower()}", "model")
+        if batch.dimensions is not None and batch.dimensions != served.dim:
+            raise GatewayError(422, f"dimensions: model {served.id} returns {served.dim} "
+                               f"dimensions for an image, not {batch.dimensions}", "dimensions")
+        assert batch.images is not None
+
+        async def chunk(rows: range, deadline: float) -> np.ndarray:
+            args = batch.rows(rows)
+            tensors = image_tensors([batch.images[i] for i in rows], args["timestamps"],
+                                    args["sessions"], args["sequences"])
+            async with self._slots:
+                result = await self._infer(IMAGE_MODEL, tensors, [served.output], deadline,
+                                           rows.start)
+            return result.as_numpy(served.output).astype(np.float32, copy=False)
+
+        return np.concatenate(await self._chunked(catalog, batch, chunk))
+
     async def sparse(self, batch: Batch, top_k: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
         """E6's SPLADE terms of every text, in order: (indices, weights) without padding."""
         catalog = await self.catalog()
@@ -247,15 +287,11 @@ class Triton:
                                f"({', '.join(SPARSE_OUTPUTS)})", kind="model_not_found")
 
         async def chunk(rows: range, deadline: float) -> list[tuple[np.ndarray, np.ndarray]]:
-            texts = [batch.texts[i] for i in rows]
-            tensors = request_tensors(texts, [batch.timestamps[i] for i in rows], batch.kind,
-                                      batch.truncate, batch.gate)
-            if top_k is not None:
-                tensors.append(("SPARSE_TOP_K", "INT32",
-                                np.full((len(texts), 1), top_k, dtype=np.int32)))
+            tensors = request_tensors(kind=batch.kind, truncate=batch.truncate,
+                                      gate=batch.gate, sparse_top_k=top_k, **batch.rows(rows))
             async with self._slots:  # with one of FuseMoE's outputs: see SPARSE_OUTPUTS
                 result = await self._infer(MODEL, tensors, [*SPARSE_OUTPUTS, FUSION_VERSION],
-                                           deadline)
+                                           deadline, rows.start)
             indices, weights = (result.as_numpy(o) for o in SPARSE_OUTPUTS)
             return [(i[i >= 0], w[i >= 0]) for i, w in zip(indices, weights)]
 
@@ -276,23 +312,22 @@ class Triton:
 
     async def _chunk(self, catalog: Catalog, served: Served, batch: Batch, rows: range,
                      deadline: float) -> tuple[np.ndarray, np.ndarray]:
-        texts = [batch.texts[i] for i in rows]
-        stamps = [batch.timestamps[i] for i in rows]
-        tensors = request_tensors(texts, stamps, batch.kind, batch.truncate, batch.gate)
+        tensors = request_tensors(kind=batch.kind, truncate=batch.truncate, gate=batch.gate,
+                                  **batch.rows(rows))
         if batch.dimensions is not None and batch.dimensions != served.dim:
             tensors.append((DIMENSIONS, "INT32",
-                            np.full((len(texts), 1), batch.dimensions, dtype=np.int32)))
+                            np.full((len(rows), 1), batch.dimensions, dtype=np.int32)))
         wanted = [served.output]
         if served.triton_model == MODEL and catalog.tokens:
             wanted.append(TOKENS)
         async with self._slots:
-            work = self._infer(served.triton_model, tensors, wanted, deadline)
+            work = self._infer(served.triton_model, tensors, wanted, deadline, rows.start)
             if TOKENS in wanted:
                 result = await work
                 counts = result.as_numpy(TOKENS).reshape(-1)
             else:
-                result, counts = await asyncio.gather(work, self._counted(catalog, texts,
-                                                                          deadline))
+                result, counts = await asyncio.gather(work, self._counted(
+                    catalog, [batch.texts[i] for i in rows], deadline))
         vectors = result.as_numpy(served.output).astype(np.float32, copy=False)
         return vectors, np.asarray(counts, dtype=np.int64)
 
@@ -316,12 +351,9 @@ class Triton:
         return [self._counts.get(k, 0) for k in keys]
 
     async def _infer(self, model: str, tensors: list[tuple[str, str, np.ndarray]],
-                     outputs: list[str], deadline: float) -> Any:
+                     outputs: list[str], deadline: float, first: int = 0) -> Any:
         tc = self._tc
-        inputs = []
-        for name, dtype, value in tensors:
-            inputs.append(tc.InferInput(name, list(value.shape), dtype))
-            inputs[-1].set_data_from_numpy(value)
+        inputs = infer_inputs(tc, tensors)
         # No gRPC deadline, and no cancellation: Triton 2.51 can crash or stall a model's
         # queue when a gRPC request is cancelled while an ensemble runs it (fixed in 2.53,
         # triton-inference-server/server#7840). The call runs to its end as a task of its
@@ -339,7 +371,7 @@ class Triton:
         except GatewayError:
             raise
         except Exception as err:
-            raise triton_error(err, self._catalog) from err
+            raise triton_error(err, self._catalog, first) from err
 
     def _finished(self, call: asyncio.Future) -> None:
         self._calls.discard(call)
