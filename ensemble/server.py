@@ -39,7 +39,8 @@ CACHE_BYTES = 256 * 1024 * 1024  # local response cache of fused_text_cached
 # buffer of 1 MiB or more is mapped on its own and returned to the system when freed, and a
 # heap gives back what it holds free past 16 MiB. By default glibc raises the mapping
 # threshold as large buffers are freed, so after a burst of the largest requests the
-# processes kept their peak buffers in their heaps (perf/reports/burst.md).
+# processes kept their peak buffers in their heaps (perf/reports/burst-default-malloc.md
+# against perf/reports/burst-2inst.md).
 RETURNING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20),
                     "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
 # The model-repository (load/unload) and shared-memory APIs need this header with the admin
