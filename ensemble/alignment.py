@@ -70,9 +70,14 @@ def suite_blocks(pipeline, pairs: list[AlignmentPair]) -> tuple[list[str], torch
 
 
 def score(model: fusemoe.FuseMoE, texts: list[str], x: torch.Tensor,
-          pairs: list[AlignmentPair]) -> AlignmentResult:
+          pairs: list[AlignmentPair], dimensions: int | None = None) -> AlignmentResult:
+    """The suite on FUSED, or on its Matryoshka prefix of ``dimensions`` (normalised)."""
+    from ensemble.encodings import prefix
+
     with torch.inference_mode():
         fused = model(x).fused.numpy()
+    if dimensions is not None:
+        fused = prefix(fused, dimensions)
     index = {t: i for i, t in enumerate(texts)}
     cos = np.array([float(fused[index[p.first]] @ fused[index[p.second]]) for p in pairs])
     return AlignmentResult(pairs, cos)

@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -143,6 +144,28 @@ def fuse(model: FuseMoE, x: torch.Tensor, controls: GateControls) -> FusionOutpu
                      top_k=torch.from_numpy(controls.top_k).to(x.device),
                      temperature=torch.from_numpy(controls.temperature).to(x.device),
                      focus=torch.from_numpy(controls.focus).to(x.device))
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a checkpoint offers besides the full float vector: its Matryoshka prefixes
+    (manifest "dimensions"; the full size only without them) and the int8 scale of each
+    (manifest "int8_scale"; no int8 without it)."""
+
+    dimensions: tuple[int, ...]
+    int8_scale: dict[int, np.ndarray]
+
+    @classmethod
+    def of(cls, manifest: Manifest, cfg: FuseMoEConfig = FUSEMOE) -> Outputs:
+        dims = tuple(int(d) for d in manifest.extra.get("dimensions", [cfg.output_dim]))
+        scales = {int(d): np.asarray(v, dtype=np.float32)
+                  for d, v in manifest.extra.get("int8_scale", {}).items()}
+        return cls(dims, scales)
+
+    def manifest_fields(self) -> dict:
+        return {"dimensions": list(self.dimensions),
+                "int8_scale": {str(d): [float(x) for x in v]
+                               for d, v in self.int8_scale.items()}}
 
 
 def seeded(cfg: FuseMoEConfig = FUSEMOE) -> FuseMoE:

@@ -9,7 +9,10 @@ import numpy as np
 
 from export.custom_encoders import DEFAULT_SESSION
 from export.registry import (
+    DIMENSIONS,
     EMBEDDERS,
+    ENCODING,
+    ENCODINGS,
     FOCUS,
     FUSEMOE,
     LIMITS,
@@ -155,3 +158,38 @@ class Validator:
             raise InvalidInput(f"{FOCUS}[{i}] / {PRESENCE}[{i}]: no block left to fuse; at "
                                f"least one present block needs a focus above 0")
         return GateControls(k, t.astype(np.float32), f, p)
+
+    def output_settings(self, rows: int, dimensions: np.ndarray | None,
+                        encoding: np.ndarray | None, offered: tuple[int, ...],
+                        int8_dimensions: tuple[int, ...]) -> tuple[int, str]:
+        """A request's DIMENSIONS (one of ``offered``; default the largest) and ENCODING
+        (default "float"; "int8" where ``int8_dimensions`` holds its size): one value for
+        every row of the request, whose answer is one tensor."""
+        d = max(offered)
+        if dimensions is not None:
+            v = _rows(DIMENSIONS, np.asarray(dimensions), rows, 1).reshape(-1)
+            if (v != v[0]).any():
+                i = int(np.nonzero(v != v[0])[0][0])
+                raise InvalidInput(f"{DIMENSIONS}[{i}]: {int(v[i])} differs from "
+                                   f"{DIMENSIONS}[0] ({int(v[0])}); one size per request")
+            if int(v[0]) not in offered:
+                raise InvalidInput(f"{DIMENSIONS}[0]: {int(v[0])} is not one of this "
+                                   f"checkpoint's sizes: {', '.join(map(str, offered))}")
+            d = int(v[0])
+        name = ENCODINGS[0]
+        if encoding is not None:
+            e = _rows(ENCODING, np.asarray(encoding, dtype=np.object_), rows, 1).reshape(-1)
+            values = [_utf8(f"{ENCODING}[{i}]", x, 16) for i, x in enumerate(e)]
+            for i, value in enumerate(values):
+                if value not in ENCODINGS:
+                    raise InvalidInput(f"{ENCODING}[{i}]: {value!r} is not one of "
+                                       f"{', '.join(ENCODINGS)}")
+                if value != values[0]:
+                    raise InvalidInput(f"{ENCODING}[{i}]: {value!r} differs from "
+                                       f"{ENCODING}[0] ({values[0]!r}); one encoding per "
+                                       "request")
+            name = values[0] if values else name
+        if name == "int8" and d not in int8_dimensions:
+            raise InvalidInput(f"{ENCODING}[0]: int8 needs a calibrated scale, and this "
+                               f"checkpoint has none for {d} dimensions")
+        return d, name

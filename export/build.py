@@ -55,6 +55,7 @@ from export.registry import (
     CACHED_MODEL,
     DEVICES,
     EMBEDDERS,
+    ENSEMBLE_MODEL,
     FUSEMOE_MODEL,
     IMAGE_EMBEDDER_MODEL,
     INPUT_IDS,
@@ -507,7 +508,25 @@ def build(repo: Path, profile: str = "pretrained", force: bool = False,
         key = f"{recipe_hash(FUSEMOE_SOURCES)}:{weights}:{chosen}"
         remove_rollouts(repo)
         step(FUSEMOE_MODEL, key, lambda d: build_fusemoe(d, key, trained, chosen))
+        write_offered_dimensions(repo)
     return built
+
+
+def write_offered_dimensions(repo: Path) -> None:
+    """fused_text's configs/built.pbtxt: its committed config with the served checkpoint's
+    Matryoshka sizes as the parameter "dimensions" (what the gateway offers for
+    `dimensions`; a hot-swapped checkpoint is checked by fusemoe itself)."""
+    from ensemble import fusemoe
+
+    manifest = Manifest.read(manifest_path(_vdir(repo, FUSEMOE_MODEL), FUSEMOE_STEM))
+    cfg = text_format.Parse((repo / ENSEMBLE_MODEL / "config.pbtxt").read_text(),
+                            mc.ModelConfig())
+    dims = fusemoe.Outputs.of(manifest).dimensions
+    cfg.parameters["dimensions"].string_value = ",".join(map(str, dims))
+    path = repo / ENSEMBLE_MODEL / "configs" / f"{BUILT_CONFIG}.pbtxt"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("# Written by export/build.py for this build: do not edit.\n"
+                    + text_format.MessageToString(cfg))
 
 
 def remove_rollouts(repo: Path) -> None:

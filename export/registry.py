@@ -443,6 +443,24 @@ TOP_K = "TOP_K"  # INT32 [1]: experts mixed per item, 1..num_experts
 FOCUS = "FOCUS"  # FP32 [12]: non-negative multipliers of E1..E12 before gating
 PRESENCE = "PRESENCE"  # BOOL [12]: false marks a block missing (zeros, as in the fail-safe)
 GATE_CONTROLS = (TEMPERATURE, TOP_K, FOCUS, PRESENCE)
+# Optional, per request (every row of a request alike): the size and encoding of FUSED.
+# DIMENSIONS: one of the checkpoint's Matryoshka prefixes (its manifest's "dimensions"; a
+# checkpoint trained without them offers the full size only): FUSED is the first DIMENSIONS
+# values of the full vector, L2-normalised again.
+DIMENSIONS = "DIMENSIONS"  # INT32 [1]
+# ENCODING: "float" (default: FUSED), "int8" (FUSED_INT8: round(v / scale) clipped to
+# +-127, with the checkpoint's per-dimension scale, FUSED_SCALE), "binary" (FUSED_BINARY:
+# the signs, v > 0 as 1, packed 8 per byte, first dimension in the high bit). The outputs
+# of the other encodings come back with no columns.
+ENCODING = "ENCODING"  # BYTES [1]
+ENCODINGS = ("float", "int8", "binary")
+FUSED_INT8 = "FUSED_INT8"  # INT8 [d]
+FUSED_BINARY = "FUSED_BINARY"  # UINT8 [d / 8]
+FUSED_SCALE = "FUSED_SCALE"  # FP32 [d]: int8 code * scale = the float value
+OUTPUT_CONTROLS = (DIMENSIONS, ENCODING)
+# The prefixes FuseMoE training makes meaningful (Matryoshka: each one, normalised, carries
+# the objectives); multiples of 8 so that a binary vector fills its bytes.
+MATRYOSHKA_DIMENSIONS = (1536, 1024, 768, 512, 256, 128)
 
 # Internal tensor names, named on purpose (never exporter node names).
 INPUT_IDS = "input_ids"

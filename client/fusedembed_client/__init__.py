@@ -9,8 +9,13 @@ from fusedembed_client.client import (
     GateControls,
     Retry,
     SparseTerms,
+    decode_binary,
+    decode_int8,
+    hamming,
+    int8_similarity,
     maxsim,
 )
 
 __all__ = ["CACHED_MODEL", "MODEL", "Embedding", "FusedEmbedClient", "FusedEmbedError", "GateControls",
-           "Retry", "SparseTerms", "maxsim"]
+           "Retry", "SparseTerms", "decode_binary", "decode_int8", "hamming", "int8_similarity",
+           "maxsim"]

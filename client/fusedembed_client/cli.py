@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="E4's position in the session (default: the timestamp)")
     embed.add_argument("--tokens", action="store_true",
                        help="also return E12's ColBERT token vectors (128-D each)")
+    embed.add_argument("--dimensions", type=int, metavar="D",
+                       help="FUSED's Matryoshka size (one the served checkpoint offers)")
+    embed.add_argument("--encoding", choices=("float", "int8", "binary"), default="float",
+                       help="FUSED as int8 codes or packed sign bits (default float)")
     embed.add_argument("--json", action="store_true", help="print the whole result as JSON")
     info = sub.add_parser("info", help="show each model and whether its weights are pretrained")
     info.add_argument("--url", default=os.environ.get("FUSEDEMBED_URL"))
@@ -125,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                 text_only = [f for f, on in (("--kind", args.kind != "passage"),
                                              ("--block", args.block), ("--sparse", args.sparse),
                                              ("--sparse-top-k", args.sparse_top_k is not None),
-                                             ("--tokens", args.tokens)) if on]
+                                             ("--tokens", args.tokens),
+                                             ("--dimensions", args.dimensions is not None),
+                                             ("--encoding", args.encoding != "float")) if on]
                 if text_only:
                     raise ValueError(f"{', '.join(text_only)}: for texts only, not --image")
                 result = client.embed_image(args.image, args.timestamp, args.session,
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                                       not args.no_truncate, _gate(args),
                                       args.sparse or args.sparse_top_k is not None,
                                       args.sparse_top_k, args.tokens, args.session,
-                                      args.sequence)
+                                      args.sequence, args.dimensions, args.encoding)
             words = client.terms(result.sparse.indices) if result.sparse is not None else []
     except (FusedEmbedError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -150,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     head = np.array2string(v[:8], precision=4, separator=", ")
     print(f"FUSED: {v.shape[0]}-D, L2 norm {np.linalg.norm(v):.6f}")
     print(f"  first values: {head} ...")
+    if result.codes is not None:
+        codes = np.array2string(result.codes[:8], separator=", ")
+        print(f"FUSED_{result.encoding.upper()}: {result.codes.nbytes} bytes, first {codes} ... "
+              "(FUSED above is their decoding)")
     print(f"SELECTED_EXPERTS: {result.selected_experts.tolist()}")
     print(f"FUSION_VERSION: {result.fusion_version}")
     print("EXPERT_WEIGHTS: [" + ", ".join(f"{w:.4f}" for w in result.expert_weights) + "]")

@@ -30,6 +30,9 @@ SPARSE_OUTPUTS = ("E6_SPARSE_INDICES", "E6_SPARSE_WEIGHTS")
 # E12's ColBERT token vectors (asked for with token_vectors=True): [n, 128] padded with zero
 # vectors to the request's longest row, and each row's count.
 TOKEN_OUTPUTS = ("E12_TOKENS", "E12_TOKEN_COUNT")
+# FUSED's encodings (ENCODING) and the outputs that carry each: the vector first.
+ENCODED_OUTPUTS = {"float": ("FUSED",), "int8": ("FUSED_INT8", "FUSED_SCALE"),
+                   "binary": ("FUSED_BINARY",)}
 IDS, TERMS = "IDS", "TERMS"  # a tokenizer model reads ids back as its vocabulary's entries
 REDACTION_TYPES = ("EMAIL", "PHONE", "SSN", "CARD", "API_KEY", "BEARER_TOKEN", "IP")
 BLOCKS = tuple(f"E{i}" for i in range(1, 13))
@@ -93,6 +96,39 @@ class SparseTerms:
         return float(np.dot(self.weights[mine], other.weights[theirs]))
 
 
+def decode_int8(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """FUSED_INT8 codes back to floats: code x the checkpoint's per-dimension scale
+    (FUSED_SCALE, the same for every vector of one checkpoint and size)."""
+    return np.asarray(codes, np.float32) * np.asarray(scale, np.float32)
+
+
+def decode_binary(bits: np.ndarray, dimensions: int) -> np.ndarray:
+    """FUSED_BINARY (signs packed 8 per byte, first dimension in the high bit) as a +-1
+    float vector of ``dimensions``."""
+    signs = np.unpackbits(np.asarray(bits, np.uint8), axis=-1)[..., :dimensions]
+    return np.where(signs == 1, 1.0, -1.0).astype(np.float32)
+
+
+def int8_similarity(a: np.ndarray, b: np.ndarray, scale: np.ndarray | None = None,
+                    ) -> np.ndarray:
+    """Dot products of int8 codes along the last axis: products in int32, each dimension
+    weighted by FUSED_SCALE squared when given (the dot product of the decoded vectors);
+    without ``scale`` the plain integer dot product, which over-weights the dimensions of
+    small scale."""
+    products = np.asarray(a, np.int32) * np.asarray(b, np.int32)
+    if scale is None:
+        return products.sum(-1)
+    return products @ np.square(np.asarray(scale, np.float64))
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distance of packed binary vectors along the last axis; for d dimensions,
+    d - 2 x hamming is the dot product of their +-1 vectors."""
+    bits = np.unpackbits(np.bitwise_xor(np.asarray(a, np.uint8), np.asarray(b, np.uint8)),
+                         axis=-1)
+    return bits.sum(-1, dtype=np.int64)  # signed: d - 2 x hamming goes below 0
+
+
 def maxsim(query: np.ndarray, documents: Sequence[np.ndarray]) -> np.ndarray:
     """ColBERT's late-interaction score of a query against each document: over the query's
     token vectors [q, d], the sum of each one's largest dot product with a document's token
@@ -117,6 +153,11 @@ class Embedding:
     tokens: int = 0  # the text's WordPiece tokens (E1's tokenizer, specials included, uncut)
     sparse: SparseTerms | None = None  # E6's SPLADE terms when asked for
     token_vectors: np.ndarray | None = None  # [n, 128] E12's ColBERT vectors when asked for
+    # encoding "int8" or "binary": the codes as served (int8 [d], or uint8 [d / 8] of packed
+    # signs) and, for int8, the scale; ``vector`` is then their decoding, normalised.
+    encoding: str = "float"
+    codes: np.ndarray | None = None
+    scale: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"dim": int(self.vector.shape[0]), "vector": self.vector.tolist(),
@@ -131,6 +172,11 @@ class Embedding:
                              "weights": self.sparse.weights.tolist()}
         if self.token_vectors is not None:
             out["token_vectors"] = self.token_vectors.tolist()
+        if self.codes is not None:
+            out["encoding"] = self.encoding
+            out["codes"] = self.codes.tolist()
+        if self.scale is not None:
+            out["scale"] = self.scale.tolist()
         return out
 
 
@@ -169,10 +215,12 @@ class GateControls:
 def request_tensors(texts: Sequence[str], timestamps: Sequence[int], kind: str = "passage",
                     truncate: bool = True, gate: GateControls | None = None,
                     sparse_top_k: int | None = None, sessions: Sequence[str] | None = None,
-                    sequences: Sequence[int] | None = None) -> list[tuple[str, str, np.ndarray]]:
+                    sequences: Sequence[int] | None = None, dimensions: int | None = None,
+                    encoding: str = "float") -> list[tuple[str, str, np.ndarray]]:
     """The inputs of one fused_text request as (name, Triton dtype, array); optional inputs
     only where they differ from the server's defaults (``sessions`` and ``sequences``: one
-    per text, E4's SESSION and SEQUENCE)."""
+    per text, E4's SESSION and SEQUENCE; ``dimensions`` and ``encoding``: FUSED's size and
+    encoding)."""
     tensors = [("TEXT", "BYTES", np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)),
                ("TIMESTAMP", "INT64", np.array([[int(s)] for s in timestamps], dtype=np.int64))]
     if kind != "passage":  # the server's default
@@ -185,6 +233,11 @@ def request_tensors(texts: Sequence[str], timestamps: Sequence[int], kind: str =
     if sparse_top_k is not None:
         tensors.append(("SPARSE_TOP_K", "INT32",
                         np.full((len(texts), 1), sparse_top_k, dtype=np.int32)))
+    if dimensions is not None:
+        tensors.append(("DIMENSIONS", "INT32", np.full((len(texts), 1), dimensions, np.int32)))
+    if encoding != "float":
+        tensors.append(("ENCODING", "BYTES", np.array([[encoding.encode()]] * len(texts),
+                                                      dtype=np.object_)))
     return tensors + session_tensors(sessions, sequences)
 
 
@@ -287,17 +340,20 @@ class FusedEmbedClient:
               blocks: Sequence[str] = (), truncate: bool = True,
               gate: GateControls | None = None, sparse: bool = False,
               sparse_top_k: int | None = None, token_vectors: bool = False,
-              session: str | None = None, sequence: int | None = None) -> Embedding:
+              session: str | None = None, sequence: int | None = None,
+              dimensions: int | None = None, encoding: str = "float") -> Embedding:
         return self.embed_batch([text], None if timestamp is None else [timestamp], kind,
                                 blocks, truncate, gate, sparse, sparse_top_k, token_vectors,
-                                session, None if sequence is None else [sequence])[0]
+                                session, None if sequence is None else [sequence],
+                                dimensions, encoding)[0]
 
     def embed_batch(self, texts: Sequence[str], timestamps: Sequence[int] | None = None,
                     kind: str = "passage", blocks: Sequence[str] = (),
                     truncate: bool = True, gate: GateControls | None = None,
                     sparse: bool = False, sparse_top_k: int | None = None,
                     token_vectors: bool = False, sessions: str | Sequence[str] | None = None,
-                    sequences: Sequence[int] | None = None) -> list[Embedding]:
+                    sequences: Sequence[int] | None = None, dimensions: int | None = None,
+                    encoding: str = "float") -> list[Embedding]:
         """Embed many texts; sent in requests of at most 32 items.
 
         ``kind`` is "passage" (default) or "query" (E1 and E12 encode them differently);
@@ -310,7 +366,10 @@ class FusedEmbedClient:
         scored with :func:`maxsim`);
         ``sessions`` (one for every text, or one per text) and ``sequences`` (one per text)
         are E4's session and position (server defaults: the shared session "", the
-        timestamp as the position).
+        timestamp as the position);
+        ``dimensions`` asks for a Matryoshka prefix of FUSED (one of the sizes the served
+        checkpoint offers) and ``encoding`` for "int8" or "binary" codes
+        (``Embedding.codes``; :func:`decode_int8`, :func:`decode_binary`).
         """
         given = _per_item(len(texts), "texts", timestamps=timestamps, sessions=sessions,
                           sequences=sequences)
@@ -325,6 +384,12 @@ class FusedEmbedClient:
                              "sparse terms and token vectors")
         if sparse_top_k is not None and not sparse:
             raise ValueError("sparse_top_k needs sparse=True")
+        if encoding not in ENCODED_OUTPUTS:
+            raise ValueError(f"encoding must be one of {', '.join(ENCODED_OUTPUTS)}, "
+                             f"not {encoding!r}")
+        if (dimensions is not None or encoding != "float") and self.model == CACHED_MODEL:
+            raise ValueError(f"{CACHED_MODEL} answers the full float vector only; ask "
+                             f"{MODEL} for dimensions and encodings")
         gate = gate or GateControls()
         out: list[Embedding] = []
         for start in range(0, len(texts), MAX_BATCH):
@@ -332,7 +397,8 @@ class FusedEmbedClient:
             out += self._infer(texts[part], timestamps[part], kind, tuple(blocks), truncate,
                                gate, sparse, sparse_top_k, token_vectors,
                                None if sessions is None else sessions[part],
-                               None if sequences is None else sequences[part])
+                               None if sequences is None else sequences[part],
+                               dimensions, encoding)
         return out
 
     def embed_image(self, image: bytes | str | os.PathLike, timestamp: int | None = None,
@@ -442,17 +508,28 @@ class FusedEmbedClient:
                blocks: tuple[str, ...], truncate: bool, gate: GateControls,
                sparse: bool = False, sparse_top_k: int | None = None,
                token_vectors: bool = False, sessions: Sequence[str] | None = None,
-               sequences: Sequence[int] | None = None) -> list[Embedding]:
+               sequences: Sequence[int] | None = None, dimensions: int | None = None,
+               encoding: str = "float") -> list[Embedding]:
+        vector_outputs = ENCODED_OUTPUTS[encoding]
         names = (("FUSED",) if self.model == CACHED_MODEL
-                 else (*OUTPUTS, *blocks, *(SPARSE_OUTPUTS if sparse else ()),
+                 else (*vector_outputs, *OUTPUTS[1:], *blocks,
+                       *(SPARSE_OUTPUTS if sparse else ()),
                        *(TOKEN_OUTPUTS if token_vectors else ())))
         result = self._send(self.model, request_tensors(
-            texts, timestamps, kind, truncate, gate, sparse_top_k, sessions, sequences), names)
+            texts, timestamps, kind, truncate, gate, sparse_top_k, sessions, sequences,
+            dimensions, encoding), names)
         if self.model == CACHED_MODEL:
             empty = np.zeros(0, dtype=np.float32)
             return [Embedding(v, empty, empty.astype(np.int32)) for v in result.as_numpy("FUSED")]
-        fused, weights, selected, cut, redacted, version, tokens = (result.as_numpy(name)
-                                                                    for name in OUTPUTS)
+        weights, selected, cut, redacted, version, tokens = (result.as_numpy(name)
+                                                             for name in OUTPUTS[1:])
+        codes = result.as_numpy(vector_outputs[0])
+        scale = result.as_numpy(vector_outputs[1]) if encoding == "int8" else None
+        fused = (codes if encoding == "float"
+                 else decode_int8(codes, scale) if encoding == "int8"
+                 else decode_binary(codes, 8 * codes.shape[1]))
+        if encoding != "float":
+            fused = fused / np.maximum(np.linalg.norm(fused, axis=1, keepdims=True), 1e-12)
         block_arrays = {b: result.as_numpy(b) for b in blocks}
         terms: list[SparseTerms | None] = [None] * len(texts)
         if sparse:
@@ -467,5 +544,7 @@ class FusedEmbedClient:
                           {t: int(n) for t, n in zip(REDACTION_TYPES, redacted[i]) if n},
                           {b: a[i] for b, a in block_arrays.items()},
                           version[i][0].decode("utf-8"), int(tokens[i][0]), terms[i],
-                          colbert[i])
+                          colbert[i], encoding,
+                          None if encoding == "float" else codes[i],
+                          None if scale is None else scale[i])
                 for i in range(len(texts))]

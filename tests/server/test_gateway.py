@@ -136,6 +136,18 @@ def test_blocks_kinds_gate_controls_and_the_cached_entry_point(sdk, direct, gate
         assert c.usage.prompt_tokens == plain.tokens
 
 
+def test_dimensions_asks_fused_text_for_its_matryoshka_prefix(sdk, direct):
+    texts = ["a cat sits on the mat", "def add(a, b): return a + b"]
+    full = np.stack([e.vector for e in direct.embed_batch(texts, [T0, T0])])
+    for d in (256, 128):
+        answer = sdk.embeddings.create(model="fusedembed", input=texts, dimensions=d,
+                                       extra_body={"timestamp": T0})
+        got = np.array([a.embedding for a in answer.data])
+        head = full[:, :d] / np.linalg.norm(full[:, :d], axis=1, keepdims=True)
+        assert got.shape == (2, d)
+        np.testing.assert_allclose(got, head, atol=1e-5)
+
+
 def test_models_are_listed_with_their_dimensions(sdk):
     models = {m.id: m for m in sdk.models.list()}
     assert {"fusedembed", "fusedembed-cached", "fusedembed-e1", "fusedembed-e12"} <= set(models)
@@ -182,8 +194,8 @@ def test_embed_sparse_answers_splade_terms_in_teis_shape(gateway, direct):
 @pytest.mark.parametrize(("body", "param", "says"), [
     ({"input": [101, 2023, 102]}, "input", "token-id arrays are not supported"),
     ({"input": [[101, 2023]]}, "input", "token-id arrays are not supported"),
-    ({"input": "x", "dimensions": 256}, "dimensions",
-     "model fusedembed returns 1536 dimensions, not 256"),
+    ({"input": "x", "dimensions": 100}, "dimensions",
+     "model fusedembed returns 1536, 1024, 768, 512, 256, 128 dimensions, not 100"),
     ({"input": "x", "model": "fusedembed-e11", "dimensions": 512}, "dimensions",
      "model fusedembed-e11 returns 384 dimensions"),
     ({"input": ["fine", "   "]}, "input", "input[1]:"),

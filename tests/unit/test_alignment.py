@@ -31,10 +31,12 @@ def test_the_trained_checkpoint_separates_the_pairs(repository, suite):
     if checkpoint is None:
         pytest.fail("no trained FuseMoE checkpoint for the built blocks: run `make train`")
     model, manifest = fusemoe.load(checkpoint)
-    result = alignment.score(model, *suite[1:], suite[0])
-    bad = [(p.kind, p.first, round(float(c), 3))
-           for p, c, ok in zip(result.pairs, result.cosines, result.correct) if not ok]
-    assert result.passed, f"{manifest.version}: {result.share:.0%} separated; wrong: {bad}"
+    for d in fusemoe.Outputs.of(manifest).dimensions:  # every Matryoshka size it offers
+        result = alignment.score(model, *suite[1:], suite[0], d)
+        bad = [(p.kind, p.first, round(float(c), 3))
+               for p, c, ok in zip(result.pairs, result.cosines, result.correct) if not ok]
+        assert result.passed, (f"{manifest.version} at {d} dimensions: {result.share:.0%} "
+                               f"separated; wrong: {bad}")
 
 
 def test_the_seeded_initialisation_fails_the_suite(suite):

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from fusedembed_client import MODEL, FusedEmbedClient, FusedEmbedError
@@ -97,3 +98,15 @@ def test_the_client_and_its_cli_import_without_the_gateway_extra():
             "& {m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_binary_helpers_give_the_sign_dot_product_below_zero_too():
+    from fusedembed_client import decode_binary, hamming
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(6, 64))
+    bits = np.packbits(v > 0, axis=1)
+    opposite = np.packbits(-v > 0, axis=1)
+    signs = decode_binary(bits, 64)
+    assert (64 - 2 * hamming(bits, opposite) == -64).all()
+    np.testing.assert_array_equal(64 - 2 * hamming(bits[:, None], bits[None]), signs @ signs.T)

@@ -51,10 +51,8 @@ def test_without_the_cached_entry_point_it_is_not_listed():
 
 
 def test_a_matryoshka_fusion_switches_dimensions_on():
-    config = _config()
-    config["input"].append({"name": "DIMENSIONS", "data_type": "TYPE_INT32", "dims": ["1"],
-                            "optional": True})
-    config.setdefault("parameters", {})["dimensions"] = {"string_value": "256,1024, 512"}
+    config = _config()  # DIMENSIONS is an input; the build writes the checkpoint's sizes
+    config["parameters"]["dimensions"] = {"string_value": "1536,256,1024, 512"}
     catalog = Catalog.from_configs(config, None)
     assert catalog.matryoshka
     assert catalog.models["fusedembed"].dimensions == (1536, 1024, 512, 256)

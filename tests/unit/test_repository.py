@@ -39,10 +39,13 @@ def test_ensemble_contract():
         ("SESSION", mc.TYPE_STRING, [1], True), ("SEQUENCE", mc.TYPE_INT64, [1], True),
         ("TEMPERATURE", mc.TYPE_FP32, [1], True), ("TOP_K", mc.TYPE_INT32, [1], True),
         ("FOCUS", mc.TYPE_FP32, [12], True), ("PRESENCE", mc.TYPE_BOOL, [12], True),
+        ("DIMENSIONS", mc.TYPE_INT32, [1], True), ("ENCODING", mc.TYPE_STRING, [1], True),
         ("SPARSE_TOP_K", mc.TYPE_INT32, [1], True)]
     assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
         ("REDACTIONS", mc.TYPE_INT32, [7]), ("TOKENS", mc.TYPE_INT32, [1]),
-        ("FUSED", mc.TYPE_FP32, [1536]), ("EXPERT_WEIGHTS", mc.TYPE_FP32, [8]),
+        ("FUSED", mc.TYPE_FP32, [-1]), ("FUSED_INT8", mc.TYPE_INT8, [-1]),
+        ("FUSED_BINARY", mc.TYPE_UINT8, [-1]), ("FUSED_SCALE", mc.TYPE_FP32, [-1]),
+        ("EXPERT_WEIGHTS", mc.TYPE_FP32, [8]),
         ("SELECTED_EXPERTS", mc.TYPE_INT32, [-1]), ("TRUNCATED", mc.TYPE_BOOL, [12]),
         ("FUSION_VERSION", mc.TYPE_STRING, [1]),
         *[(e.block_name, mc.TYPE_FP32, [e.dim]) for e in r.EMBEDDERS],
@@ -59,8 +62,11 @@ def test_the_cached_entry_point_has_one_output_and_the_cache_on():
     cached, plain = configs[r.CACHED_MODEL], configs[r.ENSEMBLE_MODEL]
     assert cached.response_cache.enable
     assert [o.name for o in cached.output] == [r.FUSED]
-    # SPARSE_TOP_K shapes E6's terms, which the cached entry point does not answer.
-    assert list(cached.input) == [i for i in plain.input if i.name != r.SPARSE_TOP_K]
+    # SPARSE_TOP_K shapes E6's terms, which the cached entry point does not answer; it
+    # answers the full float vector only.
+    assert list(cached.input) == [i for i in plain.input
+                                  if i.name not in (r.SPARSE_TOP_K, *r.OUTPUT_CONTROLS)]
+    assert [list(o.dims) for o in cached.output] == [[1536]]
     assert [s.model_name for s in cached.ensemble_scheduling.step] == [
         s.model_name for s in plain.ensemble_scheduling.step]
     assert cached.ensemble_scheduling.step[-1].output_map == {r.FUSED: r.FUSED}

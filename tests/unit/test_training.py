@@ -92,3 +92,71 @@ def test_load_balance_is_one_when_uniform_and_eight_when_collapsed():
     probs[:, 0] = 1.0
     collapsed = fusemoe.FusionOutput(torch.zeros(b, 4), probs, torch.zeros(b, 1, dtype=torch.int32))
     assert abs(float(train.load_balance(collapsed, 8)) - 8.0) < 1e-6
+
+
+def test_the_balanced_start_routes_every_expert_an_equal_share():
+    x = _blocks(600, seed=2)
+    model = fusemoe.seeded(SMALL)
+    with torch.no_grad():
+        before = model(x).selected_experts.reshape(-1)
+    train.balance_gate(model, x)
+    with torch.no_grad():
+        out = model(x)
+    share = torch.bincount(out.selected_experts.reshape(-1).long(), minlength=8).float()
+    share /= share.sum()
+    assert share.min() >= 0.09, share  # 1/8 = 0.125 each, within a few rows
+    spread = torch.bincount(before.long(), minlength=8).float() / before.numel()
+    assert spread.max() - spread.min() > share.max() - share.min()
+    mass = train.routing_mass(out, 8)
+    assert abs(sum(mass) - 1.0) < 1e-5 and min(mass) >= 0.05, mass
+
+
+def test_the_principal_start_reproduces_the_teacher_and_orders_its_prefixes():
+    x = _blocks(300, seed=4)
+    means = [b.mean(0) for b in train._split_blocks(x)]
+    weights = torch.rand(len(EMBEDDERS), generator=torch.Generator().manual_seed(2))
+    weights /= weights.sum()
+    teacher = train.teacher_vectors(x, means, weights)
+    model = fusemoe.seeded(SMALL)
+    train.initialise(model, x, means, weights, seed=3, principal=True)
+    with torch.no_grad():
+        fused = model(x).fused
+    t = teacher @ teacher.T
+    corr = np.corrcoef((fused @ fused.T).flatten().numpy(), t.flatten().numpy())[0, 1]
+    assert corr > 0.99, corr
+    # Prefixes keep more of the similarity than an equal share of the dimensions would.
+    energy = (fused ** 2).sum(0)
+    assert float(energy[:64].sum() / energy.sum()) > 64 / 300 * 2
+
+
+def test_a_checkpoint_trained_with_other_settings_is_not_up_to_date(tmp_path):
+    from dataclasses import asdict, replace
+
+    cfg = train.TrainConfig()
+    for name, settings, expected in [("same", cfg, True),
+                                     ("other", replace(cfg, teacher_power=2.0), False)]:
+        fusemoe.save(fusemoe.seeded(SMALL), tmp_path / name, name,
+                     extra={"train_config": asdict(settings)})
+        assert train.trained_with(tmp_path / name, cfg) is expected
+
+
+@pytest.mark.trained
+def test_every_expert_carries_a_share_of_the_held_out_texts(repository):
+    """On the texts of the pairs training held out, every expert of the served checkpoint
+    takes at least 5 % of the routing mass (1/8 when even)."""
+    from export.build import trained_checkpoint
+
+    checkpoint = trained_checkpoint(repository)
+    if checkpoint is None:
+        pytest.fail("no trained FuseMoE checkpoint for the built blocks: run `make train`")
+    model, manifest = fusemoe.load(checkpoint)
+    cfg = train.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in manifest.extra["train_config"].items()})
+    data = train.training_data(cfg)
+    x, _, _ = train.features(data, repository)
+    order, held = train.pair_order(cfg, data)
+    rows = np.unique(data.pairs[order[:held]])
+    with torch.inference_mode():
+        out = model(torch.from_numpy(x[rows]))
+    mass = train.routing_mass(out, model.cfg.num_experts)
+    assert min(mass) >= 0.05, f"{manifest.version}: routing mass per expert {mass}"

@@ -32,8 +32,9 @@ IMAGE_MODEL = "fused_image"  # images: FUSED, or E10 from the image (fusedembed-
 IMAGE_BLOCK = "E10"
 TOKENS = "TOKENS"
 FUSION_VERSION = "FUSION_VERSION"
-# An ensemble input a Matryoshka-trained FuseMoE adds (its config parameter
-# "dimensions" lists the prefixes it was trained for): with it, `dimensions` is honoured.
+# fused_text's input for a Matryoshka prefix; its config parameter "dimensions" lists the
+# sizes the served checkpoint was trained for (the build writes it): `dimensions` may ask
+# for any of them.
 DIMENSIONS = "DIMENSIONS"
 BLOCK = re.compile(r"E(\d+)")
 COUNTS_KEPT = 65_536  # token counts remembered for the cached entry point (by text digest)
@@ -91,11 +92,13 @@ class Catalog:
     def from_configs(cls, fused: dict[str, Any], cached: dict[str, Any] | None) -> Catalog:
         outputs = {o["name"]: int(o["dims"][-1]) for o in fused.get("output", [])}
         inputs = {i["name"] for i in fused.get("input", [])}
-        full = outputs[FUSED]
-        matryoshka = DIMENSIONS in inputs
         trained = fused.get("parameters", {}).get("dimensions", {}).get("string_value", "")
-        nested = tuple(sorted({full, *(int(d) for d in trained.split(",") if d.strip())},
-                              reverse=True)) if matryoshka else (full,)
+        offered = {int(d) for d in trained.split(",") if d.strip()}
+        # FUSED has a variable size where fused_text takes DIMENSIONS: the largest offered.
+        full = outputs[FUSED] if outputs[FUSED] > 0 else max(offered)
+        nested = (tuple(sorted(offered | {full}, reverse=True)) if DIMENSIONS in inputs
+                  else (full,))
+        matryoshka = len(nested) > 1
         models = {PREFIX: Served(PREFIX, fused["name"], FUSED, full, nested)}
         if cached is not None:
             name = f"{PREFIX}-cached"
