@@ -55,6 +55,17 @@ def int8_similarity(a: np.ndarray, b: np.ndarray, scale: np.ndarray | None = Non
     return products @ np.square(np.asarray(scale, np.float64))
 
 
+def encoded(vectors: np.ndarray, d: int, scale: np.ndarray | None = None) -> dict:
+    """The size-``d`` prefix of ``vectors`` in every encoding: name -> (codes, row-wise
+    similarity of two code arrays). int8 only where a ``scale`` is given."""
+    v = prefix(vectors, d)
+    out = {"float": (v, lambda a, b: (a * b).sum(-1))}
+    if scale is not None:
+        out["int8"] = (int8(v, scale), lambda a, b: int8_similarity(a, b, scale))
+    out["binary"] = (binary(v), lambda a, b: binary_similarity(a, b, d))
+    return out
+
+
 def binary_similarity(a: np.ndarray, b: np.ndarray, d: int) -> np.ndarray:
     """Row-wise d - 2 * Hamming distance of packed sign bits: the dot product of the +-1
     vectors."""

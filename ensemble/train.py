@@ -268,15 +268,8 @@ def evaluate_sizes(model: fusemoe.FuseMoE, x: torch.Tensor, teacher: torch.Tenso
     t = np.concatenate([(ta * tb).sum(-1), (ta * tb[perm]).sum(-1)])
     out: dict[int, dict[str, dict]] = {}
     for d in dimensions:
-        v = encodings.prefix(full, d)
-        coded = {"float": (v, lambda p, q: (p * q).sum(-1))}
-        if d in scales:
-            coded["int8"] = (encodings.int8(v, scales[d]),
-                             lambda p, q, s=scales[d]: encodings.int8_similarity(p, q, s))
-        coded["binary"] = (encodings.binary(v),
-                           lambda p, q, d=d: encodings.binary_similarity(p, q, d))
         out[d] = {}
-        for name, (c, similarity) in coded.items():
+        for name, (c, similarity) in encodings.encoded(full, d, scales.get(d)).items():
             a, b = c[a_rows], c[b_rows]
             pos, rnd = similarity(a, b).astype(np.float64), similarity(a, b[perm]).astype(np.float64)
             out[d][name] = {"teacher_correlation": float(np.corrcoef(np.concatenate([pos, rnd]), t)[0, 1]),

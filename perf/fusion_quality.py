@@ -46,15 +46,8 @@ def size_scores(full: np.ndarray, first: np.ndarray, second: np.ndarray, gold: n
 
     out = {}
     for d in offered.dimensions:
-        v = encodings.prefix(full, d)
-        coded = {"float": (v, lambda a, b: (a * b).sum(-1))}
-        if d in offered.int8_scale:
-            scale = offered.int8_scale[d]
-            coded["int8"] = (encodings.int8(v, scale),
-                             lambda a, b, s=scale: encodings.int8_similarity(a, b, s))
-        coded["binary"] = (encodings.binary(v),
-                           lambda a, b, d=d: encodings.binary_similarity(a, b, d))
-        for name, (c, similarity) in coded.items():
+        for name, (c, similarity) in encodings.encoded(
+                full, d, offered.int8_scale.get(d)).items():
             score = spearmanr(similarity(c[first], c[second]), gold).statistic
             out[(d, name)] = (int(c.shape[1] * c.dtype.itemsize), float(score))
     return out
