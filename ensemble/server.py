@@ -9,7 +9,12 @@ the server.
 The wheel's binary needs: its bundled libraries on ``LD_LIBRARY_PATH``; the Python stub for
 this interpreter's version copied into the backend folder; ``--cache-directory`` pointing at
 its ``caches/``; and the venv's ``python3`` first on ``PATH`` (the stub finds its packages
-there, not through ``PYTHONPATH``). The server listens on 127.0.0.1 only.
+there, not through ``PYTHONPATH``). The service listens on 127.0.0.1 unless FUSEDEMBED_HOST
+says otherwise.
+
+Triton's own HTTP and gRPC listen on loopback ports of their own; the public HTTP_PORT and
+GRPC_PORT are the front's (``ensemble.front``: one process per protocol), which checks every
+inference request before Triton sees it. The metrics port is Triton's.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ RETURNING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20),
 # The model-repository (load/unload) and shared-memory APIs need this header with the admin
 # key, over HTTP and gRPC, unless FUSEDEMBED_OPEN_ADMIN=1 opens them explicitly.
 ADMIN_HEADER = "fusedembed-admin-key"
+LOOPBACK = "127.0.0.1"
+FRONTS = ("http", "grpc")
 RESTRICTED_APIS = ("model-repository", "shared-memory")
 
 
@@ -86,6 +93,14 @@ def admin_key(run_dir: Path = RUN_DIR) -> str | None:
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(24))
     return path.read_text().strip()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -191,7 +206,8 @@ def stub_instances(server_pid: int) -> set[str]:
 
 
 class StubWatchdog(threading.Thread):
-    """Reloads a model one of whose Python stubs died (a crash, an OOM kill).
+    """Reloads a model one of whose Python stubs died (a crash, an OOM kill), and starts a
+    front again that exited.
 
     This Triton keeps such a model READY while every request to the dead instance fails;
     reloading it through the repository API starts new stubs.
@@ -208,6 +224,9 @@ class StubWatchdog(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
             try:
+                for protocol in self.server.restart_fronts():
+                    self.restarts.append(f"front:{protocol}")
+                    print(f"the {protocol} front died; restarted", file=sys.stderr, flush=True)
                 gone = self.python_stubs - stub_instances(self.server.pid)
                 if not gone:
                     continue  # the repository index is asked only when a stub is gone
@@ -232,6 +251,10 @@ class TritonServer:
     host: str = field(default_factory=lambda: os.environ.get("FUSEDEMBED_HOST", "127.0.0.1"))
     process: subprocess.Popen | None = None
     watchdog: StubWatchdog | None = None
+    # Triton's own HTTP and gRPC ports on loopback (free ones when not given); the public
+    # ports are the fronts'.
+    triton_ports: Ports | None = None
+    fronts: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -242,7 +265,7 @@ class TritonServer:
         headers = {"Content-Type": "application/json"}
         if self.admin_key:
             headers |= admin_headers("http", self.admin_key)
-        request = urllib.request.Request(f"http://{self.http_url}{path}", data=body,
+        request = urllib.request.Request(f"http://{self.triton_http_url}{path}", data=body,
                                          headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.read()
@@ -260,7 +283,8 @@ class TritonServer:
         self._admin_request(f"/v2/repository/models/{model}/load")
 
     def command(self, runtime: Path) -> list[str]:
-        host = self.host
+        assert self.triton_ports is not None
+        host, inner = self.host, self.triton_ports
         restrict = []
         if self.admin_key is not None:
             rule = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={self.admin_key}"
@@ -271,8 +295,9 @@ class TritonServer:
             f"--backend-directory={runtime / 'backends'}",
             f"--cache-directory={runtime / 'caches'}",
             f"--cache-config=local,size={CACHE_BYTES}",
-            f"--http-address={host}", f"--http-port={self.ports.http}",
-            f"--grpc-address={host}", f"--grpc-port={self.ports.grpc}",
+            # Loopback only: the public ports are the fronts' (ensemble.front).
+            f"--http-address={LOOPBACK}", f"--http-port={inner.http}",
+            f"--grpc-address={LOOPBACK}", f"--grpc-port={inner.grpc}",
             f"--metrics-address={host}", f"--metrics-port={self.ports.metrics}",
             "--allow-cpu-metrics=true",
             # p50/p90/p95/p99 per model (nv_*_summary_us) beside the duration counters: the
@@ -303,49 +328,95 @@ class TritonServer:
     def start(self, timeout: float = 300.0) -> None:
         runtime = prepare_runtime()
         RUN_DIR.mkdir(parents=True, exist_ok=True)
+        if self.triton_ports is None:
+            self.triton_ports = Ports(free_port(), free_port(), self.ports.metrics)
         log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(runtime), env=self.environment(), cwd=str(RUN_DIR),
             stdout=log or None, stderr=subprocess.STDOUT if log else None,
             start_new_session=True)  # own process group: stop() reaches every stub
         try:
-            self.wait_ready(timeout)
+            self.wait_ready(timeout, self.triton_http_url)
+            for protocol in FRONTS:
+                self.start_front(protocol)
+            self.wait_ready(60.0, self.http_url)
         except BaseException:
             self.stop()
             raise
         self.watchdog = StubWatchdog(self)
         self.watchdog.start()
 
+    def start_front(self, protocol: str) -> None:
+        """The public ``protocol`` port: ``python -m ensemble.front``."""
+        public = self.ports.http if protocol == "http" else self.ports.grpc
+        # Beside Triton's log, never in it (Triton writes its own at its own offset).
+        log = (open(self.log_path.with_name(f"front-{protocol}.log"), "ab")  # noqa: SIM115
+               if self.log_path else None)
+        self.fronts[protocol] = subprocess.Popen(
+            [sys.executable, "-m", "ensemble.front", protocol,
+             "--listen", f"{self.host}:{public}", "--triton-http", self.triton_http_url,
+             "--triton-grpc", self.triton_grpc_url],
+            cwd=str(ROOT), stdout=log or None, stderr=subprocess.STDOUT if log else None)
+
+    def restart_fronts(self) -> list[str]:
+        """Start again each front that exited; the protocols restarted."""
+        dead = [p for p, process in self.fronts.items() if process.poll() is not None]
+        for protocol in dead:
+            self.start_front(protocol)
+        return dead
+
     @property
     def http_url(self) -> str:
+        """The public HTTP port (the front)."""
         return f"{self._client_host}:{self.ports.http}"
 
     @property
     def grpc_url(self) -> str:
+        """The public gRPC port (the front)."""
         return f"{self._client_host}:{self.ports.grpc}"
+
+    @property
+    def triton_http_url(self) -> str:
+        """Triton's own HTTP, on loopback: for the launcher and for measuring the front."""
+        assert self.triton_ports is not None
+        return f"{LOOPBACK}:{self.triton_ports.http}"
+
+    @property
+    def triton_grpc_url(self) -> str:
+        """Triton's own gRPC, on loopback: the gateway's (its requests are built, not
+        relayed)."""
+        assert self.triton_ports is not None
+        return f"{LOOPBACK}:{self.triton_ports.grpc}"
 
     @property
     def _client_host(self) -> str:
         return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
-    def ready(self) -> bool:
+    def ready(self, url: str | None = None) -> bool:
+        """Ready as clients see it (through the front), or at ``url``."""
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+            with urllib.request.urlopen(f"http://{url or self.http_url}/v2/health/ready",
+                                        timeout=2) as r:
                 return r.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, url: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode}"
                                   + (f"; see {self.log_path}" if self.log_path else ""))
-            if self.ready():
+            for protocol, front in self.fronts.items():
+                if front.poll() is not None:
+                    raise ServerError(f"the {protocol} front exited with code "
+                                      f"{front.returncode}"
+                                      + (f"; see {self.log_path}" if self.log_path else ""))
+            if self.ready(url):
                 return
             time.sleep(0.5)
-        raise ServerError(f"tritonserver not ready after {timeout:.0f} s")
+        raise ServerError(f"not ready at {url} after {timeout:.0f} s")
 
     def stop(self, timeout: float = 40.0) -> None:
         """SIGTERM, wait for a clean exit, then kill the whole process group (stubs too)."""
@@ -353,6 +424,15 @@ class TritonServer:
             self.watchdog.stopped.set()
             self.watchdog.join()
             self.watchdog = None
+        for front in self.fronts.values():
+            if front.poll() is None:
+                front.terminate()
+            try:
+                front.wait(10)
+            except subprocess.TimeoutExpired:
+                front.kill()
+                front.wait()
+        self.fronts.clear()
         if self.process is None:
             return
         pgid = self.process.pid
@@ -493,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     gateway = None
     try:
         if port is not None:
-            gateway = Gateway(server.grpc_url, port, server.host)
+            gateway = Gateway(server.triton_grpc_url, port, server.host)
             gateway.start()
         print(usage_text(server, gateway), flush=True)
         while not stopping:

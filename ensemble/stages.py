@@ -109,6 +109,21 @@ def length_bucket(lengths: np.ndarray, buckets: tuple[int, ...]) -> list[int]:
     return np.searchsorted(np.asarray(buckets), lengths, side="left").tolist()
 
 
+def token_fault(batch: TokenBatch, vocabulary: int) -> str | None:
+    """Why tokens sent to an embedder directly cannot run (None: they can): ids outside the
+    vocabulary would fail the whole batch they are merged into, and so would a mask of
+    another shape."""
+    ids, mask = batch.input_ids, batch.attention_mask
+    if ids.shape != mask.shape:
+        return f"attention_mask: shape {list(mask.shape)} where input_ids has {list(ids.shape)}"
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocabulary):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        return f"input_ids: {bad} is outside the vocabulary's ids 0..{vocabulary - 1}"
+    if mask.size and not np.isin(mask, (0, 1)).all():
+        return "attention_mask: values must be 0 or 1"
+    return None
+
+
 def merge(batches: list[TokenBatch], pad_id: int) -> TokenBatch:
     """Stack token batches of different lengths into one, padding on the right."""
     length = max(b.input_ids.shape[1] for b in batches)

@@ -336,6 +336,14 @@ class Limits:
     max_image_pixels: int = 40_000_000
     max_image_aspect: int = 100
 
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest valid request body (or gRPC message): a full batch of the largest
+        images, each row's other inputs at their limits JSON-escaped (6 bytes a byte at
+        worst), plus 64 KiB of framing. The public front refuses larger ones (HTTP 413)."""
+        row = self.max_image_bytes + 6 * self.max_session_bytes + 4096
+        return ENSEMBLE_MAX_BATCH_SIZE * max(row, 6 * self.max_text_bytes + 4096) + 65_536
+
     def parameters(self, *names: str) -> dict[str, str]:
         """These limits (``names`` of them) as a model config's parameters."""
         return {n: ("on" if getattr(self, n) else "off") if n == "pii_scrubbing"

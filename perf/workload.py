@@ -237,13 +237,14 @@ def pss_mib(pid: int) -> float:
 
 
 def server_memory(server, measure: Callable[[int], float] = rss_mib) -> dict[str, float]:
-    """Resident MiB (or ``measure``) of tritonserver and of each Python stub (named by its
-    model)."""
+    """Resident MiB (or ``measure``) of tritonserver, of each Python stub (named by its
+    model) and of each public front (``front:http``, ``front:grpc``)."""
     from ensemble.server import stub_processes
 
     memory = {}
     stubs = stub_processes(server.pid, every_instance=True)
-    for name, pid in ({"tritonserver": server.pid} | stubs).items():
+    fronts = {f"front:{p}": process.pid for p, process in server.fronts.items()}
+    for name, pid in ({"tritonserver": server.pid} | stubs | fronts).items():
         try:
             memory[name] = measure(pid)
         except OSError:

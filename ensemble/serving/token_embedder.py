@@ -18,7 +18,14 @@ from ensemble.serving.base import (
     optional_array,
     optional_texts,
 )
-from ensemble.stages import TokenBatch, TokenEmbedder, merge
+from ensemble.stages import (
+    FamilyTokenizer,
+    TokenBatch,
+    TokenEmbedder,
+    merge,
+    token_fault,
+    version_dir,
+)
 from ensemble.validation import InvalidInput, Validator
 from export.registry import (
     ATTENTION_MASK,
@@ -35,6 +42,7 @@ from export.registry import (
     Kind,
     Runtime,
     embedder,
+    tokenizer_family,
 )
 
 KINDS = {k.value: k for k in Kind}
@@ -79,6 +87,14 @@ class TritonPythonModel(Adapter):
         self.embedder = TokenEmbedder(embedder(self.params["block_id"]), self.directory,
                                       Runtime.from_parameters(self.params), self.placement)
         self.validator = Validator()
+        # Tokens may come from a client calling this model directly: ids past the tokenizer's
+        # vocabulary are refused per request (the embedding table may be larger, never
+        # smaller). The tokenizer is its family's model in the repository this version
+        # folder belongs to (resolved: a variant repository links the project's folders).
+        family = tokenizer_family(self.embedder.spec.tokenizer or "")
+        self.vocabulary = FamilyTokenizer(
+            version_dir(self.directory.resolve().parent.parent, family.triton_model),
+            family).vocabulary_size
         self.log_placement(self.embedder.where, self.embedder.placement_notes)
 
     def execute(self, requests):
@@ -86,6 +102,9 @@ class TritonPythonModel(Adapter):
 
     def _read(self, request) -> Item:
         batch = TokenBatch(input_array(request, INPUT_IDS), input_array(request, ATTENTION_MASK))
+        fault = token_fault(batch, self.vocabulary)
+        if fault:
+            raise RequestError(fault)
         rows = batch.input_ids.shape[0]
         kinds = read_kinds(request, rows)
         if not truncation_allowed(request):

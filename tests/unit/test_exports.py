@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble.stages import TokenBatch, TokenEmbedder, length_bucket, truncate, version_dir
+from ensemble.stages import (
+    TokenBatch,
+    TokenEmbedder,
+    length_bucket,
+    token_fault,
+    truncate,
+    version_dir,
+)
 from export.architectures import architecture
 from export.build import tokenizer_ids
 from export.onnx_export import example_inputs
@@ -109,3 +116,16 @@ def test_a_token_budget_bounds_every_run_and_leaves_the_vectors_unchanged(block,
         assert len(runs) > 1
         assert all(rows * width <= max(budget, width) for (rows, width), _ in runs), runs
         assert all(shrunk == (rows * width > budget // 4) for (rows, width), shrunk in runs)
+
+
+def test_tokens_sent_directly_are_checked_before_they_join_a_batch():
+    ids = np.array([[101, 7592, 102]], dtype=np.int64)
+    mask = np.ones_like(ids)
+    assert token_fault(TokenBatch(ids, mask), 30522) is None
+    assert token_fault(TokenBatch(np.zeros((1, 0), np.int64), np.zeros((1, 0), np.int64)),
+                       30522) is None
+    assert "30522 is outside" in token_fault(
+        TokenBatch(np.array([[101, 30522, 102]]), mask), 30522)
+    assert "-1 is outside" in token_fault(TokenBatch(ids - 102, mask), 30522)
+    assert "attention_mask: shape [1, 2]" in token_fault(TokenBatch(ids, mask[:, :2]), 30522)
+    assert "0 or 1" in token_fault(TokenBatch(ids, mask * 2), 30522)

@@ -1,0 +1,162 @@
+"""The public gRPC port: the whole KServe v2 ``GRPCInferenceService``, inference checked.
+
+Every method is passed to Triton as raw bytes (nothing decoded twice); ``ModelInfer`` and
+each message of ``ModelStreamInfer`` are decoded once more here to be checked. Metadata
+(the admin key, ``traceparent``) travels with the call. A call is never cancelled upstream:
+a client whose deadline expires or who cancels gets its status from gRPC on time, while
+Triton finishes the request and its answer is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.message import DecodeError
+from tritonclient.grpc import service_pb2
+
+from ensemble.front.checks import RequestFault, UnknownModel, check_grpc
+from ensemble.front.specs import ModelSpecs, TritonUnavailable
+
+SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+CHECKED = {"ModelInfer", "ModelStreamInfer"}
+REPOSITORY = {"RepositoryModelLoad", "RepositoryModelUnload"}
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)]
+
+
+def forwarded(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
+    """The client's metadata less what gRPC itself sets."""
+    return tuple((k, v) for k, v in context.invocation_metadata() or ()
+                 if not k.startswith((":", "grpc-")) and k != "user-agent")
+
+
+class GrpcFront:
+    def __init__(self, triton_grpc: str, triton_http: str, max_message_bytes: int) -> None:
+        self.triton_grpc = triton_grpc
+        self.max_message_bytes = max_message_bytes
+        self.specs = ModelSpecs(triton_http)
+        self.channel: grpc.aio.Channel | None = None
+        self.background: set[asyncio.Task] = set()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods = {}
+        for method in SERVICE.methods:
+            if method.client_streaming:
+                methods[method.name] = grpc.stream_stream_rpc_method_handler(
+                    self._stream(method.name))
+            else:
+                methods[method.name] = grpc.unary_unary_rpc_method_handler(
+                    self._unary(method.name))
+        return grpc.method_handlers_generic_handler(SERVICE.full_name, methods)
+
+    def _path(self, name: str) -> str:
+        return f"/{SERVICE.full_name}/{name}"
+
+    def _keep(self, task: asyncio.Task) -> asyncio.Task:
+        """Hold a task that must outlive the call that started it."""
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        # An answer nobody waits for any more, error or not, is dropped without a warning.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
+    async def check(self, raw: bytes) -> None:
+        """Raises the RequestFault for which an inference request is refused."""
+        try:
+            request = service_pb2.ModelInferRequest.FromString(raw)
+        except DecodeError as err:
+            raise RequestFault(f"request: not a ModelInferRequest ({err})") from err
+        spec = await self.specs.get(request.model_name)
+        if spec is None:
+            raise UnknownModel(f"model '{request.model_name}': no such model is loaded")
+        check_grpc(spec, request)
+
+    def _unary(self, name: str):
+        upstream_path = self._path(name)
+
+        async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            assert self.channel is not None
+            if name in CHECKED:
+                try:
+                    await self.check(raw)
+                except UnknownModel as fault:
+                    await context.abort(grpc.StatusCode.NOT_FOUND, str(fault))
+                except RequestFault as fault:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(fault))
+                except TritonUnavailable as err:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+            elif name in REPOSITORY:
+                self.specs.forget()
+            call = self.channel.unary_unary(upstream_path)(raw, metadata=forwarded(context))
+            # Shielded: this handler may be cancelled (deadline, client gone), the call not.
+            task = self._keep(asyncio.ensure_future(call))
+            try:
+                return await asyncio.shield(task)
+            except grpc.aio.AioRpcError as err:
+                await context.abort(err.code(), err.details() or "")
+                raise  # unreachable: abort raises
+
+        return handle
+
+    def _stream(self, name: str):
+        upstream_path = self._path(name)
+
+        async def handle(requests: AsyncIterator[bytes],
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            assert self.channel is not None
+            call = self.channel.stream_stream(upstream_path)(metadata=forwarded(context))
+            answers: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+            async def send() -> None:
+                # Refused messages are answered in the stream; the rest go on to Triton.
+                try:
+                    async for raw in requests:
+                        try:
+                            await self.check(raw)
+                        except RequestFault as fault:
+                            await answers.put(service_pb2.ModelStreamInferResponse(
+                                error_message=str(fault)).SerializeToString())
+                            continue
+                        await call.write(raw)
+                except (asyncio.CancelledError, grpc.aio.AioRpcError, TritonUnavailable):
+                    pass  # the client is gone: close our side, let Triton finish
+                finally:
+                    await call.done_writing()
+
+            async def receive() -> None:
+                try:
+                    async for raw in call:
+                        await answers.put(raw)
+                except grpc.aio.AioRpcError as err:
+                    await answers.put(service_pb2.ModelStreamInferResponse(
+                        error_message=err.details() or str(err.code())).SerializeToString())
+                finally:
+                    await sending
+                    await answers.put(None)
+
+            sending = self._keep(asyncio.ensure_future(send()))
+            self._keep(asyncio.ensure_future(receive()))
+            while (answer := await answers.get()) is not None:
+                yield answer
+
+        return handle
+
+    async def serve(self, host: str, port: int) -> None:
+        options = channel_options(self.max_message_bytes)
+        self.channel = grpc.aio.insecure_channel(self.triton_grpc, options=options)
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers((self.handler(),))
+        if server.add_insecure_port(f"{host}:{port}") == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        await server.start()
+        try:
+            await server.wait_for_termination()
+        finally:
+            await server.stop(grace=5)
+            await self.channel.close()
+            await self.specs.close()

@@ -1,0 +1,146 @@
+"""The HTTP front's own logic against a stand-in for Triton's loopback HTTP (an aiohttp app
+that serves one model's config and records what reaches it): what is refused never reaches
+it, what passes arrives byte for byte with the client's headers, and the size and held-bytes
+limits answer 413 and 503."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from google.protobuf.json_format import MessageToDict
+
+from ensemble.front.http_front import HttpFront
+from export import registry as r
+from export.repository import ensemble_config
+
+T0 = 1_700_000_000
+VALID = {"inputs": [
+    {"name": r.TEXT, "datatype": "BYTES", "shape": [1, 1], "data": ["hello"]},
+    {"name": r.TIMESTAMP, "datatype": "INT64", "shape": [1, 1], "data": [T0]}]}
+
+
+def stand_in(seen: list, delay_s: float = 0.0) -> web.Application:
+    config = MessageToDict(ensemble_config(r.ENSEMBLE_MODEL), preserving_proto_field_name=True)
+
+    async def model_config(request: web.Request) -> web.Response:
+        if request.match_info["model"] != r.ENSEMBLE_MODEL:
+            return web.json_response({"error": "unknown model"}, status=400)
+        return web.json_response(config)
+
+    async def anything(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append((request.method, request.path, dict(request.headers), body))
+        await asyncio.sleep(delay_s)
+        return web.json_response({"outputs": []}, headers={"X-From": "triton"})
+
+    app = web.Application(client_max_size=2**30)
+    app.router.add_get("/v2/models/{model}/config", model_config)
+    app.router.add_route("*", "/{tail:.*}", anything)
+    return app
+
+
+def run(scenario, max_body: int = 1 << 20, max_held: int = 4 << 20, delay_s: float = 0.0):
+    """``scenario(client, seen)`` against a front whose upstream is the stand-in."""
+    async def main():
+        seen: list = []
+        async with TestServer(stand_in(seen, delay_s)) as triton:
+            front = HttpFront(f"{triton.host}:{triton.port}", max_body, max_held)
+            async with TestClient(TestServer(front.app())) as client:
+                return await scenario(client, seen)
+
+    return asyncio.run(main())
+
+
+def test_a_valid_request_arrives_unchanged_with_its_headers():
+    body = json.dumps(VALID).encode()
+
+    async def scenario(client, seen):
+        response = await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer", data=body,
+                                     headers={"traceparent": "00-ab-cd-01", "X-Key": "k"})
+        assert response.status == 200 and response.headers["X-From"] == "triton"
+        method, path, headers, got = seen[-1]
+        assert (method, path, got) == ("POST", f"/v2/models/{r.ENSEMBLE_MODEL}/infer", body)
+        assert headers["traceparent"] == "00-ab-cd-01" and headers["X-Key"] == "k"
+
+    run(scenario)
+
+
+def test_the_issues_request_never_reaches_triton():
+    bad = json.loads(json.dumps(VALID))
+    bad["inputs"][1].update(shape=[2**40, 1], data=[1, 2, 3])
+
+    async def scenario(client, seen):
+        response = await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer", json=bad)
+        text = await response.text()
+        assert response.status == 400 and "TIMESTAMP" in json.loads(text)["error"]
+        assert not seen
+
+    run(scenario)
+
+
+def test_a_compressed_body_is_inflated_and_checked():
+    bad = json.loads(json.dumps(VALID))
+    bad["inputs"][0]["shape"] = [1, 2]
+
+    async def scenario(client, seen):
+        for body, status in ((VALID, 200), (bad, 400)):
+            response = await client.post(
+                f"/v2/models/{r.ENSEMBLE_MODEL}/infer",
+                data=gzip.compress(json.dumps(body).encode()),
+                headers={"Content-Encoding": "gzip"})
+            assert response.status == status, await response.text()
+        assert len(seen) == 1 and seen[0][3] == json.dumps(VALID).encode()
+        assert "Content-Encoding" not in seen[0][2]
+
+    run(scenario)
+
+
+def test_a_body_over_the_limit_is_413_even_when_it_inflates_past_it():
+    async def scenario(client, seen):
+        response = await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer",
+                                     data=b" " * (2 << 20))
+        assert response.status == 413
+        response = await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer",
+                                     data=gzip.compress(b" " * (8 << 20)),
+                                     headers={"Content-Encoding": "gzip"})
+        assert response.status == 413 and "limit" in await response.text()
+        assert not seen
+
+    run(scenario)
+
+
+def test_bodies_held_at_once_are_bounded():
+    body = json.dumps(VALID).encode() + b" " * (600 << 10)  # valid JSON, 600 KiB
+
+    async def scenario(client, seen):
+        async def post():
+            response = await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer", data=body)
+            return response.status
+
+        statuses = await asyncio.gather(*(post() for _ in range(6)))
+        # 1 MiB may be held at once and the stand-in takes its time: one request at a time
+        # is held, the others are refused with 503 (retry), none lost.
+        assert min(statuses) == 200 and set(statuses) <= {200, 503}
+        assert statuses.count(503) >= 4
+        assert len(seen) == statuses.count(200)
+        assert await post() == 200  # every byte given back
+
+    run(scenario, max_held=1 << 20, delay_s=0.3)
+
+
+def test_unknown_models_and_generate_are_answered_by_the_front():
+    async def scenario(client, seen):
+        response = await client.post("/v2/models/nope/infer", json=VALID)
+        assert response.status == 404 and "nope" in await response.text()
+        response = await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/generate",
+                                     json={"TEXT": "x"})
+        assert response.status == 404 and "generate" in await response.text()
+        assert not seen
+        response = await client.get("/v2/health/ready")
+        assert response.status == 200 and seen[-1][1] == "/v2/health/ready"
+
+    run(scenario)
