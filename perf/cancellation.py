@@ -1,13 +1,14 @@
-"""Does this Triton survive gRPC deadlines that expire mid-request? (Triton 2.51 does not.)
+"""Does the service survive gRPC deadlines that expire mid-request?
 
-    python -m perf.cancellation [--rounds 10]
+    python -m perf.cancellation [--rounds 10] [--direct]
 
 Each round sends eight gRPC requests of 32 texts to fused_text with deadlines of 1 ms to
-300 ms (tritonclient's ``client_timeout``: the call is cancelled in Triton when it expires),
-then one plain request with a 60 s deadline; it stops at the first round after which the
-server no longer answers. Exit status 1 when that happens. Triton 2.51 (the nvidia-pytriton
-wheel's) cancels such requests mid-ensemble and can die or stall a queue (fixed upstream in
-triton-inference-server/server#7840, 2.53, and #8078, 2.57); README "Queues" says what to do.
+300 ms (tritonclient's ``client_timeout``), then one plain request with a 60 s deadline; it
+stops at the first round after which the server no longer answers. Exit status 1 when that
+happens. Through the public gRPC port (the front, the default) an expired call is not
+cancelled in Triton. ``--direct`` sends the same to Triton's own loopback gRPC, where Triton
+2.51 (the nvidia-pytriton wheel's) cancels such requests mid-ensemble and can die or stall a
+queue (fixed upstream in triton-inference-server/server#7840, 2.53, and #8078, 2.57).
 """
 
 from __future__ import annotations
@@ -47,14 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--direct", action="store_true",
+                        help="Triton's own loopback gRPC instead of the public front")
     args = parser.parse_args(argv)
     texts = [f"a text that cannot be embedded in a millisecond {i}" for i in range(32)]
     with started_server(REPOSITORY, RUN / "cancellation" / "triton.log") as server:
-        infer(server.grpc_url, ["warm-up"], 60)
+        url = server.triton_grpc_url if args.direct else server.grpc_url
+        infer(url, ["warm-up"], 60)
         for r in range(args.rounds):
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                seen = set(pool.map(lambda d: infer(server.grpc_url, texts, d), DEADLINES_S))
-            after = infer(server.grpc_url, ["is the server still answering?"], 60)
+                seen = set(pool.map(lambda d: infer(url, texts, d), DEADLINES_S))
+            after = infer(url, ["is the server still answering?"], 60)
             print(f"round {r}: cancelled calls got {sorted(seen)}; then a plain request: "
                   f"{after}", flush=True)
             if after != "answered":
