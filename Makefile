@@ -54,7 +54,8 @@ sts: build
 	$(PY) -m perf.sts --split $(or $(SPLIT),dev)
 
 # Race A (E11 alone vs infinity-emb and the in-process libraries), Race B (fused_text vs the
-# pipeline written by hand with the libraries), perf_analyzer, the response cache and Locust:
+# pipeline written by hand with the libraries), perf_analyzer, the response cache, the gateway
+# and the public front against Triton's own ports, and Locust:
 # perf/reports/bench.md, perf/results/summary.json. PROFILE=full instead builds the full-size
 # pipeline from nothing (FP32 and INT8) and measures builds, start, memory, roofline, Race B
 # and Race A at full size: perf/reports/bench-full.md. perf_analyzer goes to .run/perf-tools,

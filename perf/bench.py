@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import gateway, race_a, race_b, tools
+from perf import front, gateway, race_a, race_b, tools
 from perf.workload import (
     REPORTS,
     RESULTS,
@@ -333,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"perf tools: {results['perf_analyzer']}", flush=True)
     texts = sentences(512)
     data = input_data(texts, RUN_BENCH / "fused_text-input.json")
-    print("[1/6] Race A (each side alone):", flush=True)
+    print("[1/7] Race A (each side alone):", flush=True)
     results["race_a"] = race_a.race(texts, args.race_a_seconds)
-    print("[2/6] Race B, hand-written side: loading ...", flush=True)
+    print("[2/7] Race B, hand-written side: loading ...", flush=True)
     hand = race_b.HandWritten(REPOSITORY)
     runs = []
     with started_server(REPOSITORY, RUN_BENCH / "triton.log") as server:
@@ -344,14 +344,14 @@ def main(argv: list[str] | None = None) -> int:
         with FusedEmbedClient(server.grpc_url, "grpc") as client:
             results["fusion_version"] = client.embed("warm-up", T0).fusion_version
         results["tritonserver"] = server_version(server.http_url)
-        print("[3/6] perf_analyzer on fused_text:", flush=True)
+        print("[3/7] perf_analyzer on fused_text:", flush=True)
         for c in args.concurrency:
             runs.append(perf_analyzer(server.grpc_url, server.http_url, data, 1, c,
                                       args.interval_ms))
         for c in args.batch_concurrency:
             runs.append(perf_analyzer(server.grpc_url, server.http_url, data, 32, c,
                                       args.interval_ms))
-        print("[4/6] Race B (taking turns), response cache:", flush=True)
+        print("[4/7] Race B (taking turns), response cache:", flush=True)
         race_texts = texts[:args.race_b_texts]
         results["race_b"] = race_b.race(hand, server.grpc_url, server.http_url,
                                                    race_texts, args.race_b_turns)
@@ -360,14 +360,19 @@ def main(argv: list[str] | None = None) -> int:
         results["cache"] = cache_pass(server.grpc_url, server.http_url, texts, 512, 64)
         results["cache"]["loops"] = cached_loops(server.grpc_url, results["cache"]["texts"],
                                                  args.race_a_seconds)
-        print("[5/6] the gateway against direct gRPC:", flush=True)
-        results["gateway"] = gateway.run(server.grpc_url, args.gateway_seconds,
+        print("[5/7] the gateway against direct gRPC:", flush=True)
+        # As `make serve` runs it: the gateway on Triton's own loopback gRPC.
+        results["gateway"] = gateway.run(server.triton_grpc_url, args.gateway_seconds,
                                          args.gateway_rounds, RUN_BENCH)
         gateway.write(results["gateway"])
-        print("[6/6] Locust:", flush=True)
+        print("[6/7] the public front against Triton's own ports:", flush=True)
+        measured = front.measure(server, args.gateway_seconds, args.gateway_rounds)
+        front.write(measured)
+        results["front"] = front.stored(measured)
+        print("[7/7] Locust:", flush=True)
         from ensemble.server import Gateway
 
-        openai_route = Gateway(server.grpc_url, free_port(), "127.0.0.1",
+        openai_route = Gateway(server.triton_grpc_url, free_port(), "127.0.0.1",
                                RUN_BENCH / "gateway-locust.log")
         openai_route.start()
         try:

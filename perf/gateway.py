@@ -29,11 +29,13 @@ from perf.workload import (
     RUN,
     T0,
     Send,
+    back_to_back,
     closed_loop,
     free_port,
     machine,
     sentences,
     started_server,
+    triton_send,
     update_summary,
 )
 
@@ -47,20 +49,8 @@ DIM = 1536
 
 
 def direct_send(grpc_url: str, model: str) -> Send:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(grpc_url)
-    names = ("FUSED", "TOKENS") if model == "fused_text" else ("FUSED",)
-    outputs = [grpcclient.InferRequestedOutput(n) for n in names]
-
-    def send(texts: list[str]) -> np.ndarray:
-        text = grpcclient.InferInput("TEXT", [len(texts), 1], "BYTES")
-        text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
-        stamp = grpcclient.InferInput("TIMESTAMP", [len(texts), 1], "INT64")
-        stamp.set_data_from_numpy(np.full((len(texts), 1), T0, dtype=np.int64))
-        return client.infer(model, [text, stamp], outputs=outputs).as_numpy("FUSED")
-
-    return send
+    outputs = ("FUSED", "TOKENS") if model == "fused_text" else ("FUSED",)
+    return triton_send("grpc", grpc_url, model, outputs)
 
 
 def gateway_send(url: str, model: str) -> Send:
@@ -101,28 +91,15 @@ def measure(grpc_url: str, gateway_url: str, texts: list[str], seconds: float,
 
 def alternating(grpc_url: str, gateway_url: str, model: str, texts: list[str],
                 seconds: float) -> dict:
-    """What the gateway adds to one request, request by request: the same text sent direct
-    and through the gateway back to back (which goes first alternates), for ``seconds``; the
-    median and quartiles of the pairwise differences. Windows minutes apart carry the
-    machine's drift, which at fused_text's ~70 ms is several times what the gateway adds."""
-    sides = {"direct": direct_send(grpc_url, model), "gateway": gateway_send(gateway_url, model)}
-    for send in sides.values():  # connections and the cache warm
-        send(texts[:1])
-    taken: dict[str, list[float]] = {"direct": [], "gateway": []}
-    end = time.perf_counter() + seconds
-    i = 0
-    while time.perf_counter() < end:
-        text = [texts[i % len(texts)]]
-        for name in (("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")):
-            start = time.perf_counter()
-            sides[name](text)
-            taken[name].append((time.perf_counter() - start) * 1e3)
-        i += 1
-    added = np.subtract(taken["gateway"], taken["direct"])
-    q1, median, q3 = np.percentile(added, [25, 50, 75])
-    return {"model": model, "pairs": i, "direct_p50_ms": float(np.median(taken["direct"])),
-            "gateway_p50_ms": float(np.median(taken["gateway"])), "added_median_ms": float(median),
-            "added_q1_ms": float(q1), "added_q3_ms": float(q3)}
+    """What the gateway adds to one request, request by request (``back_to_back``): at
+    fused_text's ~70 ms, windows minutes apart carry drift several times what the gateway
+    adds."""
+    paired = back_to_back(direct_send(grpc_url, model), gateway_send(gateway_url, model),
+                          texts, seconds)
+    return {"model": model, "pairs": paired["pairs"], "direct_p50_ms": paired["base_p50_ms"],
+            "gateway_p50_ms": paired["other_p50_ms"],
+            "added_median_ms": paired["added_median_ms"],
+            "added_q1_ms": paired["added_q1_ms"], "added_q3_ms": paired["added_q3_ms"]}
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -69,6 +69,53 @@ def started_server(repository: Path, log: Path, timeout: float = 900.0) -> Itera
         server.stop()
 
 
+def triton_send(protocol: str, url: str, model: str, outputs: tuple[str, ...] = ("FUSED",)
+                ) -> Send:
+    """tritonclient over ``protocol`` ("grpc" | "http"): texts at T0 -> FUSED (and
+    ``outputs`` asked for)."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    module = grpcclient if protocol == "grpc" else httpclient
+    client = module.InferenceServerClient(url)
+    requested = [module.InferRequestedOutput(n) for n in outputs]
+
+    def send(texts: list[str]) -> np.ndarray:
+        text = module.InferInput("TEXT", [len(texts), 1], "BYTES")
+        text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+        stamp = module.InferInput("TIMESTAMP", [len(texts), 1], "INT64")
+        stamp.set_data_from_numpy(np.full((len(texts), 1), T0, dtype=np.int64))
+        return client.infer(model, [text, stamp], outputs=requested).as_numpy("FUSED")
+
+    return send
+
+
+def back_to_back(base: Send, other: Send, texts: list[str], seconds: float) -> dict:
+    """What ``other`` adds to one request over ``base``: each text (batch 1, in turn) sent
+    both ways back to back, which goes first alternating, for ``seconds``; both sides' p50
+    and the pairwise differences (ms). Windows seconds apart would carry the machine's
+    drift."""
+    sides = {"base": base, "other": other}
+    for send in sides.values():  # connections and any cache warm
+        send(texts[:1])
+    taken: dict[str, list[float]] = {"base": [], "other": []}
+    end = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < end:
+        text = [texts[i % len(texts)]]
+        for name in (("base", "other") if i % 2 == 0 else ("other", "base")):
+            start = time.perf_counter()
+            sides[name](text)
+            taken[name].append((time.perf_counter() - start) * 1e3)
+        i += 1
+    added = np.subtract(taken["other"], taken["base"])
+    q1, median, q3 = np.percentile(added, [25, 50, 75])
+    return {"pairs": i, "base_p50_ms": float(np.median(taken["base"])),
+            "other_p50_ms": float(np.median(taken["other"])),
+            "added_median_ms": float(median), "added_q1_ms": float(q1),
+            "added_q3_ms": float(q3), "added_ms": added.tolist()}
+
+
 def closed_loop(make_send: Callable[[], Send], texts: list[str], batch: int, clients: int,
                 seconds: float, dim: int) -> dict:
     """``clients`` threads, each with its own connection, sending ``batch`` texts at a time
