@@ -279,7 +279,8 @@ def live(minutes: float) -> Path:
     every panel rendered against that Prometheus."""
     import subprocess
 
-    from perf.workload import RUN, free_port, started_server
+    from ensemble.server import free_port
+    from perf.workload import RUN, started_server
 
     work = RUN / "dashboard"
     if work.exists():

@@ -17,9 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-from ensemble.server import Ports, TritonServer
+from ensemble.server import Ports, TritonServer, free_port
 from perf import tools
-from perf.workload import REPORTS, ROOT, free_port, server_memory
+from perf.workload import REPORTS, ROOT, server_memory
 
 
 def main(argv: list[str] | None = None) -> int:

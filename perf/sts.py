@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.server import free_port
 from export.stsb import DATA, Pairs, load_split  # noqa: F401 - re-exported
-from perf.workload import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "perf" / "reports"

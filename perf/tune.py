@@ -97,8 +97,7 @@ def variant_repository(variant: Variant, target: Path, source: Path = REPOSITORY
 
 def measure(variant: Variant, texts: list[str], data: Path, rounds: int,
             interval_ms: int) -> dict:
-    from ensemble.server import Ports, TritonServer
-    from perf.workload import free_port
+    from ensemble.server import Ports, TritonServer, free_port
 
     repo = variant_repository(variant, RUN / "repo")
     server = TritonServer(repo, Ports(free_port(), free_port(), free_port()),

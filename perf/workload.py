@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.server import free_port
 from export.stsb import sentences as split_sentences
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,12 +26,6 @@ RUN = ROOT / ".run"
 T0 = 1_700_000_000  # the timestamp every benchmark request carries
 
 Send = Callable[[list[str]], np.ndarray]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sentences(n: int) -> list[str]:

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from ensemble.server import Ports, TritonServer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ensemble.server import Ports, TritonServer, free_port
 
 
 @pytest.fixture(scope="session")

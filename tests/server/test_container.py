@@ -24,9 +24,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from ensemble.server import ADMIN_HEADER
+from ensemble.server import ADMIN_HEADER, free_port
 from perf import container as container_tools
-from tests.server.conftest import free_port
 
 pytestmark = pytest.mark.server
 

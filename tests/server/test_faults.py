@@ -14,10 +14,9 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from ensemble.server import Ports, TritonServer, stub_models, stub_processes
+from ensemble.server import Ports, TritonServer, free_port, stub_models, stub_processes
 from export.build import linked_repository
 from fusedembed_client import FusedEmbedClient
-from tests.server.conftest import free_port
 from tests.server.test_metrics import delta, scrape
 
 pytestmark = pytest.mark.server

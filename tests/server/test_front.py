@@ -86,3 +86,18 @@ def test_an_expired_deadline_is_not_cancelled_in_triton(server):
     assert successes() == before + 1
     client.close()
     stats.close()
+
+
+def test_a_killed_front_is_started_again(server):
+    """The watchdog starts a front again that died; the public port answers once more."""
+    front = server.fronts["http"]
+    front.kill()
+    front.wait()
+    deadline = time.monotonic() + 30
+    while not server.ready() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.ready()
+    assert server.fronts["http"].pid != front.pid
+    assert "front:http" in server.watchdog.restarts
+    with FusedEmbedClient(server.http_url, "http") as client:
+        assert client.embed("after the front came back", T0).vector.shape == (1536,)

@@ -15,9 +15,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ensemble.server import Gateway
+from ensemble.server import Gateway, free_port
 from fusedembed_client import FusedEmbedClient, GateControls
-from tests.server.conftest import free_port
 
 pytestmark = pytest.mark.server
 

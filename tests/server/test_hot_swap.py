@@ -13,12 +13,11 @@ import pytest
 import torch
 
 from ensemble import fusemoe, rollout
-from ensemble.server import Ports, TritonServer
+from ensemble.server import Ports, TritonServer, free_port
 from export.artifacts import Manifest, manifest_path
 from export.build import embedder_fingerprints
 from export.registry import CACHED_MODEL, FUSEMOE, FUSEMOE_MODEL
 from fusedembed_client import FusedEmbedClient, FusedEmbedError
-from tests.server.conftest import free_port
 
 pytestmark = pytest.mark.server
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.server import ROOT
-from tests.server.conftest import free_port
+from ensemble.server import ROOT, free_port
 
 pytestmark = pytest.mark.server
 
