@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="largest request body or gRPC message (default: the largest "
                              "valid request, registry Limits.max_request_bytes)")
     parser.add_argument("--max-held-bytes", type=int, default=2 * LIMITS.max_request_bytes,
-                        help="HTTP: request bodies held at once, past which a request is "
-                             "refused with 503 (default: two of the largest)")
+                        help="request bodies (gRPC: inference messages) held at once, past "
+                             "which a request is refused with 503 / UNAVAILABLE (default: two "
+                             "of the largest)")
     args = parser.parse_args(argv)
     host, port = split(args.listen)
     if args.protocol == "http":
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("grpc needs --triton-grpc")
     from ensemble.front.grpc_front import GrpcFront
 
-    front = GrpcFront(args.triton_grpc, args.triton_http, args.max_body_bytes)
+    front = GrpcFront(args.triton_grpc, args.triton_http, args.max_body_bytes,
+                      args.max_held_bytes)
     try:
         asyncio.run(front.serve(host, port))
     except KeyboardInterrupt:

@@ -29,16 +29,34 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
             ("grpc.max_receive_message_length", max_message_bytes)]
 
 
+def refusal(message: str, request: service_pb2.ModelInferRequest | None) -> bytes:
+    """A stream message refused in the stream, with its request's id when it has one."""
+    answer = service_pb2.ModelStreamInferResponse(error_message=message)
+    if request is not None:
+        answer.infer_response.id = request.id
+        answer.infer_response.model_name = request.model_name
+    return answer.SerializeToString()
+
+
 def forwarded(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
     """The client's metadata less what gRPC itself sets."""
     return tuple((k, v) for k, v in context.invocation_metadata() or ()
                  if not k.startswith((":", "grpc-")) and k != "user-agent")
 
 
+class ServerFull(Exception):
+    """More request bytes are held than the front's budget (UNAVAILABLE: retry later)."""
+
+
 class GrpcFront:
-    def __init__(self, triton_grpc: str, triton_http: str, max_message_bytes: int) -> None:
+    def __init__(self, triton_grpc: str, triton_http: str, max_message_bytes: int,
+                 max_held_bytes: int) -> None:
         self.triton_grpc = triton_grpc
         self.max_message_bytes = max_message_bytes
+        # Inference messages held at once (received, until Triton has taken them): past this
+        # a call is refused at once, as the HTTP front refuses bodies.
+        self.max_held_bytes = max_held_bytes
+        self.held = 0
         self.specs = ModelSpecs(triton_http)
         self.channel: grpc.aio.Channel | None = None
         self.background: set[asyncio.Task] = set()
@@ -65,12 +83,24 @@ class GrpcFront:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return task
 
-    async def check(self, raw: bytes) -> None:
-        """Raises the RequestFault for which an inference request is refused."""
+    def hold(self, size: int) -> None:
+        if self.held + size > self.max_held_bytes:
+            raise ServerFull(f"the server holds {self.held} bytes of requests (limit "
+                             f"{self.max_held_bytes}); retry later")
+        self.held += size
+
+    def release(self, size: int) -> None:
+        self.held -= size
+
+    @staticmethod
+    def parse(raw: bytes) -> service_pb2.ModelInferRequest:
         try:
-            request = service_pb2.ModelInferRequest.FromString(raw)
+            return service_pb2.ModelInferRequest.FromString(raw)
         except DecodeError as err:
             raise RequestFault(f"request: not a ModelInferRequest ({err})") from err
+
+    async def check(self, request: service_pb2.ModelInferRequest) -> None:
+        """Raises the RequestFault for which an inference request is refused."""
         spec = await self.specs.get(request.model_name)
         if spec is None:
             raise UnknownModel(f"model '{request.model_name}': no such model is loaded")
@@ -81,20 +111,27 @@ class GrpcFront:
 
         async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             assert self.channel is not None
+            held = 0
             if name in CHECKED:
                 try:
-                    await self.check(raw)
+                    self.hold(len(raw))
+                    held = len(raw)
+                    await self.check(self.parse(raw))
                 except UnknownModel as fault:
+                    self.release(held)
                     await context.abort(grpc.StatusCode.NOT_FOUND, str(fault))
                 except RequestFault as fault:
+                    self.release(held)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(fault))
-                except TritonUnavailable as err:
+                except (ServerFull, TritonUnavailable) as err:
+                    self.release(held)
                     await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
             elif name in REPOSITORY:
                 self.specs.forget()
             call = self.channel.unary_unary(upstream_path)(raw, metadata=forwarded(context))
             # Shielded: this handler may be cancelled (deadline, client gone), the call not.
             task = self._keep(asyncio.ensure_future(call))
+            task.add_done_callback(lambda _: self.release(held))
             try:
                 return await asyncio.shield(task)
             except grpc.aio.AioRpcError as err:
@@ -116,14 +153,21 @@ class GrpcFront:
                 # Refused messages are answered in the stream; the rest go on to Triton.
                 try:
                     async for raw in requests:
+                        request = None
                         try:
-                            await self.check(raw)
-                        except RequestFault as fault:
-                            await answers.put(service_pb2.ModelStreamInferResponse(
-                                error_message=str(fault)).SerializeToString())
+                            self.hold(len(raw))
+                        except ServerFull as full:
+                            await answers.put(refusal(str(full), None))
                             continue
-                        await call.write(raw)
-                except (asyncio.CancelledError, grpc.aio.AioRpcError, TritonUnavailable):
+                        try:
+                            request = self.parse(raw)
+                            await self.check(request)
+                            await call.write(raw)
+                        except (RequestFault, TritonUnavailable) as fault:
+                            await answers.put(refusal(str(fault), request))
+                        finally:
+                            self.release(len(raw))
+                except (asyncio.CancelledError, grpc.aio.AioRpcError):
                     pass  # the client is gone: close our side, let Triton finish
                 finally:
                     await call.done_writing()
@@ -133,8 +177,7 @@ class GrpcFront:
                     async for raw in call:
                         await answers.put(raw)
                 except grpc.aio.AioRpcError as err:
-                    await answers.put(service_pb2.ModelStreamInferResponse(
-                        error_message=err.details() or str(err.code())).SerializeToString())
+                    await answers.put(refusal(err.details() or str(err.code()), None))
                 finally:
                     await sending
                     await answers.put(None)
