@@ -48,12 +48,14 @@ CACHE_BYTES = 256 * 1024 * 1024  # local response cache of fused_text_cached
 # against perf/reports/burst-2inst.md).
 RETURNING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20),
                     "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
-# The model-repository (load/unload) and shared-memory APIs need this header with the admin
-# key, over HTTP and gRPC, unless FUSEDEMBED_OPEN_ADMIN=1 opens them explicitly.
+# The model-repository (load/unload), shared-memory, logging and trace APIs need this header
+# with the admin key, over HTTP and gRPC, unless FUSEDEMBED_OPEN_ADMIN=1 opens them.
 ADMIN_HEADER = "fusedembed-admin-key"
 LOOPBACK = "127.0.0.1"
 FRONTS = ("http", "grpc")
-RESTRICTED_APIS = ("model-repository", "shared-memory")
+# Logging and trace settings too: without the key any client could turn on verbose logging
+# or trace every request, filling the disk and slowing every request.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 
 
 class ServerError(RuntimeError):
@@ -509,12 +511,12 @@ def gateway_port() -> int | None:
 
 def usage_text(server: TritonServer, gateway: Gateway | None = None) -> str:
     if server.admin_key is None:
-        admin = "model-repository and shared-memory APIs open (FUSEDEMBED_OPEN_ADMIN=1)"
+        admin = "repository, shared-memory, logging and trace APIs open (FUSEDEMBED_OPEN_ADMIN=1)"
     else:
         where = next((name for name in ("FUSEDEMBED_ADMIN_KEY", "FUSEDEMBED_ADMIN_KEY_FILE")
                       if os.environ.get(name)), str(RUN_DIR / "admin-key"))
-        admin = (f"model-repository and shared-memory APIs need the header {ADMIN_HEADER}: "
-                 f"the key in {where}")
+        admin = (f"repository, shared-memory, logging and trace APIs need the header "
+                 f"{ADMIN_HEADER}: the key in {where}")
     curl = (f"\n  curl {gateway.url}/v1/embeddings -H 'Content-Type: application/json' "
             """-d '{"model": "fusedembed", "input": "hello world"}'""" if gateway else "")
     cli = Path(sys.executable).parent / "fusedembed"

@@ -1,4 +1,5 @@
-"""The model-repository and shared-memory APIs need the admin key; inference does not."""
+"""The model-repository, shared-memory, logging and trace APIs need the admin key; inference
+does not."""
 
 from __future__ import annotations
 
@@ -24,8 +25,17 @@ def test_unauthenticated_unload_is_refused_and_the_model_stays_ready(server, pro
             client.get_model_repository_index(headers=headers)
         with pytest.raises(Exception, match=r"(?i)permission|forbidden|denied|restricted"):
             client.register_system_shared_memory("x", "/x", 16, headers=headers)
+        with pytest.raises(Exception, match=r"(?i)permission|forbidden|denied|restricted"):
+            client.update_log_settings({"log_verbose_level": 3}, headers=headers)
+        with pytest.raises(Exception, match=r"(?i)permission|forbidden|denied|restricted"):
+            client.update_trace_settings(settings={"trace_rate": "1"}, headers=headers)
     assert client.is_model_ready("e11_entity") and client.is_model_ready("fused_text")
-    index = client.get_model_repository_index(headers=admin_headers(protocol, server.admin_key))
+    admin = admin_headers(protocol, server.admin_key)
+    settings = client.get_log_settings(headers=admin, **({"as_json": True}
+                                                          if protocol == "grpc" else {}))
+    assert int(settings["settings"]["log_verbose_level"]["uint32_param"]
+               if protocol == "grpc" else settings["log_verbose_level"]) == 0
+    index = client.get_model_repository_index(headers=admin)
     names = {m["name"] for m in index} if protocol == "http" else {m.name for m in index.models}
     assert {"fused_text", "e11_entity", "fusemoe"} <= names
 
