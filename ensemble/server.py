@@ -207,21 +207,57 @@ def stub_instances(server_pid: int) -> set[str]:
     return set(stub_processes(server_pid, every_instance=True))
 
 
-class StubWatchdog(threading.Thread):
-    """Reloads a model one of whose Python stubs died (a crash, an OOM kill), and starts a
-    front again that exited.
+SHM_PREFIX = "triton_python_backend_shm_region_"
 
-    This Triton keeps such a model READY while every request to the dead instance fails;
-    reloading it through the repository API starts new stubs.
+
+def orphan_regions(shm: Path = Path("/dev/shm")) -> list[Path]:
+    """The Python backend's shared-memory regions no live process maps any more: what a
+    killed tritonserver or stub left behind (each region is mapped by its server from the
+    moment it is made, so an unmapped one belongs to nobody)."""
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            at = line.find(str(shm) + "/")
+            if at != -1:
+                mapped.add(line[at:].removesuffix(" (deleted)"))
+    return [p for p in shm.glob(SHM_PREFIX + "*") if str(p) not in mapped]
+
+
+def free_orphan_regions() -> int:
+    """Unlink the orphaned regions (they hold their memory until then); how many."""
+    freed = 0
+    for region in orphan_regions():
+        try:
+            region.unlink()
+            freed += 1
+        except OSError:
+            pass
+    return freed
+
+
+class StubWatchdog(threading.Thread):
+    """Keeps the service whole: starts tritonserver again when it died (with back-off),
+    reloads a model one of whose Python stubs died (a crash, an OOM kill), starts a front
+    again that exited, and frees the shared memory the dead left behind.
+
+    This Triton keeps a model whose stub died READY while every request to the dead instance
+    fails; reloading it through the repository API starts new stubs.
     """
 
-    def __init__(self, server: TritonServer, interval_s: float = 1.0) -> None:
+    def __init__(self, server: TritonServer, interval_s: float = 1.0,
+                 max_backoff_s: float = 60.0) -> None:
         super().__init__(name="stub-watchdog", daemon=True)
         self.server = server
         self.interval_s = interval_s
+        self.max_backoff_s = max_backoff_s
         self.stopped = threading.Event()
         self.python_stubs = stub_instances(server.pid)
         self.restarts: list[str] = []
+        self.failed_revivals = 0
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
@@ -229,6 +265,10 @@ class StubWatchdog(threading.Thread):
                 for protocol in self.server.restart_fronts():
                     self.restarts.append(f"front:{protocol}")
                     print(f"the {protocol} front died; restarted", file=sys.stderr, flush=True)
+                assert self.server.process is not None
+                if self.server.process.poll() is not None:
+                    self.revive()
+                    continue
                 gone = self.python_stubs - stub_instances(self.server.pid)
                 if not gone:
                     continue  # the repository index is asked only when a stub is gone
@@ -237,8 +277,32 @@ class StubWatchdog(threading.Thread):
                     self.server.reload(model)
                     self.restarts.append(model)
                     print(f"stub of {model} died; model reloaded", file=sys.stderr, flush=True)
+                free_orphan_regions()
             except Exception as err:  # noqa: BLE001 - keep watching; say what went wrong
                 print(f"stub watchdog: {err}", file=sys.stderr, flush=True)
+
+    def revive(self) -> None:
+        """tritonserver exited: start it again on its ports (the fronts keep the public ones
+        and answer 503 / UNAVAILABLE meanwhile); after a failed try, wait 1, 2, 4, ... s."""
+        assert self.server.process is not None
+        code = self.server.process.returncode
+        print(f"tritonserver exited with code {code}; starting it again", file=sys.stderr,
+              flush=True)
+        start = time.monotonic()
+        try:
+            self.server.relaunch()
+        except ServerError as err:
+            self.failed_revivals += 1
+            backoff = min(self.max_backoff_s, 2.0 ** (self.failed_revivals - 1))
+            print(f"tritonserver did not come back ({err}); next try in {backoff:.0f} s",
+                  file=sys.stderr, flush=True)
+            self.stopped.wait(backoff)
+            return
+        self.failed_revivals = 0
+        self.python_stubs = stub_instances(self.server.pid)
+        self.restarts.append("tritonserver")
+        print(f"tritonserver serving again in {time.monotonic() - start:.1f} s",
+              file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -327,16 +391,40 @@ class TritonServer:
         env.update({k: v for k, v in RETURNING_MALLOC.items() if k not in env})
         return env
 
-    def start(self, timeout: float = 300.0) -> None:
+    def launch(self, mode: str = "wb") -> None:
+        """The tritonserver process, on its loopback ports (free ones the first time)."""
         runtime = prepare_runtime()
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         if self.triton_ports is None:
             self.triton_ports = Ports(free_port(), free_port(), self.ports.metrics)
-        log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
+        log = open(self.log_path, mode) if self.log_path else None  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(runtime), env=self.environment(), cwd=str(RUN_DIR),
             stdout=log or None, stderr=subprocess.STDOUT if log else None,
             start_new_session=True)  # own process group: stop() reaches every stub
+
+    def relaunch(self, timeout: float = 300.0) -> None:
+        """After tritonserver died: its process group killed (stubs that outlived it), the
+        shared memory they held freed, the server started again and ready."""
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        free_orphan_regions()
+        self.launch("ab")
+        try:
+            self.wait_ready(timeout, self.triton_http_url,
+                            self.watchdog.stopped if self.watchdog else None)
+        except ServerError:
+            if self.process.poll() is None:  # not ready in time: ends as if it had died
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            raise
+
+    def start(self, timeout: float = 300.0) -> None:
+        self.launch()
         try:
             self.wait_ready(timeout, self.triton_http_url)
             for protocol in FRONTS:
@@ -403,9 +491,12 @@ class TritonServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
-    def wait_ready(self, timeout: float, url: str) -> None:
+    def wait_ready(self, timeout: float, url: str,
+                   cancel: threading.Event | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if cancel is not None and cancel.is_set():
+                raise ServerError("stopped while waiting for tritonserver")
             assert self.process is not None
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode}"
@@ -578,12 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             gateway = Gateway(server.triton_grpc_url, port, server.host)
             gateway.start()
         print(usage_text(server, gateway), flush=True)
-        while not stopping:
-            assert server.process is not None
-            if server.process.poll() is not None:
-                print(f"tritonserver exited with code {server.process.returncode}",
-                      file=sys.stderr)
-                return 1
+        while not stopping:  # the watchdog brings tritonserver, stubs and fronts back
             if gateway is not None and gateway.process is not None \
                     and gateway.process.poll() is not None:
                 print(f"the gateway exited with code {gateway.process.returncode}",
