@@ -19,6 +19,7 @@ inference request before Triton sees it. The metrics port is Triton's.
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -98,11 +99,27 @@ def admin_key(run_dir: Path = RUN_DIR) -> str | None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    return free_ports(1, host=host)[0]
+
+
+def free_ports(n: int, avoid: set[int] = frozenset(), host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free now, none of ``avoid`` (ports handed out earlier but not
+    bound yet, which the system may hand out again)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    held: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)  # kept bound until all are chosen: no port twice
+            s.bind((host, 0))
+            if s.getsockname()[1] not in avoid:
+                ports.append(s.getsockname()[1])
+        return ports
+    finally:
+        for s in held:
+            s.close()
 
 
 @dataclass(frozen=True)
@@ -396,7 +413,9 @@ class TritonServer:
         runtime = prepare_runtime()
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         if self.triton_ports is None:
-            self.triton_ports = Ports(free_port(), free_port(), self.ports.metrics)
+            # Not the public ports: the fronts bind those only later.
+            http, grpc = free_ports(2, {self.ports.http, self.ports.grpc, self.ports.metrics})
+            self.triton_ports = Ports(http, grpc, self.ports.metrics)
         log = open(self.log_path, mode) if self.log_path else None  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(runtime), env=self.environment(), cwd=str(RUN_DIR),
@@ -488,8 +507,9 @@ class TritonServer:
             with urllib.request.urlopen(f"http://{url or self.http_url}/v2/health/ready",
                                         timeout=2) as r:
                 return r.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
+                TimeoutError):
+            return False  # another server on the port answers something else: not ready
 
     def wait_ready(self, timeout: float, url: str,
                    cancel: threading.Event | None = None) -> None:

@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.server import free_port
 from perf import front, gateway, race_a, race_b, tools
 from perf.workload import (
     REPORTS,
     RESULTS,
     RUN,
     T0,
-    free_port,
     input_data,
     machine,
     model_stats,

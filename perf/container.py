@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from perf.workload import REPORTS, ROOT, T0, free_port
+from ensemble.server import free_port
+from perf.workload import REPORTS, ROOT, T0
 
 IMAGE = os.environ.get("IMAGE", "localhost/fusedembed:cpu")
 BASE = "localhost/fusedembed-base:bookworm"

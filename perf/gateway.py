@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.server import free_port
 from perf.workload import (
     REPORTS,
     RUN,
@@ -31,7 +32,6 @@ from perf.workload import (
     Send,
     back_to_back,
     closed_loop,
-    free_port,
     machine,
     sentences,
     started_server,

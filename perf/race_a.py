@@ -37,10 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.server import free_port
 from export import registry as r
 from export.checkpoints import find
 from perf import tools
-from perf.workload import ROOT, RUN, Send, closed_loop, free_port, sentences, started_server
+from perf.workload import ROOT, RUN, Send, closed_loop, sentences, started_server
 
 RUN_A = RUN / "race-a"
 SPEC = r.embedder("E11")

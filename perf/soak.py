@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from ensemble.server import Ports, TritonServer, free_port
+from ensemble.server import Ports, TritonServer, free_ports
 from perf import tools
 from perf.workload import REPORTS, ROOT, server_memory
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = ROOT / ".run" / "soak"
     work.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(ports=Ports(free_port(), free_port(), free_port()),
+    server = TritonServer(ports=Ports(*free_ports(3)),
                           log_path=work / "tritonserver.log")
     print("starting tritonserver ...", flush=True)
     server.start()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.server import free_port
+from ensemble.server import free_ports
 from export.stsb import DATA, Pairs, load_split  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def served(url: str | None):
 
     log = ROOT / ".run" / "sts-server.log"
     log.parent.mkdir(exist_ok=True)
-    server = TritonServer(ports=Ports(free_port(), free_port(), free_port()), log_path=log)
+    server = TritonServer(ports=Ports(*free_ports(3)), log_path=log)
     print(f"starting tritonserver (log: {log.relative_to(ROOT)}) ...", flush=True)
     server.start()
     try:

@@ -97,10 +97,10 @@ def variant_repository(variant: Variant, target: Path, source: Path = REPOSITORY
 
 def measure(variant: Variant, texts: list[str], data: Path, rounds: int,
             interval_ms: int) -> dict:
-    from ensemble.server import Ports, TritonServer, free_port
+    from ensemble.server import Ports, TritonServer, free_ports
 
     repo = variant_repository(variant, RUN / "repo")
-    server = TritonServer(repo, Ports(free_port(), free_port(), free_port()),
+    server = TritonServer(repo, Ports(*free_ports(3)),
                           RUN / "triton.log")
     print(f"[{variant.group}] {variant.name}: starting the server ...", flush=True)
     start = time.perf_counter()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.server import free_port
+from ensemble.server import free_ports
 from export.stsb import sentences as split_sentences
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def started_server(repository: Path, log: Path, timeout: float = 900.0) -> Itera
     from ensemble.server import Ports, TritonServer
 
     log.parent.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(repository, Ports(free_port(), free_port(), free_port()), log)
+    server = TritonServer(repository, Ports(*free_ports(3)), log)
     print(f"starting tritonserver on {repository.name} (log: {log}) ...", flush=True)
     start = time.perf_counter()
     server.start(timeout=timeout)

@@ -6,13 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from ensemble.server import Ports, TritonServer, free_port
+from ensemble.server import Ports, TritonServer, free_ports
 
 
 @pytest.fixture(scope="session")
 def server(repository, tmp_path_factory) -> Iterator[TritonServer]:
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    srv = TritonServer(repository, Ports(free_port(), free_port(), free_port()), log)
+    srv = TritonServer(repository, Ports(*free_ports(3)), log)
     srv.start(timeout=600)
     yield srv
     srv.stop()

@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from ensemble.server import Ports, TritonServer, free_port, stub_models, stub_processes
+from ensemble.server import Ports, TritonServer, free_ports, stub_models, stub_processes
 from export.build import linked_repository
 from fusedembed_client import FusedEmbedClient
 from tests.server.test_metrics import delta, scrape
@@ -51,7 +51,7 @@ def inject_faults(cfg: mc.ModelConfig) -> None:
 def fault_server(repository, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     repo = linked_repository(repository, tmp / "repo", inject_faults, "faults injected")
-    srv = TritonServer(repo, Ports(free_port(), free_port(), free_port()), tmp / "triton.log")
+    srv = TritonServer(repo, Ports(*free_ports(3)), tmp / "triton.log")
     srv.start(timeout=600)
     yield srv
     srv.stop()

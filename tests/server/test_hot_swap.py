@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ensemble import fusemoe, rollout
-from ensemble.server import Ports, TritonServer, free_port
+from ensemble.server import Ports, TritonServer, free_ports
 from export.artifacts import Manifest, manifest_path
 from export.build import embedder_fingerprints
 from export.registry import CACHED_MODEL, FUSEMOE, FUSEMOE_MODEL
@@ -47,7 +47,7 @@ def swap_repository(source: Path, target: Path) -> Path:
 def swap_server(repository, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("swap")
     repo = swap_repository(repository, tmp / "repo")
-    srv = TritonServer(repo, Ports(free_port(), free_port(), free_port()), tmp / "triton.log")
+    srv = TritonServer(repo, Ports(*free_ports(3)), tmp / "triton.log")
     srv.start(timeout=600)
     yield srv
     srv.stop()

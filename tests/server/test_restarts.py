@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from ensemble.server import SHM_PREFIX, Ports, TritonServer, free_port
+from ensemble.server import SHM_PREFIX, Ports, TritonServer, free_ports
 
 pytestmark = pytest.mark.server
 
@@ -39,7 +39,7 @@ def test_a_killed_tritonserver_comes_back_behind_the_same_fronts(repository, tmp
     repo.mkdir()
     for name in MODELS:
         (repo / name).symlink_to(repository / name)
-    server = TritonServer(repo, Ports(free_port(), free_port(), free_port()),
+    server = TritonServer(repo, Ports(*free_ports(3)),
                           tmp_path / "tritonserver.log")
     server.start(timeout=300)
     try:

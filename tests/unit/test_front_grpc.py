@@ -158,3 +158,14 @@ def test_the_stand_in_would_see_a_cancellation():
     upstream = asyncio.run(main())
     assert upstream.received and upstream.finished == []
 
+
+
+def test_ports_handed_out_are_distinct_and_avoid_those_given_before():
+    """The launcher picks Triton's loopback ports after the public ones were picked but
+    before the fronts bind them: the system may hand a free port out twice."""
+    from ensemble.server import free_ports
+
+    public = free_ports(3)
+    for _ in range(50):
+        inner = free_ports(2, set(public))
+        assert len(set(inner)) == 2 and not set(inner) & set(public)
