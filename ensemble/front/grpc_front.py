@@ -17,10 +17,13 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
 from ensemble.front.checks import RequestFault, UnknownModel, check_grpc
+from ensemble.front.held import HeldBytes, ServerFull
 from ensemble.front.specs import ModelSpecs, TritonUnavailable
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-CHECKED = {"ModelInfer", "ModelStreamInfer"}
+INFER = "ModelInfer"  # checked here; so is each message of ModelStreamInfer
+STATUS = {UnknownModel: grpc.StatusCode.NOT_FOUND, RequestFault: grpc.StatusCode.INVALID_ARGUMENT,
+          ServerFull: grpc.StatusCode.UNAVAILABLE, TritonUnavailable: grpc.StatusCode.UNAVAILABLE}
 REPOSITORY = {"RepositoryModelLoad", "RepositoryModelUnload"}
 
 
@@ -44,10 +47,6 @@ def forwarded(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
                  if not k.startswith((":", "grpc-")) and k != "user-agent")
 
 
-class ServerFull(Exception):
-    """More request bytes are held than the front's budget (UNAVAILABLE: retry later)."""
-
-
 class GrpcFront:
     def __init__(self, triton_grpc: str, triton_http: str, max_message_bytes: int,
                  max_held_bytes: int) -> None:
@@ -55,8 +54,7 @@ class GrpcFront:
         self.max_message_bytes = max_message_bytes
         # Inference messages held at once (received, until Triton has taken them): past this
         # a call is refused at once, as the HTTP front refuses bodies.
-        self.max_held_bytes = max_held_bytes
-        self.held = 0
+        self.held = HeldBytes(max_held_bytes)
         self.specs = ModelSpecs(triton_http)
         self.channel: grpc.aio.Channel | None = None
         self.background: set[asyncio.Task] = set()
@@ -83,15 +81,6 @@ class GrpcFront:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return task
 
-    def hold(self, size: int) -> None:
-        if self.held + size > self.max_held_bytes:
-            raise ServerFull(f"the server holds {self.held} bytes of requests (limit "
-                             f"{self.max_held_bytes}); retry later")
-        self.held += size
-
-    def release(self, size: int) -> None:
-        self.held -= size
-
     @staticmethod
     def parse(raw: bytes) -> service_pb2.ModelInferRequest:
         try:
@@ -112,26 +101,20 @@ class GrpcFront:
         async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             assert self.channel is not None
             held = 0
-            if name in CHECKED:
+            if name == INFER:
                 try:
-                    self.hold(len(raw))
+                    self.held.take(len(raw))
                     held = len(raw)
                     await self.check(self.parse(raw))
-                except UnknownModel as fault:
-                    self.release(held)
-                    await context.abort(grpc.StatusCode.NOT_FOUND, str(fault))
-                except RequestFault as fault:
-                    self.release(held)
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(fault))
-                except (ServerFull, TritonUnavailable) as err:
-                    self.release(held)
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+                except (RequestFault, ServerFull, TritonUnavailable) as refused:
+                    self.held.give(held)
+                    await context.abort(STATUS[type(refused)], str(refused))
             elif name in REPOSITORY:
                 self.specs.forget()
             call = self.channel.unary_unary(upstream_path)(raw, metadata=forwarded(context))
             # Shielded: this handler may be cancelled (deadline, client gone), the call not.
             task = self._keep(asyncio.ensure_future(call))
-            task.add_done_callback(lambda _: self.release(held))
+            task.add_done_callback(lambda _: self.held.give(held))
             try:
                 return await asyncio.shield(task)
             except grpc.aio.AioRpcError as err:
@@ -155,7 +138,7 @@ class GrpcFront:
                     async for raw in requests:
                         request = None
                         try:
-                            self.hold(len(raw))
+                            self.held.take(len(raw))
                         except ServerFull as full:
                             await answers.put(refusal(str(full), None))
                             continue
@@ -166,7 +149,7 @@ class GrpcFront:
                         except (RequestFault, TritonUnavailable) as fault:
                             await answers.put(refusal(str(fault), request))
                         finally:
-                            self.release(len(raw))
+                            self.held.give(len(raw))
                 except (asyncio.CancelledError, grpc.aio.AioRpcError):
                     pass  # the client is gone: close our side, let Triton finish
                 finally:

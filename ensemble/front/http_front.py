@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from ensemble.front.checks import RequestFault, UnknownModel, check_http, parse_header_length
+from ensemble.front.held import HeldBytes, ServerFull
 from ensemble.front.specs import ModelSpecs, TritonUnavailable
 
 INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/[^/]+)?/infer$")
@@ -44,10 +45,8 @@ class HttpFront:
         self.triton_http = triton_http
         self.max_body_bytes = max_body_bytes
         # Request bodies held at once (read, checked, being forwarded): past this a request
-        # is refused with 503 before its body is read on, so many large requests at once
-        # cannot exhaust the front's memory.
-        self.max_held_bytes = max_held_bytes
-        self.held = 0
+        # is refused with 503 before its body is read on.
+        self.held = HeldBytes(max_held_bytes)
         self.specs = ModelSpecs(triton_http)
         self.session: aiohttp.ClientSession | None = None
 
@@ -82,18 +81,16 @@ class HttpFront:
         except Refused as refused:
             return refused.response
         finally:
-            self.held -= held[0]
+            self.held.give(held[0])
 
     def hold(self, held: list[int], size: int) -> None:
         """Count ``size`` bytes of this request's body as held (``held[0]`` so far)."""
-        more = size - held[0]
-        if more <= 0:
+        if size <= held[0]:
             return
-        if self.held + more > self.max_held_bytes:
-            raise Refused(error(503, f"request body: the server holds {self.held} bytes of "
-                                     f"request bodies (limit {self.max_held_bytes}); retry "
-                                     "later"))
-        self.held += more
+        try:
+            self.held.take(size - held[0])
+        except ServerFull as full:
+            raise Refused(error(503, f"request body: {full}")) from full
         held[0] = size
 
     async def read(self, request: web.Request, held: list[int]) -> bytearray:
