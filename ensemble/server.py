@@ -244,6 +244,20 @@ def orphan_regions(shm: Path = Path("/dev/shm")) -> list[Path]:
     return [p for p in shm.glob(SHM_PREFIX + "*") if str(p) not in mapped]
 
 
+def living_members(group: int) -> list[int]:
+    """The processes of process group ``group`` that have not exited (zombies have: their
+    memory, shared regions included, is already unmapped)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
 def free_orphan_regions() -> int:
     """Unlink the orphaned regions (they hold their memory until then); how many."""
     freed = 0
@@ -431,6 +445,10 @@ class TritonServer:
         except ProcessLookupError:
             pass
         self.process.wait()
+        # SIGKILL is delivered, not yet done: a stub still maps its regions until it exits.
+        deadline = time.monotonic() + 10.0
+        while living_members(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         free_orphan_regions()
         self.launch("ab")
         try:

@@ -6,8 +6,11 @@ settings (admin key file, an installed Triton) behave."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -245,3 +248,19 @@ def test_the_image_script_and_containerfiles_name_what_exists():
                 if source not in (".", "fusemoe/", "wheels/", "certs/"):  # staged by image.sh
                     assert (ROOT / source).exists(), (containerfile, source)
         assert "/v2/health/ready" in text and "USER 1000" in text
+
+
+def test_a_process_group_counts_as_gone_once_its_members_exited():
+    group = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert server.living_members(group.pid) == [group.pid]
+        os.kill(group.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while server.living_members(group.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.living_members(group.pid) == []  # a zombie, not reaped yet: gone
+        assert group.poll() == -signal.SIGKILL
+    finally:
+        if group.poll() is None:
+            group.kill()
+            group.wait()
