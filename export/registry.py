@@ -499,6 +499,20 @@ class Failsafe:
     deadline_ms: int = 5000  # per request, for all twelve embedders together
     required: tuple[str, ...] = ("E1",)
     min_other_blocks: int = 6  # besides the required ones
+    # One circuit breaker per embedder (ensemble/breaker.py): this many failures or missed
+    # deadlines in a row, each within the window of the last, open it; open, the block is
+    # skipped at once for the cool-down; then probes, this many successes close it again.
+    breaker_failures: int = 3
+    breaker_window_ms: int = 30_000
+    breaker_cooldown_ms: int = 10_000
+    breaker_probes: int = 2
+
+    def parameters(self) -> dict[str, str]:
+        return {"deadline_ms": str(self.deadline_ms), "required": ",".join(self.required),
+                "min_other_blocks": str(self.min_other_blocks),
+                **{name: str(getattr(self, name)) for name in (
+                    "breaker_failures", "breaker_window_ms", "breaker_cooldown_ms",
+                    "breaker_probes")}}
 
 
 FAILSAFE = Failsafe()

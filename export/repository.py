@@ -325,11 +325,10 @@ def single_embedder_config(spec: Embedder, name: str) -> mc.ModelConfig:
 def failsafe_config() -> mc.ModelConfig:
     """BLS entry point: embedders called concurrently under a deadline; missing -> zeros."""
     f, limits = r.FAILSAFE, r.LIMITS
-    cfg = _python_model(r.FAILSAFE_MODEL, "failsafe", r.ENTRY_BATCHING, {
-        "deadline_ms": str(f.deadline_ms), "required": ",".join(f.required),
-        "min_other_blocks": str(f.min_other_blocks)} | limits.parameters(
-        "max_text_bytes", "min_timestamp", "max_timestamp", "max_session_bytes",
-        "max_sequence"))
+    cfg = _python_model(r.FAILSAFE_MODEL, "failsafe", r.ENTRY_BATCHING, f.parameters()
+                        | limits.parameters("max_text_bytes", "min_timestamp",
+                                            "max_timestamp", "max_session_bytes",
+                                            "max_sequence"))
     ensemble = ensemble_config()
     cfg.input.extend(i for i in ensemble.input
                      if i.name not in (r.SPARSE_TOP_K, *r.OUTPUT_CONTROLS))

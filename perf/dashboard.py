@@ -106,6 +106,12 @@ PANELS = (
           ((rate_by("fusedembed_truncations_total", "block"), "{{block}}"),)),
     Panel("Fail-safe: blocks left out per second", "ops",
           ((rate_by("fusedembed_failsafe_missing_blocks_total", "block"), "{{block}}"),)),
+    Panel("Fail-safe: circuit breaker state by block", "none",
+          (("max by (block) (fusedembed_breaker_state)", "{{block}}"),),
+          "0 closed, 1 open (the block is skipped), 2 half-open (probing)"),
+    Panel("Fail-safe: circuit breaker transitions per second", "ops",
+          ((("sum by (block, to) (rate(fusedembed_breaker_transitions_total[5m]))"),
+            "{{block}} to {{to}}"),)),
     Panel("FuseMoE expert share", "percentunit",
           (((f"{rate_by('fusedembed_expert_selections_total', 'expert')} / ignoring (expert) "
             "group_left sum(rate(fusedembed_expert_selections_total[5m]))"), "expert {{expert}}"),)),

@@ -87,6 +87,9 @@ class Adapter:
         # Fault injection for resilience tests, off unless a config sets these parameters.
         self.fault_delay_s = float(self.params.get("inject_delay_ms", "0")) / 1000.0
         self.fault_error = self.params.get("inject_error", "") == "true"
+        # A hung embedder that stays alive: every batch waits while this file exists.
+        hold = self.params.get("inject_hold_path", "")
+        self.fault_hold = Path(hold) if hold else None
         # Where Triton placed this instance (its instance group: KIND_GPU in a GPU build).
         self.placement = Placement.of_instance(args.get("model_instance_kind", "CPU"),
                                                args.get("model_instance_device_id", "0"),
@@ -126,6 +129,8 @@ class Adapter:
             try:
                 if self.fault_delay_s:
                     time.sleep(self.fault_delay_s)
+                while self.fault_hold is not None and self.fault_hold.exists():
+                    time.sleep(0.05)
                 if self.fault_error:
                     raise RuntimeError("injected fault (parameter inject_error)")
                 outputs = compute(items)

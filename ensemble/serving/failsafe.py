@@ -4,6 +4,12 @@ The twelve embedders are called concurrently under one per-request deadline. E1 
 least six other blocks must answer; a block that fails or is late is filled with zeros and
 FuseMoE is told through its presence mask. MISSING says which blocks were filled. With every
 embedder healthy the answer equals fused_text's.
+
+Each embedder has a circuit breaker (ensemble/breaker.py, settings in the registry's
+FAILSAFE): after repeated failures or missed deadlines it opens and requests skip that
+embedder at once instead of waiting the deadline; while it is half-open one request's call
+is the probe, which a request waits for only as long as its other blocks take (a required
+block's probe: its whole deadline, the request cannot answer without it).
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from ensemble.breaker import BreakerSettings, Call, CircuitBreaker, State
 from ensemble.serving.base import (
     BlsAdapter,
     RequestError,
     ServiceError,
     optional_array,
 )
-from ensemble.serving.metrics import FAILSAFE_MISSING, LabelledCounter
+from ensemble.serving.metrics import FAILSAFE_MISSING, BreakerMetrics, LabelledCounter
 from ensemble.serving.token_embedder import read_kinds
 from ensemble.stages import TokenBatch, TokenLimit, version_dir
 from ensemble.validation import InvalidInput, Validator
@@ -98,6 +105,19 @@ class TritonPythonModel(BlsAdapter):
         repository = self.directory.parent.parent
         self.token_limits = {s.id: TokenLimit.read(s, version_dir(repository, s.triton_model))
                              for s in EMBEDDERS if s.input is Input.TOKENS}
+        settings = BreakerSettings(
+            failures=int(p["breaker_failures"]), window_s=float(p["breaker_window_ms"]) / 1000,
+            cooldown_s=float(p["breaker_cooldown_ms"]) / 1000, probes=int(p["breaker_probes"]))
+        self.breaker_metrics = BreakerMetrics([s.id for s in EMBEDDERS],
+                                              [state.label for state in State])
+
+        def on_change(block: str):
+            def moved(before: State, to: State) -> None:
+                self.breaker_metrics.moved(block, int(to), to.label)
+                pb_utils.Logger.log_warn(f"{block}: circuit breaker {before.label} -> {to.label}")
+            return moved
+
+        self.breakers = {s.id: CircuitBreaker(settings, on_change(s.id)) for s in EMBEDDERS}
         self.missing_blocks = LabelledCounter(
             FAILSAFE_MISSING, "Blocks (one per text) the fail-safe fused without: their "
             "embedder failed or missed the deadline", "block", [s.id for s in EMBEDDERS])
@@ -125,6 +145,17 @@ class TritonPythonModel(BlsAdapter):
                 batch, kinds if spec.convention.kind_aware else [Kind.PASSAGE] * len(kinds))
             if refusal:
                 raise RequestError(refusal)
+
+    def _settle(self, block: str, call: Call):
+        """The breaker's bookkeeping when a block's call ends, awaited or not."""
+        def settled(task: asyncio.Future) -> None:
+            if task.cancelled():
+                return
+            if task.exception() is None:
+                self.breakers[block].succeeded(call)
+            else:
+                self.breakers[block].failed(call)
+        return settled
 
     async def run(self, request):
         start = time.monotonic()
@@ -163,8 +194,30 @@ class TritonPythonModel(BlsAdapter):
             return await call(spec.triton_model, inputs, [EMBEDDING])
 
         remaining = max(0.0, self.deadline_s - (time.monotonic() - start))
-        results = await asyncio.gather(*(asyncio.wait_for(block(s), remaining)
-                                          for s in EMBEDDERS), return_exceptions=True)
+        calls = {s.id: self.breakers[s.id].admit() for s in EMBEDDERS}
+        tasks = {}
+        for spec in EMBEDDERS:
+            if calls[spec.id] is not Call.SKIP:
+                task = asyncio.ensure_future(asyncio.wait_for(block(spec), remaining))
+                task.add_done_callback(self._settle(spec.id, calls[spec.id]))
+                tasks[spec.id] = task
+        awaited = [t for b, t in tasks.items()
+                   if calls[b] is Call.NORMAL or b in self.required]
+        if awaited:
+            await asyncio.wait(awaited)
+        results: list[object] = []
+        for spec in EMBEDDERS:
+            task = tasks.get(spec.id)
+            if task is None:
+                results.append(ServiceError("skipped: its circuit breaker is open"))
+            elif not task.done():  # a probe still out: it settles the breaker when it ends
+                results.append(ServiceError("its circuit breaker's probe had not answered "
+                                            "when the other blocks had"))
+            elif task.cancelled() or task.exception() is not None:
+                results.append(task.exception() if not task.cancelled()
+                               else asyncio.CancelledError())
+            else:
+                results.append(task.result())
         fuse_inputs: dict[str, np.ndarray] = {}
         present = np.ones((rows, len(EMBEDDERS)), dtype=bool)
         reasons = {}
