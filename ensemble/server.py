@@ -32,6 +32,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ensemble.stall import (
+    Sample,
+    StallDetector,
+    cpu_seconds,
+    parse_metrics,
+    write_verdict,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
 # Writable state (the generated admin key, the server's working folder): FUSEDEMBED_RUN_DIR,
@@ -280,7 +288,7 @@ class StubWatchdog(threading.Thread):
     """
 
     def __init__(self, server: TritonServer, interval_s: float = 1.0,
-                 max_backoff_s: float = 60.0) -> None:
+                 max_backoff_s: float = 60.0, stall_every_s: float = 5.0) -> None:
         super().__init__(name="stub-watchdog", daemon=True)
         self.server = server
         self.interval_s = interval_s
@@ -289,10 +297,19 @@ class StubWatchdog(threading.Thread):
         self.python_stubs = stub_instances(server.pid)
         self.restarts: list[str] = []
         self.failed_revivals = 0
+        # The stall check (ensemble/stall.py): a sample every stall_every_s; the models found
+        # stalled, each time tritonserver was restarted for it.
+        self.stall_every_s = stall_every_s
+        self.next_sample = 0.0
+        self.stalled: list[str] = []
+        self.stalls: list[list[str]] = []
+        self.heal_stalls = True  # False: a stall is only reported (liveness 503)
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
             try:
+                self.verdict(restarting=self.server.process is not None
+                             and self.server.process.poll() is not None)
                 for protocol in self.server.restart_fronts():
                     self.restarts.append(f"front:{protocol}")
                     print(f"the {protocol} front died; restarted", file=sys.stderr, flush=True)
@@ -300,6 +317,10 @@ class StubWatchdog(threading.Thread):
                 if self.server.process.poll() is not None:
                     self.revive()
                     continue
+                if time.monotonic() >= self.next_sample:
+                    self.next_sample = time.monotonic() + self.stall_every_s
+                    if self.check_stall():
+                        continue  # ended for a stall: revived on the next tick
                 gone = self.python_stubs - stub_instances(self.server.pid)
                 if not gone:
                     continue  # the repository index is asked only when a stub is gone
@@ -312,14 +333,57 @@ class StubWatchdog(threading.Thread):
             except Exception as err:  # noqa: BLE001 - keep watching; say what went wrong
                 print(f"stub watchdog: {err}", file=sys.stderr, flush=True)
 
+    def check_stall(self) -> bool:
+        """A sample for the stall detector; a stall ends tritonserver (True), which ``revive``
+        starts again (a stub that holds a request cannot be unloaded, so the model cannot be
+        reloaded alone)."""
+        try:
+            with urllib.request.urlopen(self.server.metrics_url, timeout=5) as answer:
+                text = answer.read().decode()
+        except (OSError, http.client.HTTPException):
+            return False  # no sample: one that does not answer its metrics is judged later
+        pending, completed = parse_metrics(text)
+        stubs: dict[str, list[int]] = {}
+        for name, pid in stub_processes(self.server.pid, every_instance=True).items():
+            stubs.setdefault(name.split("#")[0], []).append(pid)
+        self.stalled = self.server.stall.add(
+            Sample(time.monotonic(), pending, completed, cpu_seconds(stubs)))
+        if not self.stalled or not self.heal_stalls:
+            return False
+        self.verdict()
+        self.stalls.append(self.stalled)
+        print(f"stalled: requests pending and none completed in {', '.join(self.stalled)} "
+              f"for {self.server.stall.window_s:.0f} s; restarting tritonserver",
+              file=sys.stderr, flush=True)
+        assert self.server.process is not None
+        os.killpg(self.server.process.pid, signal.SIGKILL)
+        self.server.process.wait()
+        return True
+
+    def verdict(self, restarting: bool = False) -> None:
+        write_verdict(self.server.verdict_path, self.stalled, restarting,
+                      self.failed_revivals)
+
     def revive(self) -> None:
         """tritonserver exited: start it again on its ports (the fronts keep the public ones
-        and answer 503 / UNAVAILABLE meanwhile); after a failed try, wait 1, 2, 4, ... s."""
+        and answer 503 / UNAVAILABLE meanwhile); after a failed try, wait 1, 2, 4, ... s.
+        Meanwhile the verdict says "restarting" every second: live, while it is tried."""
         assert self.server.process is not None
         code = self.server.process.returncode
         print(f"tritonserver exited with code {code}; starting it again", file=sys.stderr,
               flush=True)
         start = time.monotonic()
+        self.stalled = []  # a restart under way: live while it is tried
+        done = threading.Event()
+
+        def beat() -> None:
+            while True:
+                self.verdict(restarting=True)
+                if done.wait(1.0):
+                    return
+
+        beating = threading.Thread(target=beat, name="verdict", daemon=True)
+        beating.start()
         try:
             self.server.relaunch()
         except ServerError as err:
@@ -329,8 +393,14 @@ class StubWatchdog(threading.Thread):
                   file=sys.stderr, flush=True)
             self.stopped.wait(backoff)
             return
+        finally:
+            done.set()
+            beating.join()
         self.failed_revivals = 0
         self.python_stubs = stub_instances(self.server.pid)
+        self.server.stall.forget()
+        self.stalled = []
+        self.verdict()
         self.restarts.append("tritonserver")
         print(f"tritonserver serving again in {time.monotonic() - start:.1f} s",
               file=sys.stderr, flush=True)
@@ -352,6 +422,7 @@ class TritonServer:
     # ports are the fronts'.
     triton_ports: Ports | None = None
     fronts: dict[str, subprocess.Popen] = field(default_factory=dict)
+    stall: StallDetector = field(default_factory=StallDetector)
 
     @property
     def pid(self) -> int:
@@ -464,6 +535,7 @@ class TritonServer:
         self.launch()
         try:
             self.wait_ready(timeout, self.triton_http_url)
+            write_verdict(self.verdict_path, [])  # the watchdog keeps it fresh from here on
             for protocol in FRONTS:
                 self.start_front(protocol)
             self.wait_ready(60.0, self.http_url)
@@ -482,7 +554,7 @@ class TritonServer:
         self.fronts[protocol] = subprocess.Popen(
             [sys.executable, "-m", "ensemble.front", protocol,
              "--listen", f"{self.host}:{public}", "--triton-http", self.triton_http_url,
-             "--triton-grpc", self.triton_grpc_url],
+             "--triton-grpc", self.triton_grpc_url, "--verdict", str(self.verdict_path)],
             cwd=str(ROOT), stdout=log or None, stderr=subprocess.STDOUT if log else None)
 
     def restart_fronts(self) -> list[str]:
@@ -491,6 +563,16 @@ class TritonServer:
         for protocol in dead:
             self.start_front(protocol)
         return dead
+
+    @property
+    def verdict_path(self) -> Path:
+        """The watchdog's liveness verdict, read by the HTTP front (one per server)."""
+        where = self.log_path.parent if self.log_path else RUN_DIR
+        return where / f"liveness-{self.ports.http}.json"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.ports.metrics}/metrics"
 
     @property
     def http_url(self) -> str:

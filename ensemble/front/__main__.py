@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from export.registry import LIMITS
 
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="request bodies (gRPC: inference messages) held at once, past "
                              "which a request is refused with 503 / UNAVAILABLE (default: two "
                              "of the largest)")
+    parser.add_argument("--verdict", type=Path,
+                        help="the launcher's liveness verdict (http): /v2/health/live is 503 "
+                             "while it reports a stall or stops reporting")
     args = parser.parse_args(argv)
     host, port = split(args.listen)
     if args.protocol == "http":
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
         uvloop.install()
         web.run_app(HttpFront(args.triton_http, args.max_body_bytes,
-                              args.max_held_bytes).app(), host=host,
+                              args.max_held_bytes, args.verdict).app(), host=host,
                     port=port, print=None, access_log=None, handle_signals=True)
         return 0
     if not args.triton_grpc:

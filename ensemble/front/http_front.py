@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 from urllib.parse import unquote
 
 import aiohttp
@@ -13,12 +14,14 @@ from aiohttp import web
 from ensemble.front.checks import RequestFault, UnknownModel, check_http, parse_header_length
 from ensemble.front.held import HeldBytes, ServerFull
 from ensemble.front.specs import ModelSpecs, TritonUnavailable
+from ensemble.stall import read_verdict
 
 INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/[^/]+)?/infer$")
 # Triton's generate extension maps JSON fields onto inputs by itself: no fusedembed model is
 # generative, so the front does not offer it rather than leave it unchecked.
 GENERATE = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/generate(?:_stream)?$")
 REPOSITORY = "/v2/repository/"
+LIVE = "/v2/health/live"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Not passed on either way: hop-by-hop headers, and what the front recomputes (the body it
 # forwards is the one it read, decompressed).
@@ -41,8 +44,12 @@ class Refused(Exception):
 
 
 class HttpFront:
-    def __init__(self, triton_http: str, max_body_bytes: int, max_held_bytes: int) -> None:
+    def __init__(self, triton_http: str, max_body_bytes: int, max_held_bytes: int,
+                 verdict: Path | None = None) -> None:
         self.triton_http = triton_http
+        # The launcher's verdict (ensemble/stall.py): /v2/health/live is 503 while it finds a
+        # stall or stops reporting, so that probes see a pipeline that completes nothing.
+        self.verdict = verdict
         self.max_body_bytes = max_body_bytes
         # Request bodies held at once (read, checked, being forwarded): past this a request
         # is refused with 503 before its body is read on.
@@ -74,6 +81,12 @@ class HttpFront:
         if GENERATE.match(path):
             return error(404, f"{path}: the generate extension is not offered; use "
                               "/v2/models/<model>/infer")
+        if path == LIVE and self.verdict is not None:
+            liveness = read_verdict(self.verdict)
+            if liveness.fault is not None:
+                return error(503, liveness.fault)
+            if liveness.restarting:
+                return web.json_response({"live": True, "restarting": True})
         held = [0]
         try:
             body = await self.read(request, held)

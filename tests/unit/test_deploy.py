@@ -247,7 +247,38 @@ def test_the_image_script_and_containerfiles_name_what_exists():
                 source = line.split()[1]
                 if source not in (".", "fusemoe/", "wheels/", "certs/"):  # staged by image.sh
                     assert (ROOT / source).exists(), (containerfile, source)
-        assert "/v2/health/ready" in text and "USER 1000" in text
+        assert "USER 1000" in text
+
+
+@pytest.mark.parametrize("containerfile", ["Containerfile", "Containerfile.gpu"])
+def test_the_healthcheck_fails_unless_live_and_ready(containerfile):
+    """The HEALTHCHECK's own command against a server whose answers the test sets."""
+    import http.server
+    import threading
+
+    text = (DOCKER / containerfile).read_text()
+    command = json.loads(text.split("HEALTHCHECK", 1)[1].split("CMD", 1)[1].splitlines()[0])
+    answers = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(answers.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    env = dict(os.environ, HTTP_PORT=str(httpd.server_address[1]))
+    try:
+        for live, ready, healthy in ((200, 200, True), (503, 200, False), (200, 503, False)):
+            answers.update({"/v2/health/live": live, "/v2/health/ready": ready})
+            run = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True,
+                                 check=False)
+            assert (run.returncode == 0) == healthy, (live, ready, run.stderr[-300:])
+    finally:
+        httpd.shutdown()
 
 
 def test_a_process_group_counts_as_gone_once_its_members_exited():

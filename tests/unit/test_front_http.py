@@ -43,12 +43,13 @@ def stand_in(seen: list, delay_s: float = 0.0) -> web.Application:
     return app
 
 
-def run(scenario, max_body: int = 1 << 20, max_held: int = 4 << 20, delay_s: float = 0.0):
+def run(scenario, max_body: int = 1 << 20, max_held: int = 4 << 20, delay_s: float = 0.0,
+        verdict=None):
     """``scenario(client, seen)`` against a front whose upstream is the stand-in."""
     async def main():
         seen: list = []
         async with TestServer(stand_in(seen, delay_s)) as triton:
-            front = HttpFront(f"{triton.host}:{triton.port}", max_body, max_held)
+            front = HttpFront(f"{triton.host}:{triton.port}", max_body, max_held, verdict)
             async with TestClient(TestServer(front.app())) as client:
                 return await scenario(client, seen)
 
@@ -144,3 +145,28 @@ def test_unknown_models_and_generate_are_answered_by_the_front():
         assert response.status == 200 and seen[-1][1] == "/v2/health/ready"
 
     run(scenario)
+
+
+def test_liveness_follows_the_launchers_verdict(tmp_path):
+    from ensemble.stall import write_verdict
+
+    verdict = tmp_path / "verdict.json"
+
+    async def scenario(client, seen):
+        async def live():
+            response = await client.get("/v2/health/live")
+            return response.status, await response.text()
+
+        status, body = await live()
+        assert status == 503 and "not reported" in body and not seen
+        write_verdict(verdict, [])
+        assert (await live())[0] == 200 and seen[-1][1] == "/v2/health/live"  # Triton's
+        write_verdict(verdict, ["e08_graph"])
+        status, body = await live()
+        assert status == 503 and "e08_graph" in body
+        write_verdict(verdict, [], restarting=True)
+        status, body = await live()
+        assert status == 200 and json.loads(body) == {"live": True, "restarting": True}
+        assert len(seen) == 1  # answered by the front: Triton is being started again
+
+    run(scenario, verdict=verdict)
