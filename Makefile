@@ -22,7 +22,7 @@ endif
 DEVICE        ?= cpu
 
 .PHONY: serve test test-unit build train weights sts soak bench precision tune venv clean lint \
-        image dashboard
+        image dashboard chaos
 
 serve: train
 	$(PY) -m ensemble.server
@@ -80,6 +80,11 @@ tune: train
 # Bounded Locust soak on loopback with a memory watch (USERS, MINUTES).
 soak: build
 	$(PY) -m perf.soak --users $(or $(USERS),16) --minutes $(or $(MINUTES),10)
+
+# Faults one after another under steady mixed load (perf/reports/chaos.md): what every
+# request got, unanswered and wrong vectors counted (exit 1 if any).
+chaos: train
+	$(PY) -m perf.chaos
 
 # The CPU container image localhost/fusedembed:cpu (docker/Containerfile) from nothing: podman
 # and mmdebstrap from Debian's packages when missing, a Debian base made with mmdebstrap (no
