@@ -5,7 +5,10 @@
 The load runs the whole time, each client a thread with its own connection: fused_text over
 HTTP (batches of 1-4, short texts and texts of about 512 tokens), fused_text over gRPC with
 a 10 s deadline, the fail-safe entry point over HTTP, and the OpenAI route of the gateway.
-The faults, in turn, each followed by time to recover:
+After an error a client waits 0.25 s before it sends again (as the client library's retries
+back off; without it six clients answered 503 at once spin at thousands of requests a second
+and take the CPU a restarting server needs). The faults, in turn, each followed by time to
+recover:
 
 1. a cancellation storm: 8 gRPC clients, 32 texts a call, deadlines of 1 to 300 ms;
 2. one embedder (e08_graph) hung, alive, for ``--hang-s`` s (the fault parameter
@@ -36,6 +39,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import sys
@@ -53,6 +57,7 @@ HUNG = "e08_graph"
 KILLED_STUB = "e12_late_interaction"
 GRPC_DEADLINE_S = 10.0
 CLIENT_TIMEOUT_S = 180.0
+ERROR_PAUSE_S = 0.25  # a client waits this long after an error before it sends again
 WORDS = ["the", "server", "answers", "many", "requests", "with", "low", "latency", "while", "embedding", "models", "map", "sentences", "to", "vectors", "a", "man", "plays", "guitar", "on", "stage", "two", "dogs", "run", "through", "tall", "grass", "the", "market", "fell", "sharply", "after", "the", "announcement"]
 
 
@@ -194,6 +199,8 @@ class Load:
                 kind, detail = classify(err)
                 send = make()  # a fresh connection after any error
             self.ledger.add(Outcome(name, start, time.monotonic() - start, kind, detail))
+            if kind != "vector":
+                self.stop.wait(ERROR_PAUSE_S)
 
     def http_client(self, model: str = "fused_text"):
         """fused_text (or the fail-safe, whose marked partial answers need unit norm only)
@@ -264,7 +271,8 @@ def classify(err: Exception) -> tuple[str, str]:
             return "deadline", code
         lost = ("Socket closed", "failed to connect", "Connection reset", "Stream removed",
                 "recvmsg", "Broken pipe")
-        if code == "UNAVAILABLE" and any(m in text for m in lost):
+        if (code == "UNAVAILABLE" and any(m in text for m in lost)
+                and "Triton did not answer" not in text):  # the front's own answer
             return "unanswered", f"{code}: {text[:80]}"
         return "error", code
     if status and status.isdigit():
@@ -362,6 +370,7 @@ def run(hang_s: float, recover_s: float) -> dict:
         if cfg.name == HUNG:
             cfg.parameters["inject_hold_path"].string_value = str(hold)
 
+    shutil.rmtree(work / "repo", ignore_errors=True)  # a run before left its own
     repo = linked_repository(REPOSITORY, work / "repo", settings, "chaos: hold on e08_graph")
     ports = free_ports(5)
     server = TritonServer(repo, Ports(*ports[:3]), work / "triton.log")

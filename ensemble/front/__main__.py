@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="request bodies (gRPC: inference messages) held at once, past "
                              "which a request is refused with 503 / UNAVAILABLE (default: two "
                              "of the largest)")
+    parser.add_argument("--max-abandoned", type=int, default=8,
+                        help="inference requests whose clients gave up that may still run in "
+                             "Triton (never cancelled); past it new ones are refused with 503 "
+                             "/ UNAVAILABLE until some end (default 8)")
     parser.add_argument("--verdict", type=Path,
                         help="the launcher's liveness verdict (http): /v2/health/live is 503 "
                              "while it reports a stall or stops reporting")
@@ -41,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
         uvloop.install()
         web.run_app(HttpFront(args.triton_http, args.max_body_bytes,
-                              args.max_held_bytes, args.verdict).app(), host=host,
+                              args.max_held_bytes, args.verdict,
+                              args.max_abandoned).app(), host=host,
                     port=port, print=None, access_log=None, handle_signals=True)
         return 0
     if not args.triton_grpc:
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from ensemble.front.grpc_front import GrpcFront
 
     front = GrpcFront(args.triton_grpc, args.triton_http, args.max_body_bytes,
-                      args.max_held_bytes)
+                      args.max_held_bytes, args.max_abandoned)
     try:
         asyncio.run(front.serve(host, port))
     except KeyboardInterrupt:

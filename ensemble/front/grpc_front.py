@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
 from ensemble.front.checks import RequestFault, UnknownModel, check_grpc
-from ensemble.front.held import HeldBytes, ServerFull
+from ensemble.front.held import Abandoned, HeldBytes, ServerFull
 from ensemble.front.specs import ModelSpecs, TritonUnavailable
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -49,12 +49,13 @@ def forwarded(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
 
 class GrpcFront:
     def __init__(self, triton_grpc: str, triton_http: str, max_message_bytes: int,
-                 max_held_bytes: int) -> None:
+                 max_held_bytes: int, max_abandoned: int = 8) -> None:
         self.triton_grpc = triton_grpc
         self.max_message_bytes = max_message_bytes
         # Inference messages held at once (received, until Triton has taken them): past this
         # a call is refused at once, as the HTTP front refuses bodies.
         self.held = HeldBytes(max_held_bytes)
+        self.abandoned = Abandoned(max_abandoned)
         self.specs = ModelSpecs(triton_http)
         self.channel: grpc.aio.Channel | None = None
         self.background: set[asyncio.Task] = set()
@@ -103,6 +104,7 @@ class GrpcFront:
             held = 0
             if name == INFER:
                 try:
+                    self.abandoned.admit()
                     self.held.take(len(raw))
                     held = len(raw)
                     await self.check(self.parse(raw))
@@ -117,8 +119,20 @@ class GrpcFront:
             task.add_done_callback(lambda _: self.held.give(held))
             try:
                 return await asyncio.shield(task)
+            except asyncio.CancelledError:  # the client's deadline passed, or it cancelled
+                if name == INFER:
+                    self.abandoned.track(task)
+                raise
             except grpc.aio.AioRpcError as err:
-                await context.abort(err.code(), err.details() or "")
+                code, details = err.code(), err.details() or ""
+                if code == grpc.StatusCode.UNAVAILABLE:  # no answer from Triton itself
+                    details = f"Triton did not answer: {details}"
+                elif code == grpc.StatusCode.NOT_FOUND and name == INFER:
+                    # The front found the model loaded a moment ago: it is being reloaded.
+                    self.specs.forget()
+                    code = grpc.StatusCode.UNAVAILABLE
+                    details = f"not available right now (being loaded again): {details}"
+                await context.abort(code, details)
                 raise  # unreachable: abort raises
 
         return handle
@@ -138,6 +152,7 @@ class GrpcFront:
                     async for raw in requests:
                         request = None
                         try:
+                            self.abandoned.admit()
                             self.held.take(len(raw))
                         except ServerFull as full:
                             await answers.put(refusal(str(full), None))

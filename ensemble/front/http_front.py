@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from ensemble.front.checks import RequestFault, UnknownModel, check_http, parse_header_length
-from ensemble.front.held import HeldBytes, ServerFull
+from ensemble.front.held import Abandoned, HeldBytes, ServerFull
 from ensemble.front.specs import ModelSpecs, TritonUnavailable
 from ensemble.stall import read_verdict
 
@@ -45,7 +45,7 @@ class Refused(Exception):
 
 class HttpFront:
     def __init__(self, triton_http: str, max_body_bytes: int, max_held_bytes: int,
-                 verdict: Path | None = None) -> None:
+                 verdict: Path | None = None, max_abandoned: int = 8) -> None:
         self.triton_http = triton_http
         # The launcher's verdict (ensemble/stall.py): /v2/health/live is 503 while it finds a
         # stall or stops reporting, so that probes see a pipeline that completes nothing.
@@ -54,6 +54,10 @@ class HttpFront:
         # Request bodies held at once (read, checked, being forwarded): past this a request
         # is refused with 503 before its body is read on.
         self.held = HeldBytes(max_held_bytes)
+        # Inference requests passed on to Triton and not answered yet, with their client's
+        # request: one whose connection closed is abandoned (counted, never cancelled).
+        self.inflight: dict[asyncio.Future, web.Request] = {}
+        self.abandoned = Abandoned(max_abandoned)
         self.specs = ModelSpecs(triton_http)
         self.session: aiohttp.ClientSession | None = None
 
@@ -130,6 +134,7 @@ class HttpFront:
         infer = INFER.match(path) if request.method == "POST" else None
         try:
             if infer:
+                self.admit()
                 await self.check(unquote(infer["model"]), request, body)
             elif path.startswith(REPOSITORY):
                 self.specs.forget()  # a load or unload may change what a model takes
@@ -137,9 +142,17 @@ class HttpFront:
             return error(404, str(fault))
         except RequestFault as fault:
             return error(400, str(fault))
-        except TritonUnavailable as err:
+        except (TritonUnavailable, ServerFull) as err:
             return error(503, str(err))
-        return await self.forward(request, body)
+        return await self.forward(request, body, infer is not None)
+
+    def admit(self) -> None:
+        """ServerFull while too many requests whose clients went away still run in Triton."""
+        for call, request in list(self.inflight.items()):
+            if request.transport is None or request.transport.is_closing():
+                del self.inflight[call]
+                self.abandoned.track(call)
+        self.abandoned.admit()
 
     async def check(self, model: str, request: web.Request, body: bytearray) -> None:
         spec = await self.specs.get(model)
@@ -154,7 +167,8 @@ class HttpFront:
             raise RequestFault(f"request body: not valid JSON ({err})") from err
         check_http(spec, parsed, view[len(header):])
 
-    async def forward(self, request: web.Request, body: bytearray) -> web.Response:
+    async def forward(self, request: web.Request, body: bytearray,
+                      infer: bool = False) -> web.Response:
         assert self.session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROPPED}
         url = f"http://{self.triton_http}{request.rel_url}"
@@ -167,9 +181,17 @@ class HttpFront:
 
         # Run to the end even if this client goes away: Triton is never cancelled mid-request.
         task = asyncio.ensure_future(call())
+        if infer:
+            self.inflight[task] = request
+            task.add_done_callback(lambda done: self.inflight.pop(done, None))
         try:
             status, back, payload = await asyncio.shield(task)
         except (TimeoutError, aiohttp.ClientError) as err:
             return error(503, f"Triton did not answer: {err}")
+        if infer and status in (400, 404) and b"unknown model" in payload:
+            # The front found the model loaded a moment ago: it is being reloaded.
+            self.specs.forget()
+            return error(503, "not available right now (being loaded again): "
+                              + payload.decode("utf-8", "replace")[:300])
         return web.Response(status=status, body=payload,
                             headers={k: v for k, v in back if k.lower() not in DROPPED_BACK})

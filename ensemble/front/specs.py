@@ -27,6 +27,9 @@ class ModelSpecs:
     _known: dict[str, tuple[float, ModelSpec | None]] = field(default_factory=dict)
     _session: aiohttp.ClientSession | None = None
     _pending: dict[str, asyncio.Future] = field(default_factory=dict)
+    # Models seen loaded: one missing later is being loaded again (the watchdog reloads a
+    # model whose stub died; an ensemble is unavailable while a step is), not unknown.
+    _seen: set[str] = field(default_factory=set)
 
     def forget(self) -> None:
         self._known.clear()
@@ -57,6 +60,11 @@ class ModelSpecs:
                 config = await response.json(content_type=None) if response.ok else None
         except (TimeoutError, aiohttp.ClientError, ValueError) as err:
             raise TritonUnavailable(f"Triton did not answer: {err}") from err
+        if not config and model in self._seen:
+            raise TritonUnavailable(f"model '{model}' is not available right now (being "
+                                    "loaded again); retry later")
         spec = ModelSpec.from_config(config) if config else None
+        if spec is not None:
+            self._seen.add(model)
         self._known[model] = (time.monotonic(), spec)
         return spec

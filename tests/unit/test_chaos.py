@@ -16,6 +16,8 @@ def test_statuses_are_answers_and_closed_connections_are_not():
         == ("error", "UNAVAILABLE")
     assert classify(InferenceServerException("Socket closed",
                                              status="StatusCode.UNAVAILABLE"))[0] == "unanswered"
+    assert classify(InferenceServerException("Triton did not answer: Socket closed",
+                                             status="StatusCode.UNAVAILABLE"))[0] == "error"
     assert classify(ConnectionResetError("reset by peer"))[0] == "unanswered"
     assert classify(TimeoutError("timed out"))[0] == "unanswered"
 

@@ -48,13 +48,13 @@ async def started(upstream: Upstream) -> tuple[grpc.aio.Server, int]:
     return triton, port
 
 
-def run(scenario, delay_s: float = 0.0, max_held: int = 1 << 20):
+def run(scenario, delay_s: float = 0.0, max_held: int = 1 << 20, max_abandoned: int = 8):
     async def main():
         upstream = Upstream(delay_s)
         triton, triton_port = await started(upstream)
         async with TestServer(stand_in([])) as configs:
             front = GrpcFront(f"127.0.0.1:{triton_port}", f"{configs.host}:{configs.port}",
-                              1 << 24, max_held)
+                              1 << 24, max_held, max_abandoned)
             port = free_port()
             serving = asyncio.ensure_future(front.serve("127.0.0.1", port))
             try:
@@ -140,6 +140,30 @@ def test_a_call_whose_deadline_expires_completes_upstream():
         assert upstream.finished == ["late"]
 
     run(scenario, delay_s=0.5)
+
+
+def test_abandoned_calls_still_running_upstream_are_bounded():
+    """Clients that give up at once, again and again: past three calls still running
+    upstream for nobody, new calls are refused at once until those finish."""
+    async def scenario(infer, upstream):
+        codes = []
+        for i in range(10):
+            try:
+                await infer(request(request_id=f"storm {i}"), timeout=0.05)
+                codes.append("answered")
+            except grpc.aio.AioRpcError as err:
+                codes.append(err.code().name)
+                if err.code() == grpc.StatusCode.UNAVAILABLE:
+                    assert "clients gave up" in err.details()
+        assert codes[:3] == ["DEADLINE_EXCEEDED"] * 3
+        assert codes[3:] == ["UNAVAILABLE"] * 7, codes
+        assert len(upstream.received) == 3  # the refused never reached Triton
+        await asyncio.sleep(1.2)  # the three finish upstream
+        assert len(upstream.finished) == 3
+        answer = await infer(request(request_id="patient"), timeout=5)
+        assert service_pb2.ModelInferResponse.FromString(answer).id == "patient"
+
+    run(scenario, delay_s=1.0, max_abandoned=3)
 
 
 def test_the_stand_in_would_see_a_cancellation():

@@ -9,6 +9,7 @@ import asyncio
 import gzip
 import json
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from google.protobuf.json_format import MessageToDict
@@ -44,12 +45,13 @@ def stand_in(seen: list, delay_s: float = 0.0) -> web.Application:
 
 
 def run(scenario, max_body: int = 1 << 20, max_held: int = 4 << 20, delay_s: float = 0.0,
-        verdict=None):
+        verdict=None, max_abandoned: int = 8):
     """``scenario(client, seen)`` against a front whose upstream is the stand-in."""
     async def main():
         seen: list = []
         async with TestServer(stand_in(seen, delay_s)) as triton:
-            front = HttpFront(f"{triton.host}:{triton.port}", max_body, max_held, verdict)
+            front = HttpFront(f"{triton.host}:{triton.port}", max_body, max_held, verdict,
+                              max_abandoned)
             async with TestClient(TestServer(front.app())) as client:
                 return await scenario(client, seen)
 
@@ -170,3 +172,55 @@ def test_liveness_follows_the_launchers_verdict(tmp_path):
         assert len(seen) == 1  # answered by the front: Triton is being started again
 
     run(scenario, verdict=verdict)
+
+
+def test_requests_whose_clients_went_away_are_bounded_while_triton_runs_them():
+    async def scenario(client, seen):
+        for _ in range(2):  # two clients that give up and close their connections
+            try:
+                await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer", json=VALID,
+                                  timeout=aiohttp.ClientTimeout(total=0.1))
+            except TimeoutError:
+                pass
+        await asyncio.sleep(0.1)
+        response = await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer", json=VALID)
+        assert response.status == 503 and "clients gave up" in await response.text()
+        assert len(seen) == 2
+        await asyncio.sleep(1.0)  # Triton finishes the two
+        response = await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer", json=VALID)
+        assert response.status == 200 and len(seen) == 3
+
+    run(scenario, delay_s=0.8, max_abandoned=2)
+
+
+def test_a_model_seen_loaded_and_missing_now_is_unavailable_not_unknown():
+    from ensemble.front.specs import ModelSpecs, TritonUnavailable
+
+    config = MessageToDict(ensemble_config(r.ENSEMBLE_MODEL), preserving_proto_field_name=True)
+    loaded = {r.ENSEMBLE_MODEL: True}
+
+    async def model_config(request: web.Request) -> web.Response:
+        if loaded.get(request.match_info["model"]):
+            return web.json_response(config)
+        return web.json_response({"error": "Request for unknown model"}, status=400)
+
+    async def main():
+        app = web.Application()
+        app.router.add_get("/v2/models/{model}/config", model_config)
+        async with TestServer(app) as triton:
+            specs = ModelSpecs(f"{triton.host}:{triton.port}", ttl_s=0.0)
+            try:
+                assert await specs.get("never_loaded") is None  # unknown: 404 / NOT_FOUND
+                assert await specs.get(r.ENSEMBLE_MODEL) is not None
+                loaded[r.ENSEMBLE_MODEL] = False  # the watchdog reloads one of its steps
+                try:
+                    await specs.get(r.ENSEMBLE_MODEL)
+                    raise AssertionError("a model being reloaded was called unknown")
+                except TritonUnavailable as err:
+                    assert "loaded again" in str(err)
+                loaded[r.ENSEMBLE_MODEL] = True
+                assert await specs.get(r.ENSEMBLE_MODEL) is not None
+            finally:
+                await specs.close()
+
+    asyncio.run(main())

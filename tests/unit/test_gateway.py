@@ -147,3 +147,39 @@ def test_settings_from_the_environment_and_their_limits():
         Settings.from_env({"FUSEDEMBED_GATEWAY_MAX_INFLIGHT_TEXTS": "0"})
     with pytest.raises(ValueError, match="port: 'x' is not a valid int"):
         Settings.from_env({"GATEWAY_PORT": "x"})
+
+
+def test_calls_past_their_deadline_are_bounded_while_triton_still_runs_them():
+    import asyncio
+    import time
+
+    import numpy as np
+
+    from fusedembed_client.gateway import backend
+
+    class SlowTriton:
+        finished = 0
+
+        async def infer(self, model, inputs, outputs):
+            await asyncio.sleep(0.6)
+            SlowTriton.finished += 1
+
+    async def main():
+        triton = backend.Triton("127.0.0.1:9", 16, 0.05)
+        triton._client = SlowTriton()
+        text = [("TEXT", "BYTES", np.array([[b"x"]], dtype=np.object_))]
+
+        async def call():
+            try:
+                await triton._infer("fused_text", text, ["FUSED"], time.monotonic() + 0.05)
+            except GatewayError as err:
+                return err.status
+            return 200
+
+        statuses = [await call() for _ in range(backend.MAX_ABANDONED + 2)]
+        assert statuses == [504] * backend.MAX_ABANDONED + [503, 503]
+        await asyncio.sleep(0.8)  # Triton ends them: new requests are taken again
+        assert SlowTriton.finished == backend.MAX_ABANDONED
+        assert await call() == 504
+
+    asyncio.run(main())

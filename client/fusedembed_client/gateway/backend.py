@@ -198,6 +198,9 @@ class Batch:
                 "sessions": pick(self.sessions), "sequences": pick(self.sequences)}
 
 
+MAX_ABANDONED = 8
+
+
 class Triton:
     """The asyncio gRPC client (one channel) and the catalog read from the server."""
 
@@ -213,6 +216,10 @@ class Triton:
         self._catalog: Catalog | None = None
         self._counts: OrderedDict[bytes, int] = OrderedDict()
         self._calls: set[asyncio.Future] = set()  # inference calls under way
+        # Calls answered 504 and still running in Triton (never cancelled): past
+        # MAX_ABANDONED, new requests get 503 until some end, so that the work nobody waits
+        # for stays bounded.
+        self._abandoned: set[asyncio.Future] = set()
 
     async def close(self) -> None:
         """Close the channel once the calls under way have ended (at most ``timeout_s``):
@@ -356,6 +363,9 @@ class Triton:
     async def _infer(self, model: str, tensors: list[tuple[str, str, np.ndarray]],
                      outputs: list[str], deadline: float, first: int = 0) -> Any:
         tc = self._tc
+        if len(self._abandoned) >= MAX_ABANDONED:
+            raise GatewayError(503, f"{len(self._abandoned)} requests past their deadline are "
+                               "still running in Triton; retry later", kind="unavailable")
         inputs = infer_inputs(tc, tensors)
         # No gRPC deadline, and no cancellation: Triton 2.51 can crash or stall a model's
         # queue when a gRPC request is cancelled while an ensemble runs it (fixed in 2.53,
@@ -368,7 +378,13 @@ class Triton:
         try:
             return await asyncio.wait_for(asyncio.shield(call),
                                           max(0.001, deadline - time.monotonic()))
+        except asyncio.CancelledError:  # the whole request's deadline passed
+            if not call.done():
+                self._abandoned.add(call)
+            raise
         except TimeoutError as err:
+            if not call.done():
+                self._abandoned.add(call)
             raise GatewayError(504, f"no answer within {self.timeout_s:g} s "
                                "(FUSEDEMBED_GATEWAY_TIMEOUT_S)", kind="timeout") from err
         except GatewayError:
@@ -378,5 +394,6 @@ class Triton:
 
     def _finished(self, call: asyncio.Future) -> None:
         self._calls.discard(call)
+        self._abandoned.discard(call)
         if not call.cancelled():
             call.exception()  # retrieved: an answer dropped after a 504 is not an error
