@@ -104,13 +104,17 @@ class GrpcFront:
             held = 0
             if name == INFER:
                 try:
-                    self.abandoned.admit()
                     self.held.take(len(raw))
                     held = len(raw)
                     await self.check(self.parse(raw))
+                    # Cancelled here when the client gives up while it waits: never sent.
+                    await self.abandoned.admitted()
                 except (RequestFault, ServerFull, TritonUnavailable) as refused:
                     self.held.give(held)
                     await context.abort(STATUS[type(refused)], str(refused))
+                except asyncio.CancelledError:
+                    self.held.give(held)
+                    raise
             elif name in REPOSITORY:
                 self.specs.forget()
             call = self.channel.unary_unary(upstream_path)(raw, metadata=forwarded(context))
@@ -152,7 +156,6 @@ class GrpcFront:
                     async for raw in requests:
                         request = None
                         try:
-                            self.abandoned.admit()
                             self.held.take(len(raw))
                         except ServerFull as full:
                             await answers.put(refusal(str(full), None))

@@ -4,6 +4,7 @@ at once, and the requests whose clients gave up while Triton still runs them."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -33,20 +34,49 @@ class HeldBytes:
 class Abandoned:
     """Requests whose client gave up (its deadline passed, it cancelled, it went away) while
     Triton still runs them. The front never cancels them (Triton 2.51 can die or stall when
-    an ensemble request is cancelled), so a client that sends again and again with short
-    deadlines would fill Triton with work nobody waits for; past ``limit`` such requests,
-    new inference requests are refused at once (503 / UNAVAILABLE, retried by clients)
-    until some end. The abandoned work is then at most ``limit`` requests."""
+    an ensemble request is cancelled), so clients that send again and again with short
+    deadlines would fill Triton with work nobody waits for. While ``limit`` such requests
+    run, a new inference request waits in the front (``admitted``) instead of going on: one
+    whose client gives up meanwhile never reaches Triton, one that waits for its answer goes
+    on as soon as one ends. The abandoned work is at most ``limit`` requests; at most
+    ``max_waiting`` requests wait, past which they are refused (503 / UNAVAILABLE)."""
 
     limit: int
+    max_waiting: int = 1024
     running: set[asyncio.Future] = field(default_factory=set)
+    waiting: int = 0
+    _ended: asyncio.Event | None = None
 
     def track(self, call: asyncio.Future) -> None:
         if not call.done():
             self.running.add(call)
-            call.add_done_callback(self.running.discard)
+            call.add_done_callback(self._end)
 
-    def admit(self) -> None:
-        if len(self.running) >= self.limit:
-            raise ServerFull(f"{len(self.running)} requests whose clients gave up are still "
-                             f"running in Triton (limit {self.limit}); retry later")
+    def _end(self, call: asyncio.Future) -> None:
+        self.running.discard(call)
+        if self._ended is not None:
+            self._ended.set()
+
+    async def admitted(self, gone: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until fewer than ``limit`` abandoned requests run; False if the client went
+        away meanwhile (``gone``). ServerFull when too many wait already."""
+        if len(self.running) < self.limit:
+            return True
+        if self.waiting >= self.max_waiting:
+            raise ServerFull(f"{self.waiting} requests wait while {len(self.running)} whose "
+                             "clients gave up still run in Triton; retry later")
+        if self._ended is None:
+            self._ended = asyncio.Event()
+        self.waiting += 1
+        try:
+            while len(self.running) >= self.limit:
+                if gone():
+                    return False
+                self._ended.clear()
+                try:
+                    await asyncio.wait_for(self._ended.wait(), 0.05)
+                except TimeoutError:
+                    pass
+            return True
+        finally:
+            self.waiting -= 1

@@ -37,6 +37,10 @@ def error(status: int, message: str) -> web.Response:
                         content_type="application/json")
 
 
+def gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
 class Refused(Exception):
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.status)
@@ -134,8 +138,9 @@ class HttpFront:
         infer = INFER.match(path) if request.method == "POST" else None
         try:
             if infer:
-                self.admit()
                 await self.check(unquote(infer["model"]), request, body)
+                if not await self.admitted(request):
+                    return error(499, "the client went away before its request was sent on")
             elif path.startswith(REPOSITORY):
                 self.specs.forget()  # a load or unload may change what a model takes
         except UnknownModel as fault:
@@ -146,13 +151,23 @@ class HttpFront:
             return error(503, str(err))
         return await self.forward(request, body, infer is not None)
 
-    def admit(self) -> None:
-        """ServerFull while too many requests whose clients went away still run in Triton."""
+    def sweep(self) -> None:
+        """Requests in Triton whose clients' connections closed become abandoned."""
         for call, request in list(self.inflight.items()):
-            if request.transport is None or request.transport.is_closing():
+            if gone(request):
                 del self.inflight[call]
                 self.abandoned.track(call)
-        self.abandoned.admit()
+
+    async def admitted(self, request: web.Request) -> bool:
+        """Waits while too many abandoned requests run in Triton; False if this client went
+        away meanwhile (its request is then never sent on)."""
+        self.sweep()
+
+        def check() -> bool:
+            self.sweep()
+            return gone(request)
+
+        return await self.abandoned.admitted(check)
 
     async def check(self, model: str, request: web.Request, body: bytearray) -> None:
         spec = await self.specs.get(model)

@@ -101,3 +101,58 @@ def test_a_killed_front_is_started_again(server):
     assert "front:http" in server.watchdog.restarts
     with FusedEmbedClient(server.http_url, "http") as client:
         assert client.embed("after the front came back", T0).vector.shape == (1536,)
+
+
+def test_the_cancellation_storm_of_the_issue_leaves_the_server_answering(server):
+    """Eight tritonclient calls of 32 texts with deadlines of 1 to 300 ms, three rounds, on
+    the public gRPC port, then the same clients sending again at once: each call gets
+    DEADLINE_EXCEEDED on time; once eight abandoned calls run in Triton the rest wait in the
+    front and never reach it; a plain request after each round is answered with the healthy
+    vector, and nothing was restarted."""
+    import concurrent.futures
+
+    from perf.cancellation import DEADLINES_S
+
+    assert server.watchdog is not None
+    restarts = list(server.watchdog.restarts)
+    with FusedEmbedClient(server.grpc_url, "grpc") as plain:
+        healthy = plain.embed("after the storm", T0).vector
+    texts = [f"a text that cannot be embedded in a millisecond {i}" for i in range(32)]
+
+    def call(deadline_s: float) -> str:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            client.infer(r.ENSEMBLE_MODEL, inputs(texts), client_timeout=deadline_s)
+            return "answered"
+        except InferenceServerException as err:
+            return str(err.status())
+        finally:
+            client.close()
+
+    def plain_request_answered() -> None:
+        with FusedEmbedClient(server.grpc_url, "grpc") as plain:
+            np.testing.assert_allclose(plain.embed("after the storm", T0).vector, healthy,
+                                       atol=1e-5)
+
+    seen = []
+    for _ in range(3):  # the issue's rounds
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            seen += list(pool.map(call, DEADLINES_S))
+        plain_request_answered()
+    # Clients that send again at once, five times each: past eight abandoned calls running
+    # in Triton, the others wait in the front, give up there and never reach Triton.
+    stats = grpcclient.InferenceServerClient(server.triton_grpc_url)
+
+    def reached() -> int:
+        answer = stats.get_inference_statistics(r.ENSEMBLE_MODEL, as_json=True)
+        counts = answer["model_stats"][0]["inference_stats"]
+        return sum(int(counts[k].get("count", 0)) for k in ("success", "fail"))
+
+    before = reached()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        storm = list(pool.map(call, [d for d in DEADLINES_S for _ in range(5)]))
+    plain_request_answered()  # it waited until the abandoned ones ended, then went on
+    assert set(seen + storm) <= {"answered", "StatusCode.DEADLINE_EXCEEDED"}
+    assert reached() - before - 1 < len(storm) // 2  # most of the storm never reached it
+    stats.close()
+    assert server.ready() and server.watchdog.restarts == restarts

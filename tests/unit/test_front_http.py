@@ -176,19 +176,23 @@ def test_liveness_follows_the_launchers_verdict(tmp_path):
 
 def test_requests_whose_clients_went_away_are_bounded_while_triton_runs_them():
     async def scenario(client, seen):
-        for _ in range(2):  # two clients that give up and close their connections
+        async def give_up() -> None:
             try:
                 await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer", json=VALID,
                                   timeout=aiohttp.ClientTimeout(total=0.1))
+                raise AssertionError("answered within 0.1 s")
             except TimeoutError:
                 pass
-        await asyncio.sleep(0.1)
-        response = await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer", json=VALID)
-        assert response.status == 503 and "clients gave up" in await response.text()
-        assert len(seen) == 2
-        await asyncio.sleep(1.0)  # Triton finishes the two
+
+        for _ in range(2):  # two clients that give up and close their connections
+            await give_up()
+        await asyncio.sleep(0.05)
+        await give_up()  # waits in the front behind the two, gives up there
+        assert len(seen) == 2  # ... and never reached Triton
+        start = asyncio.get_running_loop().time()
         response = await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer", json=VALID)
         assert response.status == 200 and len(seen) == 3
+        assert asyncio.get_running_loop().time() - start > 0.4  # it waited for one to end
 
     run(scenario, delay_s=0.8, max_abandoned=2)
 
