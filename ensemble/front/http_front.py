@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -37,6 +38,25 @@ def error(status: int, message: str) -> web.Response:
                         content_type="application/json")
 
 
+class TooSlow(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class BodyPace:
+    """How slowly a body may come: a client that holds its connection (and the bytes it
+    declared, counted as held) while sending a byte now and then is answered 408."""
+
+    idle_s: float = 10.0  # with no byte
+    grace_s: float = 10.0  # after which the body must have come at min_bytes_per_s
+    min_bytes_per_s: float = 64 * 1024
+
+    def check(self, received: int, elapsed_s: float) -> None:
+        if elapsed_s > self.grace_s and received < self.min_bytes_per_s * elapsed_s:
+            raise TooSlow(f"{received} bytes in {elapsed_s:.0f} s, slower than "
+                          f"{self.min_bytes_per_s / 1024:g} KiB/s")
+
+
 def gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
@@ -49,8 +69,10 @@ class Refused(Exception):
 
 class HttpFront:
     def __init__(self, triton_http: str, max_body_bytes: int, max_held_bytes: int,
-                 verdict: Path | None = None, max_abandoned: int = 8) -> None:
+                 verdict: Path | None = None, max_abandoned: int = 8,
+                 body_pace: BodyPace = BodyPace()) -> None:
         self.triton_http = triton_http
+        self.body_pace = body_pace
         # The launcher's verdict (ensemble/stall.py): /v2/health/live is 503 while it finds a
         # stall or stops reporting, so that probes see a pipeline that completes nothing.
         self.verdict = verdict
@@ -123,12 +145,21 @@ class HttpFront:
             raise too_large
         self.hold(held, declared or 0)  # refused before reading when it cannot be held
         body = bytearray()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         try:
-            while chunk := await request.content.readany():
+            while chunk := await asyncio.wait_for(request.content.readany(),
+                                                  self.body_pace.idle_s):
                 body.extend(chunk)
                 if len(body) > self.max_body_bytes:
                     raise too_large
                 self.hold(held, len(body))
+                self.body_pace.check(len(body), loop.time() - start)
+        except TimeoutError as err:
+            raise Refused(error(408, f"request body: no byte for {self.body_pace.idle_s:g} "
+                                     "s")) from err
+        except TooSlow as err:
+            raise Refused(error(408, f"request body: {err}")) from err
         except (aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError,
                 ValueError) as err:
             raise Refused(error(400, f"request body: unreadable ({err})")) from err

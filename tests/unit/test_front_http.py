@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from google.protobuf.json_format import MessageToDict
 
-from ensemble.front.http_front import HttpFront
+from ensemble.front.http_front import BodyPace, HttpFront
 from export import registry as r
 from export.repository import ensemble_config
 
@@ -45,13 +45,13 @@ def stand_in(seen: list, delay_s: float = 0.0) -> web.Application:
 
 
 def run(scenario, max_body: int = 1 << 20, max_held: int = 4 << 20, delay_s: float = 0.0,
-        verdict=None, max_abandoned: int = 8):
+        verdict=None, max_abandoned: int = 8, body_pace: BodyPace | None = None):
     """``scenario(client, seen)`` against a front whose upstream is the stand-in."""
     async def main():
         seen: list = []
         async with TestServer(stand_in(seen, delay_s)) as triton:
             front = HttpFront(f"{triton.host}:{triton.port}", max_body, max_held, verdict,
-                              max_abandoned)
+                              max_abandoned, body_pace or BodyPace())
             async with TestClient(TestServer(front.app())) as client:
                 return await scenario(client, seen)
 
@@ -228,3 +228,32 @@ def test_a_model_seen_loaded_and_missing_now_is_unavailable_not_unknown():
                 await specs.close()
 
     asyncio.run(main())
+
+
+def test_a_body_that_comes_too_slowly_or_stops_is_answered_408_and_its_bytes_given_back():
+    pace = BodyPace(idle_s=0.5, grace_s=0.5, min_bytes_per_s=1000)
+
+    async def scenario(client, seen):
+        async def slow(gap_s: float, size: int = 100) -> bytes:
+            reader, writer = await asyncio.open_connection(client.host, client.port)
+            writer.write(f"POST /v2/models/{r.ENSEMBLE_MODEL}/infer HTTP/1.1\r\nHost: x\r\n"
+                         f"Content-Length: {size}\r\n\r\n".encode())
+            for _ in range(size):
+                if reader.at_eof() or writer.is_closing():
+                    break
+                writer.write(b"{")
+                try:
+                    return await asyncio.wait_for(reader.readline(), gap_s)
+                except TimeoutError:
+                    pass
+            line = await asyncio.wait_for(reader.readline(), 3)
+            writer.close()
+            return line
+
+        assert b" 408 " in await slow(0.1)  # a byte every 0.1 s: 10 bytes/s
+        assert b" 408 " in await slow(3.0)  # one byte, then nothing
+        assert not seen
+        response = await client.post(f"/v2/models/{r.ENSEMBLE_MODEL}/infer", json=VALID)
+        assert response.status == 200  # every held byte was given back
+
+    run(scenario, max_held=200, body_pace=pace)
