@@ -39,7 +39,6 @@ import http.client
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import sys
@@ -50,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf.workload import RUN, T0, free_ports, machine, server_memory
+from perf.workload import RUN, T0, free_ports, held_repository, machine, server_memory
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 HUNG = "e08_graph"
@@ -358,20 +357,8 @@ class Phase:
 
 def run(hang_s: float, recover_s: float) -> dict:
     from ensemble.server import Gateway, Ports, TritonServer, stub_processes
-    from export.build import linked_repository
-    from export.repository import REPOSITORY
-
-    work = RUN / "chaos"
-    work.mkdir(parents=True, exist_ok=True)
-    hold = work / "hold"
-    hold.unlink(missing_ok=True)
-
-    def settings(cfg) -> None:
-        if cfg.name == HUNG:
-            cfg.parameters["inject_hold_path"].string_value = str(hold)
-
-    shutil.rmtree(work / "repo", ignore_errors=True)  # a run before left its own
-    repo = linked_repository(REPOSITORY, work / "repo", settings, "chaos: hold on e08_graph")
+    repo, hold = held_repository(RUN / "chaos", HUNG)
+    work = repo.parent
     ports = free_ports(5)
     server = TritonServer(repo, Ports(*ports[:3]), work / "triton.log")
     print("starting tritonserver ...", flush=True)

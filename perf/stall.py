@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import statistics
 import sys
 import threading
@@ -30,7 +29,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from perf.workload import RUN, closed_loop, free_ports, machine, sentences, triton_send
+from perf.workload import (
+    RUN,
+    closed_loop,
+    free_ports,
+    held_repository,
+    machine,
+    sentences,
+    triton_send,
+)
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 HUNG = "e08_graph"
@@ -184,26 +191,14 @@ def write(result: dict) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from ensemble.server import Ports, TritonServer
-    from export.build import linked_repository
-    from export.repository import REPOSITORY
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args(argv)
-    work = RUN / "stall"
-    work.mkdir(parents=True, exist_ok=True)
-    hold = work / "hold"
-    hold.unlink(missing_ok=True)
-
-    def settings(cfg) -> None:
-        if cfg.name == HUNG:
-            cfg.parameters["inject_hold_path"].string_value = str(hold)
-
-    shutil.rmtree(work / "repo", ignore_errors=True)
-    repo = linked_repository(REPOSITORY, work / "repo", settings, "stall: hold on e08_graph")
-    server = TritonServer(repo, Ports(*free_ports(3)), work / "triton.log")
+    repo, hold = held_repository(RUN / "stall", HUNG)
+    server = TritonServer(repo, Ports(*free_ports(3)), repo.parent / "triton.log")
     print("starting tritonserver ...", flush=True)
     server.start(timeout=900)
     try:

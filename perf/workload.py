@@ -63,6 +63,29 @@ def started_server(repository: Path, log: Path, timeout: float = 900.0) -> Itera
         server.stop()
 
 
+def held_repository(work: Path, model: str) -> tuple[Path, Path]:
+    """The built repository linked again under ``work``, with ``model`` given the fault
+    parameter ``inject_hold_path``: every batch of it waits while the returned file exists
+    (a hung embedder that stays alive). The repository and the file of a run before are
+    removed."""
+    import shutil
+
+    from export.build import linked_repository
+    from export.repository import REPOSITORY
+
+    work.mkdir(parents=True, exist_ok=True)
+    hold = work / "hold"
+    hold.unlink(missing_ok=True)
+
+    def settings(cfg) -> None:
+        if cfg.name == model:
+            cfg.parameters["inject_hold_path"].string_value = str(hold)
+
+    shutil.rmtree(work / "repo", ignore_errors=True)
+    repo = linked_repository(REPOSITORY, work / "repo", settings, f"a hold on {model}")
+    return repo, hold
+
+
 def triton_send(protocol: str, url: str, model: str, outputs: tuple[str, ...] = ("FUSED",)
                 ) -> Send:
     """tritonclient over ``protocol`` ("grpc" | "http"): texts at T0 -> FUSED (and
