@@ -13,7 +13,10 @@ stalled:
   compute for tens of seconds without completing a request.
 
 A model without stubs (an ensemble) is judged by the second rule only; its steps are Python
-models, judged by both. Pure logic on samples, so that it is unit-tested without a server.
+models, judged by both. Triton counts a request as pending until an instance starts on it, so
+a hang is seen once a request waits behind the held instances; requests held inside them with
+nothing queued behind are not pending, and are bounded by the client's timeout and the
+breaker instead. Pure logic on samples, so that it is unit-tested without a server.
 """
 
 from __future__ import annotations

@@ -68,10 +68,13 @@ def test_a_stall_fails_liveness_and_the_launcher_restarts_tritonserver(repositor
         stalled_at = time.monotonic()
         answers: list[str] = []
         # More requests than the hung model's two instances take: some wait in its queue.
+        # One at a time, further apart than its batching delay: all eight sent together can
+        # fit in two batches, one held in each instance, and leave nothing pending to judge.
         clients = [threading.Thread(target=lambda i=i: answers.append(
             infer(server.http_url, f"queued {i}"))) for i in range(8)]
         for c in clients:
             c.start()
+            time.sleep(0.3)
         while (answer := live(server.http_url))[0] == 200:
             assert time.monotonic() - stalled_at < WINDOW_S + 30, "the stall was not seen"
             time.sleep(0.2)
