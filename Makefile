@@ -21,7 +21,7 @@ endif
 # (KIND_GPU; TensorRT, then CUDA, then CPU providers: registry Gpu).
 DEVICE        ?= cpu
 
-.PHONY: serve test test-unit build train weights sts soak bench precision tune venv clean lint \
+.PHONY: serve test test-unit build train weights sts soak bench precision tune venv clean lint fuzz \
         image dashboard chaos
 
 serve: train
@@ -85,6 +85,12 @@ soak: build
 # request got, unanswered and wrong vectors counted (exit 1 if any).
 chaos: train
 	$(PY) -m perf.chaos
+
+# Generated bad requests at every public port, REQUESTS a port (10,000): HTTP JSON, HTTP
+# binary tensors, gRPC and the gateway (schemathesis over its OpenAPI document);
+# perf/reports/fuzz.md, exit 1 on any 5xx, lost answer, changed healthy vector or restart.
+fuzz: train
+	$(PY) -m perf.fuzz --requests $(or $(REQUESTS),10000)
 
 # The CPU container image localhost/fusedembed:cpu (docker/Containerfile) from nothing: podman
 # and mmdebstrap from Debian's packages when missing, a Debian base made with mmdebstrap (no

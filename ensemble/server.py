@@ -693,6 +693,8 @@ class Gateway:
             try:
                 with urllib.request.urlopen(f"{self.url}/info", timeout=2):
                     return
+            except urllib.error.HTTPError:
+                return  # answering: 401 when it needs an API key
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.2)
         self.stop()

@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="bytes of bodies served at once before 429 (default 64 MiB)")
     gateway.add_argument("--max-body-bytes", type=int, help="largest body, else 413 (8 MiB)")
     gateway.add_argument("--timeout-s", type=float, help="longest wait for vectors, else 504 (60)")
+    gateway.add_argument("--api-key-file", help="file holding the key every route but /health "
+                         "then needs as 'Authorization: Bearer <key>' (else 401); the key "
+                         "itself only from FUSEDEMBED_GATEWAY_API_KEY, never on the command "
+                         "line, where ps shows it")
     return parser
 
 
@@ -88,7 +92,8 @@ def _gateway(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"fusedembed gateway on http://{settings.host}:{settings.port} "
-          f"(Triton gRPC {settings.triton_url})", flush=True)
+          f"(Triton gRPC {settings.triton_url}; "
+          f"{'an API key' if settings.api_key else 'no key'} required)", flush=True)
     serve(settings)
     return 0
 

@@ -339,3 +339,55 @@ def test_metrics_move_after_known_requests(gateway):
     assert moved("fusedembed_gateway_request_duration_seconds_count", per_route) == 4
     assert moved("fusedembed_gateway_texts_per_request_bucket",
                  (("le", "32.0"), ("route", "/v1/embeddings"))) == 2
+
+
+def test_with_an_api_key_the_sdk_needs_it_and_health_does_not(server, direct,
+                                                              tmp_path_factory):
+    secret = tmp_path_factory.mktemp("secret") / "api-key"
+    secret.write_text("k-" + "7" * 30 + "\n")
+    gw = started(server.grpc_url, tmp_path_factory, "--api-key-file", str(secret))
+    try:
+        keyed = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="k-" + "7" * 30, max_retries=0)
+        answer = keyed.embeddings.create(model="fusedembed", input=["a keyed request"],
+                                         extra_body={"timestamp": T0})
+        expected = direct.embed_batch(["a keyed request"], [T0])[0].vector
+        assert cosines(np.array([answer.data[0].embedding]), expected[None])[0] > 0.9999
+        for key in ("unused", "k-" + "7" * 29):
+            wrong = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
+            with pytest.raises(openai.AuthenticationError) as err:
+                wrong.embeddings.create(model="fusedembed", input=["refused"])
+            assert err.value.status_code == 401
+            assert err.value.body["code"] == "invalid_api_key"
+        assert post(f"{gw.url}/embed", {"inputs": "no key"})[0] == 401
+        assert get(f"{gw.url}/metrics")[0] == 401
+        assert get(f"{gw.url}/health")[0] == 200
+    finally:
+        gw.stop()
+
+
+def test_real_answers_match_the_served_openapi_document(gateway):
+    import jsonschema
+    from openapi_spec_validator import validate
+
+    status, raw = get(f"{gateway.url}/openapi.json")
+    assert status == 200
+    doc = json.loads(raw)
+    validate(doc)
+    assert get(f"{gateway.url}/docs")[0] == 200
+
+    def check(path: str, method: str, status: int, answer: object) -> None:
+        content = doc["paths"][path][method]["responses"][str(status)]["content"]
+        schema = {**content["application/json"]["schema"], "components": doc["components"]}
+        jsonschema.Draft202012Validator(schema).validate(answer)
+
+    for body in ({"input": ["a", "b"], "timestamp": T0},
+                 {"input": "a", "encoding_format": "base64", "timestamp": T0}):
+        check("/v1/embeddings", "post", *post(f"{gateway.url}/v1/embeddings", body))
+    check("/v1/embeddings", "post", *post(f"{gateway.url}/v1/embeddings", {"input": []}))
+    check("/embed", "post", *post(f"{gateway.url}/embed", {"inputs": ["a", "b"]}))
+    check("/embed", "post", *post(f"{gateway.url}/embed", {"inputs": 3}))
+    check("/embed_sparse", "post", *post(f"{gateway.url}/embed_sparse", {"inputs": ["a"]}))
+    for path, route in (("/v1/models", "/v1/models"), ("/info", "/info"),
+                        ("/v1/models/fusedembed", "/v1/models/{model}")):
+        status, raw = get(f"{gateway.url}{path}")
+        check(route, "get", status, json.loads(raw))

@@ -183,3 +183,59 @@ def test_calls_past_their_deadline_are_bounded_while_triton_still_runs_them():
         assert await call() == 504
 
     asyncio.run(main())
+
+
+def _asgi(app, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict, bytes]:
+    """One GET through an ASGI app: (status, headers, body)."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": headers,
+             "query_string": b"", "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body
+
+
+def test_an_api_key_guards_every_route_but_health():
+    import json
+
+    from fusedembed_client.gateway.app import ApiKey
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"served"})
+
+    app = ApiKey(inner, "s3cret")
+    bearer = [(b"authorization", b"Bearer s3cret")]
+    assert _asgi(app, "/v1/embeddings", bearer)[::2] == (200, b"served")
+    assert _asgi(app, "/health", [])[::2] == (200, b"served")
+    for headers, says in (([], "no API key"), ([(b"authorization", b"Bearer s3cre")], "not the"),
+                          ([(b"authorization", b"s3cret")], "not the"),
+                          ([(b"authorization", b"Bearer s3cret ")], "not the")):
+        for path in ("/v1/embeddings", "/v1/models", "/embed", "/metrics", "/openapi.json"):
+            status, head, body = _asgi(app, path, headers)
+            error = json.loads(body)["error"]
+            assert status == 401 and error["code"] == "invalid_api_key", (path, headers)
+            assert says in error["message"] and head[b"www-authenticate"].startswith(b"Bearer")
+
+
+def test_the_api_key_comes_from_the_environment_or_a_mounted_file(tmp_path):
+    assert Settings.from_env({"FUSEDEMBED_GATEWAY_API_KEY": "k1"}).api_key == "k1"
+    secret = tmp_path / "key"
+    secret.write_text("k2\n")
+    assert Settings.from_env({"FUSEDEMBED_GATEWAY_API_KEY_FILE": str(secret)}).api_key == "k2"
+    secret.write_text("")
+    with pytest.raises(ValueError, match="api_key_file: .* is empty"):
+        Settings.from_env({"FUSEDEMBED_GATEWAY_API_KEY_FILE": str(secret)})
+    with pytest.raises(ValueError, match="api_key_file: cannot read"):
+        Settings.from_env({"FUSEDEMBED_GATEWAY_API_KEY_FILE": str(tmp_path / "absent")})
+    assert Settings.from_env({}).api_key == ""

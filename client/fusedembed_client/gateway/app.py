@@ -1,11 +1,13 @@
 """The routes: OpenAI's /v1/embeddings and /v1/models, text-embeddings-inference's /embed,
-/health and /info, and /metrics. Starlette, with pydantic for the request bodies."""
+/embed_sparse, /health and /info, /metrics, and the OpenAPI document (/openapi.json, /docs).
+Starlette, with pydantic for the request bodies."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import contextlib
+import hmac
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,9 +19,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fusedembed_client.client import BLOCKS, GateControls
 from fusedembed_client.gateway.backend import PREFIX, Batch, GatewayError, Triton
@@ -160,6 +164,7 @@ class Gateway:
         self.inflight = 0  # texts being embedded
         self.body_bytes = 0  # bytes of the request bodies being served
         self.started = time.time()
+        self._openapi: bytes | None = None  # the OpenAPI document, made on first request
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -180,8 +185,12 @@ class Gateway:
                   Route("/embed_sparse", self.embed_sparse, methods=["POST"]),
                   Route("/health", self.health, methods=["GET"]),
                   Route("/info", self.info, methods=["GET"]),
-                  Route("/metrics", self.prometheus, methods=["GET"])]
-        return Starlette(routes=routes, lifespan=self.lifespan)
+                  Route("/metrics", self.prometheus, methods=["GET"]),
+                  Route("/openapi.json", self.openapi, methods=["GET"]),
+                  Route("/docs", self.docs, methods=["GET"])]
+        middleware = [Middleware(ApiKey, key=self.settings.api_key)] \
+            if self.settings.api_key else []
+        return Starlette(routes=routes, middleware=middleware, lifespan=self.lifespan)
 
     # --- OpenAI -------------------------------------------------------------------------
 
@@ -306,6 +315,18 @@ class Gateway:
     async def prometheus(self, _request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def openapi(self, _request: Request) -> Response:
+        from fusedembed_client.gateway.openapi import document
+
+        if self._openapi is None:
+            self._openapi = orjson.dumps(document(bool(self.settings.api_key)))
+        return Response(self._openapi, media_type="application/json")
+
+    async def docs(self, _request: Request) -> Response:
+        from fusedembed_client.gateway.openapi import docs_page
+
+        return Response(docs_page(), media_type="text/html")
+
     # --- shared -------------------------------------------------------------------------
 
     def _triton(self) -> Triton:
@@ -400,6 +421,30 @@ class Gateway:
         m = self.metrics
         m.requests.labels(route, model or "-", str(status)).inc()
         m.latency.labels(route).observe(time.perf_counter() - start)
+
+
+class ApiKey:
+    """Every route but /health needs ``Authorization: Bearer <key>``, as the OpenAI SDK sends
+    its ``api_key``; else 401 in OpenAI's error shape. The key is compared in constant time."""
+
+    OPEN = frozenset({"/health"})
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN:
+            return await self.app(scope, receive, send)
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        if hmac.compare_digest(given, self.expected):
+            return await self.app(scope, receive, send)
+        message = ("Authorization: no API key; send 'Authorization: Bearer <key>'" if not given
+                   else "Authorization: the API key is not the gateway's")
+        answer = _json(401, {"error": {"message": message, "type": "invalid_request_error",
+                                       "param": None, "code": "invalid_api_key"}},
+                       {"WWW-Authenticate": 'Bearer realm="fusedembed"'})
+        await answer(scope, receive, send)
 
 
 def _invalid(err: ValidationError) -> GatewayError:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class Settings:
     triton_concurrency: int = 16
     # No request waits longer than this for its vectors: 504 (Triton cancels the rest).
     timeout_s: float = 60.0
+    # When set, every route but /health needs `Authorization: Bearer <api_key>` (else 401).
+    # api_key_file names a file holding it (a mounted secret); empty: no key, as on loopback.
+    api_key: str = ""
+    api_key_file: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -56,4 +61,13 @@ class Settings:
             raise ValueError(f"timeout_s must be in (0, 3600], not {self.timeout_s}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, not {self.port}")
+        if self.api_key_file and not self.api_key:
+            try:
+                key = Path(self.api_key_file).read_text().strip()
+            except OSError as err:
+                raise ValueError(f"api_key_file: cannot read {self.api_key_file}: "
+                                 f"{err.strerror}") from err
+            if not key:
+                raise ValueError(f"api_key_file: {self.api_key_file} is empty")
+            return replace(self, api_key=key)
         return self
