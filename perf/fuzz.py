@@ -123,6 +123,12 @@ def valid(model: str, rows: int, text: str = "fuzz") -> Request:
     return Request(model, inputs=[first, stamp], outputs=[{"name": "FUSED"}])
 
 
+def items(tensor: dict) -> list:
+    """A tensor's data as a list (an earlier fault may have made it anything)."""
+    data = tensor.get("data")
+    return list(data) if isinstance(data, list) else []
+
+
 @st.composite
 def requests(draw) -> Request:
     model = draw(st.sampled_from(ENTRY_POINTS))
@@ -160,9 +166,9 @@ def requests(draw) -> Request:
             target["datatype"] = "BYTES"
             target["data"] = [draw(st.sampled_from([b"\xff\xfe", b"\xc3", b"ok\xed\xa0\x80",
                                                     b"\x80" * 3]))
-                              for _ in range(max(1, len(target.get("data", [])) or 1))]
+                              for _ in range(max(1, len(items(target))))]
         elif fault == "count":
-            target["data"] = list(target.get("data", [])) * draw(st.sampled_from([0, 2, 3]))
+            target["data"] = items(target) * draw(st.sampled_from([0, 2, 3]))
         elif fault == "range":
             name, datatype, data = draw(st.sampled_from(OUT_OF_RANGE))
             tensors.append({"name": name, "datatype": datatype,
@@ -196,8 +202,7 @@ def requests(draw) -> Request:
             for t in tensors:
                 t["shape"] = [n, *t.get("shape", [1, 1])[1:]] if isinstance(t.get("shape"),
                                                                             list) else [n]
-                t["data"] = (list(t.get("data", [])) * 64)[:n] if isinstance(
-                    t.get("data"), list) else t.get("data")
+                t["data"] = (items(t) * 64)[:n]
     return req
 
 
