@@ -88,6 +88,7 @@ def preprocess_config() -> mc.ModelConfig:
     cfg.input.append(_tensor(mc.ModelInput, r.TEXT, BYTES, [1]))
     cfg.input.append(_tensor(mc.ModelInput, r.TIMESTAMP, INT64, [1]))
     cfg.input.extend(session_inputs())
+    cfg.input.extend(passed_inputs())
     cfg.output.append(_tensor(mc.ModelOutput, r.CLEAN_TEXT, BYTES, [1]))
     cfg.output.append(_tensor(mc.ModelOutput, r.CLEAN_TIMESTAMP, INT64, [1]))
     cfg.output.append(_tensor(mc.ModelOutput, r.CLEAN_SESSION, BYTES, [1]))
@@ -95,6 +96,23 @@ def preprocess_config() -> mc.ModelConfig:
     cfg.output.append(_tensor(mc.ModelOutput, r.REDACTIONS, INT32, [len(TYPES)]))
     # No warm-up: an empty warm-up text would be refused, and the step is cheap.
     return cfg
+
+
+def passed_inputs() -> list[mc.ModelInput]:
+    """fused_text's other inputs, which its first step takes and ignores.
+
+    Triton 2.51 prunes the ensemble steps that no requested output needs, and in doing so
+    looks up the producing step of every ensemble input left without a consumer: an ensemble
+    input has none, the lookup answers step 0, and each such input takes one of step 0's
+    outputs off its count. A request for E6's SPLADE terms alone leaves KIND and the six
+    FuseMoE controls without a consumer, prunes this first step and answers "unexpected
+    deadlock, at least one output is not set" (triton-inference-server/server#7482). With
+    every ensemble input also taken here none is ever left without a consumer, so any subset
+    of outputs is answered; the step reads only its own inputs."""
+    return [_tensor(mc.ModelInput, r.KIND, BYTES, [1], optional=True),
+            _tensor(mc.ModelInput, r.TRUNCATE, BOOL, [1], optional=True),
+            *gate_control_inputs(), *output_control_inputs(),
+            _tensor(mc.ModelInput, r.SPARSE_TOP_K, INT32, [1], optional=True)]
 
 
 def tokenizer_config(family: r.TokenizerFamily) -> mc.ModelConfig:
@@ -251,9 +269,10 @@ def ensemble_config(name: str = r.ENSEMBLE_MODEL) -> mc.ModelConfig:
     clean = {n: f"{r.PREPROCESS_MODEL}.{n}"
              for n in (r.CLEAN_TEXT, r.CLEAN_TIMESTAMP, r.CLEAN_SESSION, r.CLEAN_POSITION)}
     text, stamp = clean[r.CLEAN_TEXT], clean[r.CLEAN_TIMESTAMP]
+    # Every input of the ensemble, also those the step ignores (passed_inputs says why).
     steps.append(mc.ModelEnsembling.Step(
         model_name=r.PREPROCESS_MODEL, model_version=-1,
-        input_map={n: n for n in (r.TEXT, r.TIMESTAMP, r.SESSION, r.SEQUENCE)},
+        input_map={i.name: i.name for i in cfg.input},
         output_map=clean
         | ({r.REDACTIONS: r.REDACTIONS} if name == r.ENSEMBLE_MODEL else {})))
     usage = r.usage_tokenizer()

@@ -23,9 +23,8 @@ MAX_BATCH = 32  # the ensemble's max_batch_size; larger batches are sent in chun
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "TRUNCATED", "REDACTIONS",
            "FUSION_VERSION", "TOKENS")
-# E6's SPLADE terms (asked for with sparse=True): ids padded with -1, weights with 0.
-# Triton 2.51 refuses a request for outputs of earlier steps alone (these, TOKENS,
-# REDACTIONS) without one of FuseMoE's ("unexpected deadlock"): ask for them with one.
+# E6's SPLADE terms (asked for with sparse=True): ids padded with -1, weights with 0. Asked
+# alone, they cost only the steps that make them (preprocess, E6's tokenizer, E6).
 SPARSE_OUTPUTS = ("E6_SPARSE_INDICES", "E6_SPARSE_WEIGHTS")
 # E12's ColBERT token vectors (asked for with token_vectors=True): [n, 128] padded with zero
 # vectors to the request's longest row, and each row's count.

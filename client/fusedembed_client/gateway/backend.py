@@ -299,9 +299,9 @@ class Triton:
         async def chunk(rows: range, deadline: float) -> list[tuple[np.ndarray, np.ndarray]]:
             tensors = request_tensors(kind=batch.kind, truncate=batch.truncate,
                                       gate=batch.gate, sparse_top_k=top_k, **batch.rows(rows))
-            async with self._slots:  # with one of FuseMoE's outputs: see SPARSE_OUTPUTS
-                result = await self._infer(MODEL, tensors, [*SPARSE_OUTPUTS, FUSION_VERSION],
-                                           deadline, rows.start)
+            async with self._slots:  # the terms alone: FuseMoE and the other blocks idle
+                result = await self._infer(MODEL, tensors, list(SPARSE_OUTPUTS), deadline,
+                                           rows.start)
             indices, weights = (result.as_numpy(o) for o in SPARSE_OUTPUTS)
             return [(i[i >= 0], w[i >= 0]) for i, w in zip(indices, weights)]
 
