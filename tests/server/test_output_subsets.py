@@ -66,6 +66,32 @@ def test_every_output_comes_back_alone(server):
         assert got.shape[0] == len(TEXTS), name
 
 
+@pytest.mark.parametrize("model", [r.CACHED_MODEL, r.FAILSAFE_MODEL, r.IMAGE_MODEL])
+def test_every_output_of_the_other_entry_points_comes_back_alone(server, model):
+    from perf.fuzz import PNG
+
+    mod, client = client_for(server, "http")
+    first = (r.IMAGE, PNG) if model == r.IMAGE_MODEL else (r.TEXT, TEXTS[0])
+    outputs = [o["name"] for o in client.get_model_config(model)["output"]]
+    full = {}
+    for asked in ([[o] for o in outputs] + [outputs]):
+        data = mod.InferInput(first[0], [1, 1], "BYTES")
+        data.set_data_from_numpy(np.array([[first[1]]], dtype=np.object_))
+        stamp = mod.InferInput(r.TIMESTAMP, [1, 1], "INT64")
+        stamp.set_data_from_numpy(np.full((1, 1), T0, dtype=np.int64))
+        result = client.infer(model, [data, stamp],
+                              outputs=[mod.InferRequestedOutput(o) for o in asked])
+        assert {o["name"] for o in result.get_response()["outputs"]} == set(asked)
+        if len(asked) == 1:
+            full[asked[0]] = result.as_numpy(asked[0])
+    for name in outputs:  # alone, each has the value it has among all the others
+        if full[name].dtype.kind == "f":
+            np.testing.assert_allclose(full[name], result.as_numpy(name), atol=1e-6,
+                                       err_msg=name)
+        else:
+            np.testing.assert_array_equal(full[name], result.as_numpy(name), err_msg=name)
+
+
 def executions(client, model: str) -> int:
     stats = client.get_inference_statistics(model)["model_stats"]
     return sum(int(s["execution_count"]) for s in stats)
