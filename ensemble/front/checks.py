@@ -66,9 +66,11 @@ class ModelSpec:
     max_batch_size: int
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
+    versions: tuple[int, ...] = ()  # the versions loaded and ready
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ModelSpec:
+    def from_config(cls, config: Mapping[str, Any],
+                    versions: Iterable[str | int] = ()) -> ModelSpec:
         def tensors(entries: Iterable[Mapping[str, Any]]) -> dict[str, TensorSpec]:
             out = {}
             for entry in entries:
@@ -79,7 +81,22 @@ class ModelSpec:
             return out
 
         return cls(config["name"], int(config.get("max_batch_size", 0)),
-                   tensors(config.get("input", ())), tensors(config.get("output", ())))
+                   tensors(config.get("input", ())), tensors(config.get("output", ())),
+                   tuple(sorted(int(v) for v in versions)))
+
+    def check_version(self, version: str) -> None:
+        """A version named in a request (empty: the default one) must be loaded; Triton
+        answers an unknown version like a model being loaded again would, so it is told
+        apart here."""
+        if not version:
+            return
+        if not version.isascii() or not version.isdigit():
+            raise RequestFault(f"model '{self.name}' version {_short(version)}: a version "
+                               "is an integer > 0")
+        if int(version) not in self.versions:
+            loaded = ", ".join(map(str, self.versions)) or "none"
+            raise UnknownModel(f"model '{self.name}' version {version}: not loaded "
+                               f"(loaded: {loaded})")
 
     @property
     def batched(self) -> bool:

@@ -94,6 +94,7 @@ class GrpcFront:
         spec = await self.specs.get(request.model_name)
         if spec is None:
             raise UnknownModel(f"model '{request.model_name}': no such model is loaded")
+        spec.check_version(request.model_version)
         check_grpc(spec, request)
 
     def _unary(self, name: str):

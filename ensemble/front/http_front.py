@@ -17,7 +17,7 @@ from ensemble.front.held import Abandoned, HeldBytes, ServerFull
 from ensemble.front.specs import ModelSpecs, TritonUnavailable
 from ensemble.stall import read_verdict
 
-INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/[^/]+)?/infer$")
+INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 # Triton's generate extension maps JSON fields onto inputs by itself: no fusedembed model is
 # generative, so the front does not offer it rather than leave it unchecked.
 GENERATE = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/generate(?:_stream)?$")
@@ -169,7 +169,8 @@ class HttpFront:
         infer = INFER.match(path) if request.method == "POST" else None
         try:
             if infer:
-                await self.check(unquote(infer["model"]), request, body)
+                await self.check(unquote(infer["model"]), unquote(infer["version"] or ""),
+                                 request, body)
                 if not await self.admitted(request):
                     return error(499, "the client went away before its request was sent on")
             elif path.startswith(REPOSITORY):
@@ -200,10 +201,12 @@ class HttpFront:
 
         return await self.abandoned.admitted(check)
 
-    async def check(self, model: str, request: web.Request, body: bytearray) -> None:
+    async def check(self, model: str, version: str, request: web.Request,
+                    body: bytearray) -> None:
         spec = await self.specs.get(model)
         if spec is None:
             raise UnknownModel(f"model '{model}': no such model is loaded")
+        spec.check_version(version)
         header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
         view = memoryview(body)
         header = view if header_length is None else view[:header_length]

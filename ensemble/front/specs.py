@@ -54,16 +54,21 @@ class ModelSpecs:
     async def _ask(self, model: str) -> ModelSpec | None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        url = f"http://{self.triton_http}/v2/models/{quote(model, safe='')}/config"
+        url = f"http://{self.triton_http}/v2/models/{quote(model, safe='')}"
         try:
-            async with self._session.get(url) as response:
+            async with self._session.get(f"{url}/config") as response:
                 config = await response.json(content_type=None) if response.ok else None
+            metadata = None
+            if config:  # the versions loaded
+                async with self._session.get(url) as response:
+                    metadata = await response.json(content_type=None) if response.ok else None
         except (TimeoutError, aiohttp.ClientError, ValueError) as err:
             raise TritonUnavailable(f"Triton did not answer: {err}") from err
-        if not config and model in self._seen:
+        if not (config and metadata) and model in self._seen:
             raise TritonUnavailable(f"model '{model}' is not available right now (being "
                                     "loaded again); retry later")
-        spec = ModelSpec.from_config(config) if config else None
+        spec = (ModelSpec.from_config(config, metadata.get("versions", ()))
+                if config and metadata else None)
         if spec is not None:
             self._seen.add(model)
         self._known[model] = (time.monotonic(), spec)

@@ -171,6 +171,32 @@ def test_structurally_broken_bodies_are_400(server, body):
     assert server.ready()
 
 
+@pytest.mark.parametrize("model", [r.ENSEMBLE_MODEL, r.CACHED_MODEL, r.FAILSAFE_MODEL])
+def test_a_version_not_loaded_is_404_not_found_and_the_loaded_one_answers(server, model):
+    body = json.dumps({"inputs": [
+        {"name": r.TEXT, "datatype": "BYTES", "shape": [1, 1], "data": ["x"]},
+        {"name": r.TIMESTAMP, "datatype": "INT64", "shape": [1, 1], "data": [T0]}],
+        "outputs": [{"name": r.FUSED}]}).encode()
+    for version, code in (("99", 404), ("0", 404), ("x", 400), ("1", 200)):
+        status, text = post(server.http_url, f"/v2/models/{model}/versions/{version}/infer",
+                            body, {})
+        assert status == code, (version, text)
+        if code == 404:
+            assert f"version {version}: not loaded (loaded: 1)" in text
+    message = service_pb2.ModelInferRequest(model_name=model, model_version="99")
+    for name, datatype, value in ((r.TEXT, "BYTES", b"x"), (r.TIMESTAMP, "INT64", T0)):
+        tensor = message.inputs.add(name=name, datatype=datatype, shape=[1, 1])
+        (tensor.contents.bytes_contents if datatype == "BYTES"
+         else tensor.contents.int64_contents).append(value)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(message.SerializeToString(), timeout=60)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+        assert "version 99: not loaded" in caught.value.details()
+    assert server.ready()
+
+
 # ---- a storm of structurally malformed bodies ---------------------------------------------
 
 JSON_SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)

@@ -92,10 +92,15 @@ def test_refusals_never_reach_triton():
     bad.inputs[1].shape[0] = 2**40
     unknown = grpc_request([b"a"])
     unknown.model_name = "nope"
+    unloaded, unversion = grpc_request([b"a"]), grpc_request([b"a"])
+    unloaded.model_version, unversion.model_version = "99", "-1"
 
     async def scenario(infer, upstream):
-        for message, code, words in ((bad, grpc.StatusCode.INVALID_ARGUMENT, "TIMESTAMP"),
-                                     (unknown, grpc.StatusCode.NOT_FOUND, "nope")):
+        for message, code, words in (
+                (bad, grpc.StatusCode.INVALID_ARGUMENT, "TIMESTAMP"),
+                (unknown, grpc.StatusCode.NOT_FOUND, "nope"),
+                (unloaded, grpc.StatusCode.NOT_FOUND, "version 99: not loaded (loaded: 1)"),
+                (unversion, grpc.StatusCode.INVALID_ARGUMENT, "an integer > 0")):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await infer(message.SerializeToString())
             assert caught.value.code() == code and words in caught.value.details()

@@ -38,8 +38,14 @@ def stand_in(seen: list, delay_s: float = 0.0) -> web.Application:
         await asyncio.sleep(delay_s)
         return web.json_response({"outputs": []}, headers={"X-From": "triton"})
 
+    async def model_metadata(request: web.Request) -> web.Response:
+        if request.match_info["model"] != r.ENSEMBLE_MODEL:
+            return web.json_response({"error": "unknown model"}, status=400)
+        return web.json_response({"name": r.ENSEMBLE_MODEL, "versions": ["1"]})
+
     app = web.Application(client_max_size=2**30)
     app.router.add_get("/v2/models/{model}/config", model_config)
+    app.router.add_get("/v2/models/{model}", model_metadata)
     app.router.add_route("*", "/{tail:.*}", anything)
     return app
 
@@ -149,6 +155,26 @@ def test_unknown_models_and_generate_are_answered_by_the_front():
     run(scenario)
 
 
+def test_a_version_not_loaded_is_unknown_and_never_reaches_triton():
+    async def scenario(client, seen):
+        async def infer(version: str) -> tuple[int, str]:
+            response = await client.post(
+                f"/v2/models/{r.ENSEMBLE_MODEL}/versions/{version}/infer", json=VALID)
+            return response.status, await response.text()
+
+        for version in ("0", "2", "99", "18446744073709551617"):
+            status, text = await infer(version)
+            assert status == 404 and f"version {version}: not loaded (loaded: 1)" in text
+        for version in ("-1", "x", "1.0", "%C2%B2"):  # '²' is a digit to str.isdigit
+            status, text = await infer(version)
+            assert status == 400 and "a version is an integer > 0" in text
+        assert not seen
+        assert (await infer("1"))[0] == 200
+        assert seen[-1][1] == f"/v2/models/{r.ENSEMBLE_MODEL}/versions/1/infer"
+
+    run(scenario)
+
+
 def test_liveness_follows_the_launchers_verdict(tmp_path):
     from ensemble.stall import write_verdict
 
@@ -208,9 +234,15 @@ def test_a_model_seen_loaded_and_missing_now_is_unavailable_not_unknown():
             return web.json_response(config)
         return web.json_response({"error": "Request for unknown model"}, status=400)
 
+    async def model_metadata(request: web.Request) -> web.Response:
+        if loaded.get(request.match_info["model"]):
+            return web.json_response({"name": r.ENSEMBLE_MODEL, "versions": ["1"]})
+        return web.json_response({"error": "Request for unknown model"}, status=400)
+
     async def main():
         app = web.Application()
         app.router.add_get("/v2/models/{model}/config", model_config)
+        app.router.add_get("/v2/models/{model}", model_metadata)
         async with TestServer(app) as triton:
             specs = ModelSpecs(f"{triton.host}:{triton.port}", ttl_s=0.0)
             try:
