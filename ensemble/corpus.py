@@ -1,9 +1,9 @@
 """Offline training data for FuseMoE: texts and positive pairs, never the STS-B test split.
 
-- Sentences: the STS Benchmark dev split (the train split is not shipped with the project;
-  the test split is refused here so it can only ever be used for reports).
-- Paraphrases: dev pairs whose gold score is at least ``PARAPHRASE_SCORE`` (the only use of
-  a label; the scores themselves never enter a loss).
+- Sentences: the STS Benchmark train split (dev is kept for every choice of setting; the
+  test split is refused here so it can only ever be used for reports).
+- Paraphrases: train pairs whose gold score is at least ``PARAPHRASE_SCORE`` (the only use
+  of a label; the scores themselves never enter a loss).
 - Text <-> code: docstring summary <-> function source without its docstring, mined with
   ``ast`` from the Python standard library of the machine that trains.
 - Augmented views: a sentence with words dropped and one neighbour pair swapped.
@@ -41,11 +41,11 @@ def sts_rows(split: str, data: Path = STS_DATA) -> list[tuple[float, str, str]]:
                 for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
 
 
-def sentences(split: str = "dev", data: Path = STS_DATA) -> list[str]:
+def sentences(split: str = "train", data: Path = STS_DATA) -> list[str]:
     return sorted({s for _, a, b in sts_rows(split, data) for s in (a, b)})
 
 
-def paraphrases(split: str = "dev", data: Path = STS_DATA) -> list[Pair]:
+def paraphrases(split: str = "train", data: Path = STS_DATA) -> list[Pair]:
     return [Pair(a, b, "paraphrase") for score, a, b in sts_rows(split, data)
             if score >= PARAPHRASE_SCORE and a != b]
 

@@ -107,8 +107,8 @@ class Data:
 
 
 def training_data(cfg: TrainConfig) -> Data:
-    sents = corpus.sentences("dev")
-    pairs = (corpus.paraphrases("dev") + corpus.code_pairs(cfg.code_pairs, cfg.seed)
+    sents = corpus.sentences("train")
+    pairs = (corpus.paraphrases("train") + corpus.code_pairs(cfg.code_pairs, cfg.seed)
              + corpus.augmented_pairs(sents, cfg.augmented_pairs, cfg.seed))
     texts = list(dict.fromkeys(sents + [t for p in pairs for t in (p.first, p.second)]))
     index = {t: i for i, t in enumerate(texts)}
@@ -118,13 +118,14 @@ def training_data(cfg: TrainConfig) -> Data:
     for p in pairs:
         counts[p.source] = counts.get(p.source, 0) + 1
     description = {
-        "texts": len(texts), "sts_dev_sentences": len(sents), "pairs": counts,
+        "texts": len(texts), "sts_train_sentences": len(sents), "pairs": counts,
         "sources": {
-            "sentences": "STS Benchmark dev split (the test split is never read)",
-            "paraphrase": f"STS-B dev pairs with gold score >= {corpus.PARAPHRASE_SCORE}",
+            "sentences": "STS Benchmark train split (dev chooses settings; test is never "
+                         "read)",
+            "paraphrase": f"STS-B train pairs with gold score >= {corpus.PARAPHRASE_SCORE}",
             "code": "docstring summary <-> source, Python standard library "
                     f"{sys.version_info.major}.{sys.version_info.minor}, seeded sample",
-            "augmented": "word dropout 0.15 + one neighbour swap of a dev sentence",
+            "augmented": "word dropout 0.15 + one neighbour swap of a train sentence",
             "masked": "a text against itself with random blocks missing (in training)"},
         "timestamps": "uniform 1970..2030, one per text"}
     return Data(texts, stamps, np.array([[index[p.first], index[p.second]] for p in pairs]),

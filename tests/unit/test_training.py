@@ -1,4 +1,5 @@
-"""Training pieces: the corpus never reads STS-B test; the start reproduces the teacher."""
+"""Training pieces: the corpus reads STS-B train only (dev chooses, test reports); the start
+reproduces the teacher."""
 
 from __future__ import annotations
 
@@ -15,6 +16,22 @@ SMALL = FuseMoEConfig(gate_hidden=32, expert_hidden=1024, output_dim=512)
 def test_the_test_split_is_refused():
     with pytest.raises(ValueError, match="reports only"):
         corpus.sentences("test")
+
+
+def test_training_reads_the_train_split_and_no_dev_or_test_sentence():
+    from export.stsb import DATA, load_split
+
+    def split(name: str) -> set[str]:
+        pairs = load_split(DATA, name)
+        return set(pairs.first) | set(pairs.second)
+
+    data = train.training_data(train.TrainConfig())
+    texts = set(data.texts)
+    trained = split("train")
+    assert len(texts & trained) >= 0.99 * len(trained)
+    held_back = (split("dev") | split("test")) - trained  # for choices and for reports
+    assert not texts & held_back, sorted(texts & held_back)[:3]
+    assert data.description["sts_train_sentences"] == len(trained)
 
 
 def test_code_pairs_are_deterministic_and_the_code_has_no_docstring():
