@@ -146,15 +146,18 @@ def test_the_principal_start_reproduces_the_teacher_and_orders_its_prefixes():
     assert float(energy[:64].sum() / energy.sum()) > 64 / 300 * 2
 
 
-def test_a_checkpoint_trained_with_other_settings_is_not_up_to_date(tmp_path):
+def test_a_checkpoint_trained_with_other_settings_or_data_is_not_up_to_date(tmp_path):
     from dataclasses import asdict, replace
 
     cfg = train.TrainConfig()
-    for name, settings, expected in [("same", cfg, True),
-                                     ("other", replace(cfg, teacher_power=2.0), False)]:
+    data = train.training_data(cfg).description
+    on_dev = {**data, "sources": {**data["sources"], "paraphrase": "STS-B dev pairs"}}
+    for name, settings, described, expected in [
+            ("same", cfg, data, True), ("other", replace(cfg, teacher_power=2.0), data, False),
+            ("dev", cfg, on_dev, False)]:
         fusemoe.save(fusemoe.seeded(SMALL), tmp_path / name, name,
-                     extra={"train_config": asdict(settings)})
-        assert train.trained_with(tmp_path / name, cfg) is expected
+                     extra={"train_config": asdict(settings), "data": described})
+        assert train.trained_with(tmp_path / name, cfg) is expected, name
 
 
 @pytest.mark.trained
