@@ -27,7 +27,7 @@ import numpy as np
 
 from ensemble import corpus, fusemoe, train
 from export.registry import EMBEDDERS
-from perf.fusion_quality import blocks_of, fused, pretrained_blocks
+from perf.fusion_quality import blocks_of, fused, pretrained_blocks, served_checkpoint
 from perf.sts import REPORTS
 
 RRF_K = 60
@@ -80,7 +80,6 @@ def metrics(relevant: np.ndarray) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.build import trained_checkpoint
     from export.repository import REPOSITORY
 
     parser = argparse.ArgumentParser(description=__doc__,
@@ -88,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     args = parser.parse_args(argv)
-    checkpoint = args.checkpoint or trained_checkpoint(args.repository)
-    if checkpoint is None:
-        raise SystemExit("no trained FuseMoE checkpoint for the built blocks: run `make train`")
+    checkpoint = served_checkpoint(args.repository, args.checkpoint)
     start = time.perf_counter()
     pairs = held_out_pairs(train.TrainConfig())
     x = blocks_of(args.repository, [p.first for p in pairs] + [p.second for p in pairs])

@@ -72,8 +72,17 @@ def pretrained_blocks(repository: Path) -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def served_checkpoint(repository: Path, given: Path | None) -> Path:
+    """``given``, else the newest trained checkpoint made for the built blocks."""
     from export.build import trained_checkpoint
+
+    checkpoint = given or trained_checkpoint(repository)
+    if checkpoint is None:
+        raise SystemExit("no trained FuseMoE checkpoint for the built blocks: run `make train`")
+    return checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
     from export.repository import REPOSITORY
 
     parser = argparse.ArgumentParser(description=__doc__,
@@ -83,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="trained checkpoint (default: the newest made for these blocks)")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     args = parser.parse_args(argv)
-    checkpoint = args.checkpoint or trained_checkpoint(args.repository)
-    if checkpoint is None:
-        raise SystemExit("no trained FuseMoE checkpoint for the built blocks: run `make train`")
+    checkpoint = served_checkpoint(args.repository, args.checkpoint)
     start = time.perf_counter()
     pairs = load_split(DATA, args.split)
     unique = sorted(set(pairs.first + pairs.second))
