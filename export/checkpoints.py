@@ -43,8 +43,8 @@ PACKAGED = {
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
 }
 # Source model -> a real model of its family shipped as ONNX, when no package carries the
-# source itself. paraphrase-MiniLM-L3-v2 is paraphrase-MiniLM-L6-v2's three-layer sibling:
-# the same training data and recipe, the same tokenizer, pooling and 384-D output.
+# source itself. paraphrase-MiniLM-L3-v2 is paraphrase-MiniLM-L6-v2's three-layer sibling in
+# sentence-transformers' v2 paraphrase models: the same tokenizer, pooling and 384-D output.
 ONNX_PACKAGED = {
     "sentence-transformers/paraphrase-MiniLM-L6-v2": OnnxPackage(
         model="sentence-transformers/paraphrase-MiniLM-L3-v2",
