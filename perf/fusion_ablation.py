@@ -38,7 +38,7 @@ CHANGES = [
     ("+ balanced gate start", {"balanced_start": True}),
     ("+ gate re-balanced during training", {"rebalance": True}),
     ("+ principal-component start", {"principal_start": True}),
-    ("+ teacher d'^3", {"teacher_power": train.TrainConfig().teacher_power}),
+    ("+ teacher d'^4", {"teacher_power": train.TrainConfig().teacher_power}),
     ("+ contrastive weight 0.01 (all: make train)",
      {"contrastive_weight": train.TrainConfig().contrastive_weight}),
 ]
