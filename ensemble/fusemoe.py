@@ -4,6 +4,12 @@ Gate: LayerNorm(8320) -> Linear 8320->2048 -> GELU -> Linear 2048->8 (+ log-prio
 -> softmax(z / T) -> top-k -> kept weights renormalised to 1. Expert: Linear 8320->4096,
 SiLU, Linear 4096->1536. Output: sum of the kept experts' outputs by weight, then L2.
 
+A missing block (presence 0: an image's text blocks, the fail-safe's failed embedder) is
+replaced by ``fill``, the block's mean over the training texts, so it says "nothing known"
+rather than pulling every partial input toward the same point; the seeded model and
+checkpoints trained before ``fill`` existed hold zeros there (the input they were trained
+with).
+
 Experts run grouped across the batch: each expert sees, in one matmul, every row that
 selected it. Inference never drops a row (no capacity limit outside training).
 """
@@ -57,6 +63,7 @@ class FuseMoE(nn.Module):
         self.gate_fc1 = nn.Linear(cfg.input_dim, cfg.gate_hidden)
         self.gate_fc2 = nn.Linear(cfg.gate_hidden, cfg.num_experts)
         self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.num_experts))
+        self.register_buffer("fill", torch.zeros(cfg.input_dim))
 
     def gate(self, x: torch.Tensor, temperature: torch.Tensor | float | None = None,
              noise_std: float = 0.0) -> torch.Tensor:
@@ -76,18 +83,17 @@ class FuseMoE(nn.Module):
                 focus: torch.Tensor | None = None, noise_std: float = 0.0,
                 capacity_factor: float | None = None) -> FusionOutput:
         """x: [B, 8320] concatenated blocks. Optional, per row: presence [B, 12] (0 = block
-        missing: zeroed whatever x holds), focus [B, 12] (non-negative multipliers of the
+        missing: ``fill`` whatever x holds), focus [B, 12] (non-negative multipliers of the
         blocks before gating), top_k [B] (1..num_experts), temperature [B].
 
         ``noise_std`` and ``capacity_factor`` are for training: inference never drops a row.
         ``selected_experts`` has as many columns as the largest top-k; a row with a smaller
         top-k is padded with -1.
         """
-        scale = presence
+        if presence is not None:
+            x = torch.where(self._expand_blocks(presence) > 0, x, self.fill.to(x.dtype))
         if focus is not None:
-            scale = focus if scale is None else scale * focus
-        if scale is not None:
-            x = x * self._expand_blocks(scale.to(x.dtype))
+            x = x * self._expand_blocks(focus.to(x.dtype))
         rows_k = self._per_row_k(top_k, x.shape[0], x.device)
         probs = self.gate(x, temperature, noise_std)
         kmax = int(rows_k.max())
@@ -205,8 +211,11 @@ def load(directory: Path, cfg: FuseMoEConfig = FUSEMOE,
 
     data, manifest = verified(directory, WEIGHTS_STEM)
     model = FuseMoE(cfg)
+    tensors = load_file(str(data))
+    # Checkpoints from before ``fill`` existed were trained with missing blocks as zeros.
+    tensors.setdefault("fill", torch.zeros(cfg.input_dim))
     try:
-        model.load_state_dict(load_file(str(data)), strict=True)
+        model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         raise ArtifactError(f"{data}: weights do not fit FuseMoE {cfg}: {err}") from err
     if precision is None:

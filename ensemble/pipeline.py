@@ -15,12 +15,21 @@ import numpy as np
 import torch
 
 from ensemble import fusemoe
+from ensemble.pii import TYPES as PII_TYPES
 from ensemble.pii import scrub_texts
-from ensemble.stages import CustomEmbedder, FamilyTokenizer, TokenEmbedder, version_dir
+from ensemble.stages import (
+    CustomEmbedder,
+    FamilyTokenizer,
+    ImageEmbedder,
+    TokenEmbedder,
+    version_dir,
+)
 from ensemble.validation import GateControls, Validator
 from export.registry import (
     EMBEDDERS,
     FUSEMOE_MODEL,
+    IMAGE_BLOCKS,
+    IMAGE_EMBEDDER_MODEL,
     TOKENIZER_FAMILIES,
     Input,
     Kind,
@@ -55,6 +64,8 @@ class Pipeline:
                                        if spec.input is Input.TOKENS
                                        else CustomEmbedder(spec, directory))
         self.fusemoe, self.manifest = fusemoe.load(version_dir(repository, FUSEMOE_MODEL))
+        self.repository = repository
+        self._images: ImageEmbedder | None = None
 
     def blocks(self, texts: list[str], timestamps: np.ndarray, kinds: list[Kind] | None = None,
                sessions: list[str] | None = None, positions: np.ndarray | None = None,
@@ -126,3 +137,24 @@ class Pipeline:
         fused = fusemoe.fuse(self.fusemoe, torch.from_numpy(concat_blocks(blocks)), gate)
         return PipelineOutput(fused.fused.numpy(), fused.expert_weights.numpy(),
                               fused.selected_experts.numpy(), blocks, cut, redactions)
+
+    def embed_images(self, images: list[bytes], timestamps: np.ndarray) -> PipelineOutput:
+        """What fused_image answers: each image decoded and prepared as CLIP's processor
+        does, E10 from the vision tower, E2, E3 and E4 from its time, FuseMoE fusing those
+        four blocks with the text blocks missing (zeros in ``blocks``)."""
+        from ensemble.images import prepare
+
+        if self._images is None:
+            self._images = ImageEmbedder(version_dir(self.repository, IMAGE_EMBEDDER_MODEL))
+        stamps = self.validator.timestamps(np.asarray(timestamps))
+        pixels = np.stack([prepare(data, f"IMAGE[{i}]", self.validator.limits)
+                           for i, data in enumerate(images)])
+        rows = len(images)
+        blocks = {e.id: np.zeros((rows, e.dim), dtype=np.float32) for e in EMBEDDERS}
+        blocks["E10"] = self._images.embed(pixels)
+        for b in ("E2", "E3", "E4"):
+            blocks[b] = self.embedders[b].embed_times(stamps)
+        presence = np.tile([e.id in IMAGE_BLOCKS for e in EMBEDDERS], (rows, 1))
+        gate = self.validator.controls(rows, presence=presence)
+        return self.fuse(blocks, np.zeros((rows, len(EMBEDDERS)), dtype=bool),
+                         np.zeros((rows, len(PII_TYPES)), dtype=np.int32), gate)

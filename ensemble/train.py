@@ -165,9 +165,11 @@ def centred_blocks(x: torch.Tensor, means: list[torch.Tensor]) -> torch.Tensor:
 
 
 def block_weights(x: torch.Tensor, pairs: np.ndarray, means: list[torch.Tensor],
-                  seed: int, power: float = 2.0) -> torch.Tensor:
+                  seed: int, power: float = 2.0,
+                  floor: float | torch.Tensor = 0.0) -> torch.Tensor:
     """d' of each block: (mean cosine of positive pairs - mean of random pairs) / std of
-    random pairs; clipped at 0, raised to ``power``, normalised to sum 1."""
+    random pairs; clipped at 0, raised to ``power``, normalised to sum 1; then each at least
+    ``floor`` (one value, or one per block) and normalised again."""
     g = torch.Generator().manual_seed(seed)
     c = _split_blocks(centred_blocks(x, means))
     a, b = torch.from_numpy(pairs[:, 0]), torch.from_numpy(pairs[:, 1])
@@ -179,7 +181,17 @@ def block_weights(x: torch.Tensor, pairs: np.ndarray, means: list[torch.Tensor],
         rnd = (block[ra] * block[rb]).sum(-1)
         scores.append(float((pos.mean() - rnd.mean()) / (rnd.std() + 1e-6)))
     d = torch.tensor(scores).clamp(min=0.0) ** power
+    d = torch.maximum(d / d.sum(), torch.as_tensor(floor, dtype=d.dtype))
     return d / d.sum()
+
+
+def partial_teacher(teacher: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    """Teacher vectors of rows with blocks missing (presence [B, 12], 0 = missing): the
+    missing blocks' parts removed and the rest renormalised, so two partial inputs compare
+    by the blocks they have, with the teacher's weights renormalised over those."""
+    keep = torch.repeat_interleave(presence.to(teacher.dtype),
+                                   torch.tensor(BLOCK_DIMS, device=teacher.device), dim=-1)
+    return torch.nn.functional.normalize(teacher * keep, dim=-1)
 
 
 def teacher_vectors(x: torch.Tensor, means: list[torch.Tensor], weights: torch.Tensor,
@@ -369,7 +381,8 @@ def train(cfg: TrainConfig, x_np: np.ndarray, data: Data, log=print,
         drop[drop.all(1), 0] = False
         drop[:int(n_masked * cfg.image_views)] = ~IMAGE_PRESENCE
         presence[len(rows) - n_masked:] = (~drop).float()
-        out = model(x[rows], presence=presence.to(device), noise_std=cfg.gate_noise_std,
+        presence = presence.to(device)
+        out = model(x[rows], presence=presence, noise_std=cfg.gate_noise_std,
                     capacity_factor=cfg.capacity_factor)
         t = teacher[rows]
         tt = t @ t.T

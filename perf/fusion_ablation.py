@@ -24,6 +24,7 @@ import numpy as np
 
 from ensemble import encodings, train
 from export.build import embedder_fingerprints
+from perf import image_views
 from perf.fusion_quality import blocks_of, fused
 from perf.sts import DATA, REPORTS, ROOT, load_split
 
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     splits = {s: split_blocks(args.repository, s) for s in ("dev", "test")}
+    images, _, _ = image_views.image_blocks(args.repository)
     data = train.training_data(train.TrainConfig())
     x, _, _ = train.features(data, args.repository)
     rows = []
@@ -103,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         for split, blocks in splits.items():
             for d in (1536, 256):
                 row[f"{split}_{d}"] = sts(model, blocks, d)
+        scored = image_views.score_images(model, images)
+        row["image_spearman"] = scored["spearman_filled_vs_fused"]
+        row["image_auc"] = scored["FUSED"]["auc"]
         print(json.dumps({k: v for k, v in row.items() if k != "config"}), flush=True)
         rows.append(row)
         del model
@@ -122,14 +127,18 @@ def main(argv: list[str] | None = None) -> int:
               "256 dimensions (the prefix, normalised). Held-out: the training's held-out "
               "pairs (teacher correlation; positive closer than a random partner). Smallest "
               "expert: the least-used expert's share of the routing mass on held-out texts "
-              f"(goal >= 0.05). E11 alone: dev {e11['dev']:.4f}, test {e11['test']:.4f}."), "",
+              f"(goal >= 0.05). E11 alone: dev {e11['dev']:.4f}, test {e11['test']:.4f}. "
+              "Images (perf.image_views' set, as fused_image fuses them): Spearman between "
+              "the pairwise cosines of their filled blocks and of FUSED, and the AUC of an "
+              "image's variants against other images (perf/reports/image-views.md)."), "",
              ("| variant | STS-B test 1536 | test 256 | dev 1536 | dev 256 | held-out teacher "
-              "corr | held-out pos>random | smallest expert |"),
-             "|---|---|---|---|---|---|---|---|"]
+              "corr | held-out pos>random | smallest expert | images: Spearman | images: AUC |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['test_1536']:.4f} | {r['test_256']:.4f} | "
                      f"{r['dev_1536']:.4f} | {r['dev_256']:.4f} | {r['teacher_correlation']:.3f} | "
-                     f"{r['positive_over_random']:.3f} | {r['min_expert_mass']:.3f} |")
+                     f"{r['positive_over_random']:.3f} | {r['min_expert_mass']:.3f} | "
+                     f"{r['image_spearman']:.3f} | {r['image_auc']:.3f} |")
     REPORTS.mkdir(parents=True, exist_ok=True)
     path = REPORTS / "fusion-ablation.md"
     path.write_text("\n".join(lines) + "\n")

@@ -10,18 +10,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-from ensemble import fusemoe
-from ensemble.images import prepare
-from ensemble.stages import ImageEmbedder, version_dir
-from ensemble.validation import Validator
-from export.registry import EMBEDDERS, IMAGE_BLOCKS, IMAGE_EMBEDDER_MODEL
 from fusedembed_client import FusedEmbedClient, FusedEmbedError
 from fusedembed_client.cli import main as cli
 from tests.unit.test_images import bomb, encoded, picture
@@ -34,31 +28,17 @@ IMAGES = [encoded(picture(640, 480, seed=1), "JPEG"), encoded(picture(200, 300, 
           encoded(picture(50, 80, "L", seed=4), "BMP")]
 
 
-def expected_outputs(repository, reference, images: list[bytes], stamps: np.ndarray,
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """E10 and FUSED computed in this process: the vision tower on CLIP's preprocessing, the
-    time blocks and FuseMoE of the in-process pipeline, the text blocks missing."""
-    e10 = ImageEmbedder(version_dir(repository, IMAGE_EMBEDDER_MODEL)).embed(
-        np.stack([prepare(i) for i in images]))
-    blocks = {"E10": e10} | {b: reference.embedders[b].embed_times(stamps)
-                             for b in ("E2", "E3", "E4")}
-    x = np.concatenate([blocks.get(s.id, np.zeros((len(images), s.dim), np.float32))
-                        for s in EMBEDDERS], axis=1)
-    presence = np.tile([s.id in IMAGE_BLOCKS for s in EMBEDDERS], (len(images), 1))
-    gate = Validator().controls(len(images), presence=presence)
-    fused = fusemoe.fuse(reference.fusemoe, torch.from_numpy(x), gate).fused.numpy()
-    return e10, fused
-
-
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_an_image_is_fused_from_e10_and_the_time_blocks(server, repository, reference,
-                                                        protocol):
+def test_an_image_is_fused_from_e10_and_the_time_blocks(server, reference, protocol):
     url = server.http_url if protocol == "http" else server.grpc_url
     stamps = np.array([T0 + 3600 * i for i in range(len(IMAGES))])
     with FusedEmbedClient(url, protocol) as client:
         got = client.embed_images(IMAGES, stamps.tolist())
         text = client.embed("a picture", T0)
-    e10, fused = expected_outputs(repository, reference, IMAGES, stamps)
+    # E10 and FUSED computed in this process: the vision tower on CLIP's preprocessing, the
+    # time blocks and FuseMoE of the in-process pipeline, the text blocks missing.
+    expected = reference.embed_images(IMAGES, stamps)
+    e10, fused = expected.blocks["E10"], expected.fused
     for i, e in enumerate(got):
         assert e.vector.shape == (1536,)
         assert abs(float(np.linalg.norm(e.vector)) - 1) < 1e-5

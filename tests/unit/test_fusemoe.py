@@ -64,6 +64,49 @@ def test_missing_blocks_are_zeroed_by_the_presence_mask():
     y[:, :1024] = 123.0
     with torch.no_grad():
         torch.testing.assert_close(model(x, presence).fused, model(y, presence).fused)
+        zeroed = x.clone()
+        zeroed[:, :1024] = 0.0
+        torch.testing.assert_close(model(x, presence).fused, model(zeroed).fused)
+
+
+def test_a_missing_block_is_the_fill_whatever_the_input_holds():
+    model = fusemoe.seeded(SMALL)
+    with torch.no_grad():
+        model.fill.copy_(_inputs(1, seed=9)[0])
+    x = _inputs(3, seed=2)
+    presence = torch.ones(3, 12)
+    presence[:, [0, 10]] = 0  # E1 (0:1024) and E11 (7808:8192) missing
+    filled = x.clone()
+    for lo, hi in ((0, 1024), (7808, 8192)):
+        filled[:, lo:hi] = model.fill[lo:hi]
+    garbage = x.clone()
+    garbage[:, :1024] = 7.0
+    with torch.no_grad():
+        want = model(filled).fused
+        torch.testing.assert_close(model(x, presence).fused, want)
+        torch.testing.assert_close(model(garbage, presence).fused, want)
+        assert not torch.allclose(model(x).fused, want, atol=1e-3)
+
+
+def test_the_fill_is_saved_and_a_checkpoint_without_one_fills_zeros(tmp_path):
+    from safetensors.torch import save_file
+
+    from export.artifacts import Manifest, manifest_path, sha256_file
+
+    model = fusemoe.seeded(SMALL)
+    with torch.no_grad():
+        model.fill.copy_(_inputs(1, seed=9)[0])
+    fusemoe.save(model, tmp_path / "new", "with-fill")
+    loaded, _ = fusemoe.load(tmp_path / "new", SMALL)
+    torch.testing.assert_close(loaded.fill, model.fill)
+    old = tmp_path / "old"
+    old.mkdir()
+    data = old / f"{fusemoe.WEIGHTS_STEM}.safetensors"
+    save_file({k: v for k, v in model.state_dict().items() if k != "fill"}, str(data))
+    Manifest("before-fill", sha256_file(data), data.name, {}).write(
+        manifest_path(old, fusemoe.WEIGHTS_STEM))
+    loaded, _ = fusemoe.load(old, SMALL)
+    assert torch.equal(loaded.fill, torch.zeros(SMALL.input_dim))
 
 
 def test_seeded_init_is_deterministic():
@@ -96,9 +139,11 @@ def test_weights_of_another_shape_are_a_load_error(tmp_path):
 
 
 def _reference_row(model: fusemoe.FuseMoE, row: torch.Tensor, k: int, t: float,
-                   scale: torch.Tensor) -> torch.Tensor:
-    """One item by the definition: blocks scaled, softmax(z / t), top-k renormalised."""
-    row = row * model._expand_blocks(scale[None])[0]
+                   focus: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    """One item by the definition: missing blocks filled, blocks scaled, softmax(z / t),
+    top-k renormalised."""
+    present = model._expand_blocks(presence[None])[0] > 0
+    row = torch.where(present, row, model.fill) * model._expand_blocks(focus[None])[0]
     probs = model.gate(row[None], t)[0]
     top = torch.argsort(probs, descending=True)[:k]
     w = probs[top] / probs[top].sum()
@@ -108,6 +153,8 @@ def _reference_row(model: fusemoe.FuseMoE, row: torch.Tensor, k: int, t: float,
 
 def test_per_item_controls_equal_the_definition_item_by_item():
     model = fusemoe.seeded(SMALL)
+    with torch.no_grad():
+        model.fill.copy_(_inputs(1, seed=8)[0])
     x = _inputs(6, seed=5)
     k = torch.tensor([1, 2, 3, 8, 2, 5])
     t = torch.tensor([1.0, 0.1, 4.0, 1.0, 20.0, 0.5])
@@ -118,7 +165,7 @@ def test_per_item_controls_equal_the_definition_item_by_item():
     with torch.no_grad():
         out = model(x, presence=presence, top_k=k, temperature=t, focus=focus)
         ref = torch.stack([_reference_row(model, x[i], int(k[i]), float(t[i]),
-                                          focus[i] * presence[i]) for i in range(6)])
+                                          focus[i], presence[i]) for i in range(6)])
     torch.testing.assert_close(out.fused, ref, atol=1e-5, rtol=1e-5)
     # selected_experts: as many columns as the largest k, -1 past each row's k
     assert out.selected_experts.shape == (6, 8)

@@ -180,3 +180,55 @@ def test_every_expert_carries_a_share_of_the_held_out_texts(repository):
         out = model(torch.from_numpy(x[rows]))
     mass = train.routing_mass(out, model.cfg.num_experts)
     assert min(mass) >= 0.05, f"{manifest.version}: routing mass per expert {mass}"
+
+
+def test_a_partial_teacher_compares_two_inputs_by_the_blocks_they_have():
+    x = _blocks(40, seed=6)
+    means = [b.mean(0) for b in train._split_blocks(x)]
+    weights = torch.rand(len(EMBEDDERS), generator=torch.Generator().manual_seed(3))
+    weights /= weights.sum()
+    presence = torch.ones(40, len(EMBEDDERS))
+    presence[:20] = train.IMAGE_PRESENCE.float()
+    t = train.partial_teacher(train.teacher_vectors(x, means, weights), presence)
+    cos = [(a * b).sum(-1) for a, b in zip(train._split_blocks(train.centred_blocks(x, means)),
+                                            train._split_blocks(train.centred_blocks(
+                                                x.roll(1, 0), means)))]
+    cos = torch.stack(cos, dim=-1)  # [40, 12]: per block, row i against row i - 1
+    both = presence * presence.roll(1, 0)
+    norm = (weights * presence).sum(-1).sqrt() * (weights * presence.roll(1, 0)).sum(-1).sqrt()
+    want = (weights * both * cos).sum(-1) / norm
+    torch.testing.assert_close((t * t.roll(1, 0)).sum(-1), want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_start_keeps_what_the_blocks_of_an_image_view_say():
+    # Only the image blocks present, the rest filled with the training mean: the start's fused
+    # cosines track the partial teacher's, with E10 weighted as little as the floor allows.
+    x = _blocks(300, seed=4)
+    means = [b.mean(0) for b in train._split_blocks(x)]
+    d = torch.tensor([1.0 if e.id in ("E8", "E11") else 0.0 for e in EMBEDDERS])
+    weights = d.clamp(min=0.02) / d.clamp(min=0.02).sum()
+    model = fusemoe.seeded(SMALL)
+    train.initialise(model, x, means, weights, seed=3, principal=True)
+    with torch.no_grad():
+        model.fill.copy_(torch.cat(means))
+    presence = train.IMAGE_PRESENCE.float().expand(300, -1)
+    teacher = train.partial_teacher(train.teacher_vectors(x, means, weights), presence)
+    with torch.no_grad():
+        fused = model(x, presence=presence).fused
+    iu = torch.triu_indices(300, 300, 1)
+    f, t = (fused @ fused.T)[iu[0], iu[1]], (teacher @ teacher.T)[iu[0], iu[1]]
+    assert np.corrcoef(f.numpy(), t.numpy())[0, 1] > 0.9
+    # Filled with zeros instead, the missing blocks' means pull every image view together.
+    with torch.no_grad():
+        model.fill.zero_()
+        zeros = model(x, presence=presence).fused
+    assert float((zeros @ zeros.T)[iu[0], iu[1]].mean()) > float(f.mean()) + 0.1
+
+
+def test_the_weight_floor_keeps_every_block_and_sums_to_one():
+    x = _blocks(300, seed=4, topics=1)
+    pairs = np.stack([np.arange(150), np.arange(150) + 150], axis=1)
+    means = [b.mean(0) for b in train._split_blocks(x)]
+    w = train.block_weights(x, pairs, means, seed=0, floor=0.01)
+    torch.testing.assert_close(w.sum(), torch.tensor(1.0))
+    assert float(w.min()) >= 0.01 / (1 + 0.01 * len(EMBEDDERS)) - 1e-7
