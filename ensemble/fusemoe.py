@@ -10,6 +10,14 @@ rather than pulling every partial input toward the same point; the seeded model 
 checkpoints trained before ``fill`` existed hold zeros there (the input they were trained
 with).
 
+E10 of an image (fused_image) comes from CLIP's vision tower, whose vectors lie apart from
+its text tower's (the modality gap: with the seeded towers every image sits at cosine 0.86
+to every other, far from the texts' mean). Rows marked ``from_image`` have their E10 mapped
+by ``image_scale`` and ``image_offset`` (fitted in training on calibration images: the
+images' mean onto the texts' mean, their spread onto the texts' spread), so the experts see
+an image where they learnt E10; the identity (1, 0) in the seeded model and in checkpoints
+from before it existed.
+
 Experts run grouped across the batch: each expert sees, in one matmul, every row that
 selected it. Inference never drops a row (no capacity limit outside training).
 """
@@ -28,7 +36,7 @@ from torch import nn
 from ensemble.validation import GateControls
 from export.artifacts import ArtifactError, Manifest, manifest_path, sha256_file, verified
 from export.layout import FUSEMOE_STEM
-from export.registry import FUSEMOE, FuseMoEConfig
+from export.registry import FUSEMOE, FuseMoEConfig, block_offsets
 
 WEIGHTS_STEM = FUSEMOE_STEM
 SEEDED_VERSION = "seeded-init-1"
@@ -64,6 +72,10 @@ class FuseMoE(nn.Module):
         self.gate_fc2 = nn.Linear(cfg.gate_hidden, cfg.num_experts)
         self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.num_experts))
         self.register_buffer("fill", torch.zeros(cfg.input_dim))
+        start, end = block_offsets()["E10"]
+        self.image_block = (start, end)
+        self.register_buffer("image_scale", torch.ones(()))
+        self.register_buffer("image_offset", torch.zeros(end - start))
 
     def gate(self, x: torch.Tensor, temperature: torch.Tensor | float | None = None,
              noise_std: float = 0.0) -> torch.Tensor:
@@ -81,15 +93,23 @@ class FuseMoE(nn.Module):
                 top_k: torch.Tensor | int | None = None,
                 temperature: torch.Tensor | float | None = None,
                 focus: torch.Tensor | None = None, noise_std: float = 0.0,
-                capacity_factor: float | None = None) -> FusionOutput:
+                capacity_factor: float | None = None,
+                from_image: torch.Tensor | None = None) -> FusionOutput:
         """x: [B, 8320] concatenated blocks. Optional, per row: presence [B, 12] (0 = block
         missing: ``fill`` whatever x holds), focus [B, 12] (non-negative multipliers of the
-        blocks before gating), top_k [B] (1..num_experts), temperature [B].
+        blocks before gating), top_k [B] (1..num_experts), temperature [B], from_image [B]
+        (E10 from the image tower: mapped as the class docstring says).
 
         ``noise_std`` and ``capacity_factor`` are for training: inference never drops a row.
         ``selected_experts`` has as many columns as the largest top-k; a row with a smaller
         top-k is padded with -1.
         """
+        if from_image is not None and bool(from_image.any()):
+            start, end = self.image_block
+            e10 = x[:, start:end]
+            mapped = e10 * self.image_scale.to(x.dtype) + self.image_offset.to(x.dtype)
+            x = torch.cat([x[:, :start], torch.where(from_image.reshape(-1, 1).bool(), mapped, e10),
+                           x[:, end:]], dim=1)
         if presence is not None:
             x = torch.where(self._expand_blocks(presence) > 0, x, self.fill.to(x.dtype))
         if focus is not None:
@@ -149,7 +169,8 @@ def fuse(model: FuseMoE, x: torch.Tensor, controls: GateControls) -> FusionOutpu
         return model(x, presence=torch.from_numpy(controls.presence).float().to(x.device),
                      top_k=torch.from_numpy(controls.top_k).to(x.device),
                      temperature=torch.from_numpy(controls.temperature).to(x.device),
-                     focus=torch.from_numpy(controls.focus).to(x.device))
+                     focus=torch.from_numpy(controls.focus).to(x.device),
+                     from_image=torch.from_numpy(controls.from_image).to(x.device))
 
 
 @dataclass(frozen=True)
@@ -214,6 +235,9 @@ def load(directory: Path, cfg: FuseMoEConfig = FUSEMOE,
     tensors = load_file(str(data))
     # Checkpoints from before ``fill`` existed were trained with missing blocks as zeros.
     tensors.setdefault("fill", torch.zeros(cfg.input_dim))
+    # And before the image map existed, with E10 of an image as the tower gave it.
+    tensors.setdefault("image_scale", torch.ones(()))
+    tensors.setdefault("image_offset", model.image_offset.clone())
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:

@@ -141,7 +141,8 @@ class Pipeline:
     def embed_images(self, images: list[bytes], timestamps: np.ndarray) -> PipelineOutput:
         """What fused_image answers: each image decoded and prepared as CLIP's processor
         does, E10 from the vision tower, E2, E3 and E4 from its time, FuseMoE fusing those
-        four blocks with the text blocks missing (zeros in ``blocks``)."""
+        four blocks with the text blocks missing (zeros in ``blocks``; FuseMoE's presence mask
+        replaces them by its fill)."""
         from ensemble.images import prepare
 
         if self._images is None:
@@ -155,6 +156,7 @@ class Pipeline:
         for b in ("E2", "E3", "E4"):
             blocks[b] = self.embedders[b].embed_times(stamps)
         presence = np.tile([e.id in IMAGE_BLOCKS for e in EMBEDDERS], (rows, 1))
-        gate = self.validator.controls(rows, presence=presence)
+        gate = self.validator.controls(rows, presence=presence,
+                                       from_image=np.ones(rows, dtype=bool))
         return self.fuse(blocks, np.zeros((rows, len(EMBEDDERS)), dtype=bool),
                          np.zeros((rows, len(PII_TYPES)), dtype=np.int32), gate)

@@ -41,7 +41,7 @@ import torch
 
 from ensemble import corpus, encodings, fusemoe
 from export.build import embedder_fingerprints
-from export.registry import EMBEDDERS, FUSEMOE, IMAGE_BLOCKS, MATRYOSHKA_DIMENSIONS
+from export.registry import EMBEDDERS, FUSEMOE, IMAGE_BLOCKS, MATRYOSHKA_DIMENSIONS, Input
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
@@ -85,6 +85,18 @@ class TrainConfig:
     # 3: FUSED STS-B dev 0.8778 against 0.8747, and the alignment suite 93 % at 1536
     # dimensions against 89 % (below its 90 % bar); chosen on dev and that suite.
     teacher_power: float = 4.0
+    # Every block keeps at least this share of the teacher's weight (then normalised): a
+    # block that carries little meaning for texts is still what a partial input has left
+    # (E10 is an image's only content), and with a weight of 0 the experts start blind to
+    # it and an image's fused vector says nothing of the image (issue 29). 0.01 rather than
+    # 0.005 or 0.02: images' Spearman with E10 0.987 (0.976, 0.983), the fail-safe entry
+    # 0.774 (0.660, 0.900), STS-B dev 0.8768 (0.8774, 0.8735); chosen on dev and the
+    # image set (perf/reports/image-views.md).
+    weight_floor: float = 0.01
+    # The time blocks (input TIMESTAMP) stay out of the floor: every input has a time, so
+    # they are never what a partial input has left, and with the floor an image's vector
+    # was three quarters its time (images at one timestamp: mean cosine 0.995).
+    floor_time_blocks: bool = False
     # Start: the experts map the teacher vector onto its principal components (largest
     # first, so every prefix keeps the most of it) rather than a random projection; the
     # gate starts balanced over the experts.
@@ -94,6 +106,38 @@ class TrainConfig:
     # after the last: without it the gate drifts within the noise it trains under and its
     # noiseless routing leaves experts unused (perf/reports/fusion-ablation.md).
     rebalance: bool = True
+    # A masked view's teacher is its own blocks' (partial_teacher); before, every view had
+    # the full text's teacher, which no partial input can reach, and training pulled every
+    # image view toward one point (issue 29).
+    partial_teacher: bool = True
+    # FuseMoE's fill (what a missing block becomes) is the blocks' mean over the training
+    # texts, where the experts' start map is centred; zeros otherwise (a constant offset
+    # after centring, the same for every partial input).
+    mean_fill: bool = True
+    # E10 of an image is mapped onto where the text tower's E10 lies (FuseMoE's image_scale
+    # and image_offset, fitted on calibration_images()): the experts learn E10 from texts,
+    # and an unmapped image sits in the vision tower's own corner, every image at cosine
+    # 0.9999 to every other in FUSED (issue 29).
+    image_map: bool = True
+    # A block whose teacher weight is below this (the time blocks': training stamps are
+    # random, so they never tell a pair apart; E3's is 4e-14) enters neither the experts nor
+    # the gate (0 turns this off): its input columns start at 0 (as the principal start
+    # leaves them) and stay there. Without it AdamW moves those columns by about lr per step
+    # on gradients that are noise, and an image's fused vector, whose only content is E10,
+    # followed its time (the same image one second later at cosine 0.86, three days later
+    # at 0.002).
+    freeze_below: float = 1e-6
+    # The principal start also spans image views (image_teacher_rows), as many of them,
+    # relative to the texts, as training has (masked_share x image_views) times this; 0
+    # leaves them out.
+    image_start: float = 1.0
+    # Besides the batch, each step fuses this many training texts as image views and
+    # matches their own pairwise similarities to their partial teachers' (weighted by
+    # image_similarity_weight; at every Matryoshka size). In the batch they are 8 rows of
+    # 256, 0.1 % of its pairs: the loss barely saw how images compare with each other, and
+    # different images' fused vectors agreed with E10's order only by Spearman 0.62.
+    image_rows: int = 64
+    image_similarity_weight: float = 1.0
     code_pairs: int = 800
     augmented_pairs: int = 800
     holdout: float = 0.1  # share of pairs kept out of training to measure generalisation
@@ -152,6 +196,70 @@ def features(data: Data, repo: Path = REPOSITORY, batch: int = 32,
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
     return out, key, False
+
+
+def calibration_images() -> list[bytes]:
+    """PNG images to fit E10's image map on: matplotlib's sample photographs, logo and
+    elevation maps (rendered in two colour maps), whole and cut into tiles; none is among the
+    images perf/image_views.py measures."""
+    import io
+
+    from matplotlib import colormaps
+    from matplotlib.cbook import get_sample_data
+    from PIL import Image
+
+    def opened(name: str) -> Image.Image:
+        with Image.open(get_sample_data(name, asfileobj=False)) as im:
+            im = im.convert("RGBA")
+            plain = Image.new("RGBA", im.size, "white")
+            return Image.alpha_composite(plain, im).convert("RGB")
+
+    def rendered(name: str, key: str, cmap: str) -> Image.Image:
+        values = np.load(get_sample_data(name, asfileobj=False))[key].astype(np.float64)
+        values = (values - values.min()) / max(np.ptp(values), 1e-12)
+        return Image.fromarray((colormaps[cmap](values)[..., :3] * 255).astype(np.uint8))
+
+    def tiles(im: Image.Image, n: int) -> list[Image.Image]:
+        w, h = im.size
+        return [im.crop((i * w // n, j * h // n, (i + 1) * w // n, (j + 1) * h // n))
+                for j in range(n) for i in range(n)]
+
+    hopper = opened("grace_hopper.jpg")
+    images = [hopper, hopper.transpose(Image.Transpose.FLIP_LEFT_RIGHT), *tiles(hopper, 2),
+              *tiles(hopper, 3)]
+    pack = opened("Minduka_Present_Blue_Pack.png")
+    images += [pack, *tiles(pack, 2), opened("logo2.png")]
+    for cmap in ("terrain", "gray"):
+        dem = rendered("jacksboro_fault_dem.npz", "elevation", cmap)
+        images += [dem, *tiles(dem, 2), rendered("topobathy.npz", "topo", cmap)]
+    out = []
+    for im in images:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def image_blocks(repo: Path = REPOSITORY) -> np.ndarray:
+    """E10 of calibration_images() from the built repository's vision tower."""
+    from ensemble.images import prepare
+    from ensemble.stages import ImageEmbedder, version_dir
+    from export.registry import IMAGE_EMBEDDER_MODEL, LIMITS
+
+    pixels = np.stack([prepare(data, f"calibration[{i}]", LIMITS)
+                       for i, data in enumerate(calibration_images())])
+    return ImageEmbedder(version_dir(repo, IMAGE_EMBEDDER_MODEL)).embed(pixels)
+
+
+def fit_image_map(text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and offset that move E10 of images (rows of ``image``) onto E10 of texts:
+    their mean onto the texts' mean, their spread (root mean square distance from the mean)
+    onto the texts' spread."""
+    def spread(v: torch.Tensor) -> torch.Tensor:
+        return (v - v.mean(0)).pow(2).sum(-1).mean().sqrt()
+
+    scale = spread(text) / spread(image).clamp_min(1e-12)
+    return scale, text.mean(0) - scale * image.mean(0)
 
 
 def _split_blocks(x: torch.Tensor) -> list[torch.Tensor]:
@@ -322,7 +430,10 @@ def pair_order(cfg: TrainConfig, data: Data, rng: np.random.Generator | None = N
 
 
 def train(cfg: TrainConfig, x_np: np.ndarray, data: Data, log=print,
-          ) -> tuple[fusemoe.FuseMoE, History, dict]:
+          image_e10: np.ndarray | None = None,
+          ) -> tuple[fusemoe.FuseMoE, History, dict, fusemoe.Outputs]:
+    """``image_e10``: E10 of calibration images (image_blocks()), to fit the image map with
+    (cfg.image_map); without it the map stays the identity."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -334,14 +445,30 @@ def train(cfg: TrainConfig, x_np: np.ndarray, data: Data, log=print,
     # Block weights from the semantic pairs only: augmented views (dropped words) look alike
     # to any bag-of-words encoder, so they say nothing about which block carries meaning.
     semantic = np.isin(np.array(data.sources)[order[n_hold:]], WEIGHT_SOURCES)
-    weights = block_weights(x, used[semantic], means, cfg.seed, cfg.teacher_power)
+    floor = torch.tensor([0.0 if e.input is Input.TIMESTAMP and not cfg.floor_time_blocks
+                          else cfg.weight_floor for e in EMBEDDERS])
+    weights = block_weights(x, used[semantic], means, cfg.seed, cfg.teacher_power, floor)
     teacher = teacher_vectors(x, means, weights)
     log("teacher block weights: " + ", ".join(
         f"{e.id} {w:.3f}" for e, w in zip(EMBEDDERS, weights.tolist())))
 
     model = fusemoe.seeded().to(device)
     initialise(model, x[torch.from_numpy(train_rows)], means, weights.to(device), cfg.seed,
-               principal=cfg.principal_start, balanced=cfg.balanced_start)
+               principal=cfg.principal_start, balanced=cfg.balanced_start,
+               image_share=cfg.image_start * cfg.masked_share * cfg.image_views)
+    if cfg.mean_fill:
+        with torch.no_grad():
+            model.fill.copy_(torch.cat(means))
+    if cfg.image_map and image_e10 is not None:
+        start, end = model.image_block
+        scale, offset = fit_image_map(x[torch.from_numpy(train_rows), start:end],
+                                      torch.from_numpy(image_e10).to(device))
+        with torch.no_grad():
+            model.image_scale.copy_(scale)
+            model.image_offset.copy_(offset)
+        log(f"image map: E10 of {len(image_e10)} calibration images scaled by {float(scale):.3f}")
+    if cfg.freeze_below > 0:
+        freeze_columns(model, weights < cfg.freeze_below)
     model.train()
     # Adam moves every weight by about lr per step whatever its gradient: over 8320 inputs a
     # large rate saturates the gate within tens of steps (routing collapses onto two experts)
@@ -367,6 +494,7 @@ def train(cfg: TrainConfig, x_np: np.ndarray, data: Data, log=print,
             f"{time.perf_counter() - start:.0f} s")
 
     record(0)
+    image_rng = np.random.default_rng(cfg.seed + 1)  # the text batches stay as they were
     n_masked = int(cfg.pairs_per_step * cfg.masked_share)
     for step in range(cfg.steps):
         p = used[rng.integers(0, len(used), cfg.pairs_per_step - n_masked)]
@@ -384,7 +512,7 @@ def train(cfg: TrainConfig, x_np: np.ndarray, data: Data, log=print,
         presence = presence.to(device)
         out = model(x[rows], presence=presence, noise_std=cfg.gate_noise_std,
                     capacity_factor=cfg.capacity_factor)
-        t = teacher[rows]
+        t = partial_teacher(teacher[rows], presence) if cfg.partial_teacher else teacher[rows]
         tt = t @ t.T
         n = len(first)
         target = torch.arange(n, device=device)
@@ -399,6 +527,10 @@ def train(cfg: TrainConfig, x_np: np.ndarray, data: Data, log=print,
         bal = load_balance(out, FUSEMOE.num_experts)
         loss = (cfg.similarity_weight * sim + cfg.contrastive_weight * con
                 + cfg.load_balance_coef * bal)
+        if cfg.image_rows and cfg.image_similarity_weight:
+            loss = loss + cfg.image_similarity_weight * image_similarity(
+                model, x, teacher, torch.from_numpy(image_rng.choice(train_rows, cfg.image_rows)),
+                cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -438,9 +570,24 @@ def train(cfg: TrainConfig, x_np: np.ndarray, data: Data, log=print,
     return model, hist, metrics, outputs
 
 
+def freeze_columns(model: fusemoe.FuseMoE, blocks: torch.Tensor) -> None:
+    """The input columns of ``blocks`` ([12] bool) in every expert's and the gate's first
+    layer set to 0 and kept there (their gradients zeroed): FuseMoE's output then does not
+    depend on those blocks, apart from the gate's LayerNorm statistics."""
+    columns = model._expand_blocks(blocks.to(model.fill.device).float()) > 0
+    keep = (~columns).to(model.fill.dtype)
+    layers = [model.gate_fc1, *(e.fc1 for e in model.experts)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight[:, columns] = 0
+    for layer in layers:
+        layer.weight.register_hook(lambda grad: grad * keep)
+
+
 def initialise(model: fusemoe.FuseMoE, x: torch.Tensor, means: list[torch.Tensor],
                weights: torch.Tensor, seed: int, offset: float = 8.0,
-               principal: bool = False, balanced: bool = False) -> None:
+               principal: bool = False, balanced: bool = False,
+               image_share: float = 0.0) -> None:
     """Data-dependent start for training (the architecture is unchanged).
 
     - Every expert starts as the same linear map of the teacher vector: fc1 sends
@@ -465,7 +612,10 @@ def initialise(model: fusemoe.FuseMoE, x: torch.Tensor, means: list[torch.Tensor
     hidden, out = model.cfg.expert_hidden, model.cfg.output_dim
     scale = 0.5  # std of G u: keeps offset + G u within SiLU's linear range
     if principal:
-        G, H = principal_map(((x - mu) * d), hidden, out, scale)
+        u = (x - mu) * d
+        if image_share > 0:
+            u = torch.cat([u, image_teacher_rows(u, image_share, seed)])
+        G, H = principal_map(u, hidden, out, scale)
     else:
         G = (torch.randn(hidden, x.shape[1], generator=g) * scale).to(x.device)
         H = (torch.randn(out, hidden, generator=g) / hidden ** 0.5).to(x.device)
@@ -481,6 +631,39 @@ def initialise(model: fusemoe.FuseMoE, x: torch.Tensor, means: list[torch.Tensor
         model.gate_fc1.bias -= model.gate_fc1.weight @ model.norm(x).mean(0)
     if balanced:
         balance_gate(model, x)
+
+
+def image_similarity(model: fusemoe.FuseMoE, x: torch.Tensor, teacher: torch.Tensor,
+                     rows: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Mean squared gap between the pairwise cosines of ``rows`` fused as image views (only
+    the image blocks present) and those of their partial teachers, over the Matryoshka
+    sizes."""
+    rows = rows.to(x.device)
+    presence = IMAGE_PRESENCE.float().to(x.device).expand(len(rows), -1)
+    out = model(x[rows], presence=presence, noise_std=cfg.gate_noise_std,
+                capacity_factor=cfg.capacity_factor)
+    t = partial_teacher(teacher[rows], presence)
+    tt = t @ t.T
+    loss = torch.zeros((), device=x.device)
+    for d in cfg.dimensions:
+        f = torch.nn.functional.normalize(out.fused[:, :d], dim=-1)
+        loss = loss + ((f @ f.T - tt) ** 2).mean() / len(cfg.dimensions)
+    return loss
+
+
+def image_teacher_rows(u: torch.Tensor, share: float, seed: int) -> torch.Tensor:
+    """Image views' teacher vectors for the principal start: ``share`` of the rows of ``u``
+    (teacher vectors before normalising) with only the image blocks kept, each rescaled to
+    the mean norm of ``u``'s rows, as the partial teacher renormalises them. With the full
+    texts alone, E10 (teacher weight 0.01) has almost none of the spread, its directions
+    fall outside the 1536 kept, and an image's fused vector starts (and stays) blind to its
+    image."""
+    g = torch.Generator().manual_seed(seed)
+    picked = u[torch.randperm(len(u), generator=g)[:max(1, int(len(u) * share))].to(u.device)]
+    keep = torch.repeat_interleave(IMAGE_PRESENCE.to(u.dtype).to(u.device),
+                                   torch.tensor(BLOCK_DIMS, device=u.device))
+    picked = picked * keep
+    return picked * (u.norm(dim=-1).mean() / picked.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
 def principal_map(u: torch.Tensor, hidden: int, out: int, scale: float,
@@ -690,7 +873,8 @@ def main(argv: list[str] | None = None) -> int:
     blocks_start = time.perf_counter()
     x, key, cached = features(data, args.repository)
     blocks_seconds = time.perf_counter() - blocks_start
-    model, hist, metrics, outputs = train(cfg, x, data)
+    model, hist, metrics, outputs = train(
+        cfg, x, data, image_e10=image_blocks(args.repository) if cfg.image_map else None)
     version = version_name(cfg, key)
     directory = args.out / version
     manifest = fusemoe.save(model, directory, version, extra={

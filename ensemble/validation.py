@@ -14,6 +14,7 @@ from export.registry import (
     ENCODING,
     ENCODINGS,
     FOCUS,
+    FROM_IMAGE,
     FUSEMOE,
     LIMITS,
     PRESENCE,
@@ -44,12 +45,13 @@ class GateControls:
     temperature: np.ndarray  # [B] float32
     focus: np.ndarray  # [B, 12] float32, >= 0
     presence: np.ndarray  # [B, 12] bool
+    from_image: np.ndarray  # [B] bool: E10 came from the image tower (fused_image)
 
     @classmethod
     def concat(cls, parts: list[GateControls]) -> GateControls:
         """The controls of many requests, row after row (one batched forward)."""
         return cls(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in ("top_k", "temperature", "focus", "presence")))
+                     for f in ("top_k", "temperature", "focus", "presence", "from_image")))
 
 
 def _utf8(field: str, item: bytes | str, max_bytes: int) -> str:
@@ -133,7 +135,8 @@ class Validator:
 
     def controls(self, rows: int, top_k: np.ndarray | None = None,
                  temperature: np.ndarray | None = None, focus: np.ndarray | None = None,
-                 presence: np.ndarray | None = None) -> GateControls:
+                 presence: np.ndarray | None = None,
+                 from_image: np.ndarray | None = None) -> GateControls:
         """The optional gate inputs of ``rows`` items, defaults filled in."""
         lim, blocks, experts = self.limits, len(EMBEDDERS), FUSEMOE.num_experts
         k = (np.full(rows, FUSEMOE.top_k, dtype=np.int64) if top_k is None
@@ -157,7 +160,9 @@ class Validator:
         for i in np.nonzero(~((f > 0) & p).any(axis=1))[0][:1]:
             raise InvalidInput(f"{FOCUS}[{i}] / {PRESENCE}[{i}]: no block left to fuse; at "
                                f"least one present block needs a focus above 0")
-        return GateControls(k, t.astype(np.float32), f, p)
+        image = (np.zeros(rows, dtype=bool) if from_image is None
+                 else _rows(FROM_IMAGE, np.asarray(from_image), rows, 1).reshape(-1).astype(bool))
+        return GateControls(k, t.astype(np.float32), f, p, image)
 
     def output_settings(self, rows: int, dimensions: np.ndarray | None,
                         encoding: np.ndarray | None, offered: tuple[int, ...],

@@ -439,7 +439,7 @@ IMAGE_MODEL = "fused_image"
 IMAGE_EMBEDDER_MODEL = "e10_image"  # E10's vision tower: PIXELS -> the E10 block
 PIXELS = "pixel_values"  # FP32 [3, 224, 224]: an image prepared as CLIP's processor does
 # The blocks an image fills: E10 from the image, the time blocks from its TIMESTAMP; the
-# text blocks are missing (zeros and FuseMoE's presence mask, as in the fail-safe).
+# text blocks are missing (FuseMoE's presence mask and fill, as in the fail-safe).
 IMAGE_BLOCKS = ("E2", "E3", "E4", "E10")
 # E4 is a session signature and a position. Optional, per item: without SESSION every text
 # is in the default session (""), without SEQUENCE its TIMESTAMP is its position.
@@ -449,8 +449,11 @@ SEQUENCE = "SEQUENCE"  # INT64 [1]
 TEMPERATURE = "TEMPERATURE"  # FP32 [1]: softmax temperature of the gate
 TOP_K = "TOP_K"  # INT32 [1]: experts mixed per item, 1..num_experts
 FOCUS = "FOCUS"  # FP32 [12]: non-negative multipliers of E1..E12 before gating
-PRESENCE = "PRESENCE"  # BOOL [12]: false marks a block missing (zeros, as in the fail-safe)
+PRESENCE = "PRESENCE"  # BOOL [12]: false marks a block missing (FuseMoE's fill, as in the fail-safe)
 GATE_CONTROLS = (TEMPERATURE, TOP_K, FOCUS, PRESENCE)
+# fusemoe only, set by fused_image: BOOL [1], true where E10 came from the image tower (its
+# checkpoint's image_scale and image_offset map it to where the text tower's E10 lies).
+FROM_IMAGE = "FROM_IMAGE"
 # Optional, per request (every row of a request alike): the size and encoding of FUSED.
 # DIMENSIONS: one of the checkpoint's Matryoshka prefixes (its manifest's "dimensions"; a
 # checkpoint trained without them offers the full size only): FUSED is the first DIMENSIONS
@@ -491,7 +494,7 @@ SPARSE_WEIGHTS = "sparse_weights"  # ... and E6_SPARSE_WEIGHTS
 TOKEN_VECTORS = "token_vectors"  # E12's outputs behind E12_TOKENS (also its graph's output) ...
 TOKEN_VECTOR_COUNT = "token_vector_count"  # ... and E12_TOKEN_COUNT
 FAILSAFE_MODEL = "fused_text_failsafe"
-MISSING = "MISSING"  # BOOL [12]: blocks the fail-safe entry point filled with zeros
+MISSING = "MISSING"  # BOOL [12]: blocks the fail-safe entry point left out
 
 
 @dataclass(frozen=True)

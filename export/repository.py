@@ -171,7 +171,7 @@ def session_inputs() -> list[mc.ModelInput]:
 
 def gate_control_inputs() -> list[mc.ModelInput]:
     """Optional per-item gate controls (defaults in the registry); the fail-safe also marks
-    the blocks it filled with zeros through PRESENCE."""
+    the blocks it left out through PRESENCE."""
     blocks = len(EMBEDDERS)
     return [_tensor(mc.ModelInput, r.TEMPERATURE, FP32, [1], optional=True),
             _tensor(mc.ModelInput, r.TOP_K, INT32, [1], optional=True),
@@ -201,6 +201,7 @@ def fusemoe_config() -> mc.ModelConfig:
             cfg.input.append(_tensor(mc.ModelInput, spec.block_name + r.TRUNCATED_SUFFIX, BOOL,
                                      [1]))
     cfg.input.extend(gate_control_inputs())
+    cfg.input.append(_tensor(mc.ModelInput, r.FROM_IMAGE, BOOL, [1], optional=True))
     cfg.input.extend(output_control_inputs())
     # FUSED at the request's DIMENSIONS; the vector is in its ENCODING's output, the other
     # encodings' outputs have no columns.
@@ -342,7 +343,7 @@ def single_embedder_config(spec: Embedder, name: str) -> mc.ModelConfig:
 
 
 def failsafe_config() -> mc.ModelConfig:
-    """BLS entry point: embedders called concurrently under a deadline; missing -> zeros."""
+    """BLS entry point: embedders called concurrently under a deadline; missing -> PRESENCE false."""
     f, limits = r.FAILSAFE, r.LIMITS
     cfg = _python_model(r.FAILSAFE_MODEL, "failsafe", r.ENTRY_BATCHING, f.parameters()
                         | limits.parameters("max_text_bytes", "min_timestamp",

@@ -31,7 +31,10 @@ from perf.sts import DATA, REPORTS, ROOT, load_split
 CACHE = ROOT / ".run" / "fusion-ablation"
 BEFORE = replace(train.TrainConfig(), dimensions=(1536,), teacher_power=2.0,
                  principal_start=False, balanced_start=False, rebalance=False,
-                 contrastive_weight=0.1)
+                 contrastive_weight=0.1, mean_fill=False, partial_teacher=False,
+                 weight_floor=0.0, image_map=False,
+                 freeze_below=0.0, image_start=0.0,
+                 image_rows=0)
 # Each change is added to every change above it.
 CHANGES = [
     ("before: issue 15's training", {}),
@@ -40,8 +43,16 @@ CHANGES = [
     ("+ gate re-balanced during training", {"rebalance": True}),
     ("+ principal-component start", {"principal_start": True}),
     ("+ teacher d'^4", {"teacher_power": train.TrainConfig().teacher_power}),
-    ("+ contrastive weight 0.01 (all: make train)",
-     {"contrastive_weight": train.TrainConfig().contrastive_weight}),
+    ("+ contrastive weight 0.01", {"contrastive_weight": train.TrainConfig().contrastive_weight}),
+    ("+ missing blocks filled with their mean", {"mean_fill": True}),
+    ("+ masked views taught by their own blocks", {"partial_teacher": True}),
+    (f"+ block weight floor {train.TrainConfig().weight_floor:g}",
+     {"weight_floor": train.TrainConfig().weight_floor}),
+    ("+ E10 of images mapped onto the texts'", {"image_map": True}),
+    ("+ unweighted blocks frozen out", {"freeze_below": train.TrainConfig().freeze_below}),
+    ("+ principal start spans image views", {"image_start": train.TrainConfig().image_start}),
+    ("+ image views' own similarity loss (all: make train)",
+     {"image_rows": train.TrainConfig().image_rows}),
 ]
 
 
@@ -92,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     images, _, _ = image_views.image_blocks(args.repository)
     data = train.training_data(train.TrainConfig())
     x, _, _ = train.features(data, args.repository)
+    calibration = train.image_blocks(args.repository)
     rows = []
     for name, cfg in variants():
         print(f"== {name}", flush=True)
-        model, _, metrics, _ = train.train(cfg, x, data, log=lambda *_: None)
+        model, _, metrics, _ = train.train(cfg, x, data, log=lambda *_: None,
+                                           image_e10=calibration)
         row = {"variant": name, "config": asdict(cfg),
                "teacher_correlation": metrics["held_out_teacher_correlation"],
                "positive_over_random": metrics["held_out_positive_over_random"],

@@ -2,6 +2,7 @@
 
 from fusedembed_client.client import (
     CACHED_MODEL,
+    FAILSAFE_MODEL,
     MODEL,
     Embedding,
     FusedEmbedClient,
@@ -16,6 +17,6 @@ from fusedembed_client.client import (
     maxsim,
 )
 
-__all__ = ["CACHED_MODEL", "MODEL", "Embedding", "FusedEmbedClient", "FusedEmbedError", "GateControls",
-           "Retry", "SparseTerms", "decode_binary", "decode_int8", "hamming", "int8_similarity",
-           "maxsim"]
+__all__ = ["CACHED_MODEL", "FAILSAFE_MODEL", "MODEL", "Embedding", "FusedEmbedClient",
+           "FusedEmbedError", "GateControls", "Retry", "SparseTerms", "decode_binary",
+           "decode_int8", "hamming", "int8_similarity", "maxsim"]

@@ -16,6 +16,12 @@ MODEL = "fused_text"
 # The same pipeline behind Triton's response cache; it answers FUSED only (a repeated
 # request never reaches the embedders), so the Embedding's other fields stay empty.
 CACHED_MODEL = "fused_text_cached"
+# The same pipeline degrading instead of failing: a block whose embedder fails or is late is
+# left out (Embedding.missing names it). It answers the full float vector and the gate's
+# outputs; no blocks, terms, token vectors or token count.
+FAILSAFE_MODEL = "fused_text_failsafe"
+FAILSAFE_OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "TRUNCATED", "REDACTIONS",
+                    "FUSION_VERSION", "MISSING")
 # One encoded image (PNG, JPEG, WebP, GIF, BMP) and its time -> FUSED, E10 from the image.
 IMAGE_MODEL = "fused_image"
 IMAGE_OUTPUTS = ("FUSED", "EXPERT_WEIGHTS", "SELECTED_EXPERTS", "FUSION_VERSION", "E10")
@@ -157,6 +163,7 @@ class Embedding:
     encoding: str = "float"
     codes: np.ndarray | None = None
     scale: np.ndarray | None = None
+    missing: tuple[str, ...] = ()  # fused_text_failsafe: blocks left out (failed or late)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"dim": int(self.vector.shape[0]), "vector": self.vector.tolist(),
@@ -176,6 +183,8 @@ class Embedding:
             out["codes"] = self.codes.tolist()
         if self.scale is not None:
             out["scale"] = self.scale.tolist()
+        if self.missing:
+            out["missing"] = list(self.missing)
         return out
 
 
@@ -389,6 +398,11 @@ class FusedEmbedClient:
         if (dimensions is not None or encoding != "float") and self.model == CACHED_MODEL:
             raise ValueError(f"{CACHED_MODEL} answers the full float vector only; ask "
                              f"{MODEL} for dimensions and encodings")
+        if self.model == FAILSAFE_MODEL and (blocks or sparse or token_vectors
+                                             or dimensions is not None or encoding != "float"):
+            raise ValueError(f"{FAILSAFE_MODEL} answers the full float vector only; ask "
+                             f"{MODEL} for blocks, sparse terms, token vectors, dimensions "
+                             "and encodings")
         gate = gate or GateControls()
         out: list[Embedding] = []
         for start in range(0, len(texts), MAX_BATCH):
@@ -511,6 +525,7 @@ class FusedEmbedClient:
                encoding: str = "float") -> list[Embedding]:
         vector_outputs = ENCODED_OUTPUTS[encoding]
         names = (("FUSED",) if self.model == CACHED_MODEL
+                 else FAILSAFE_OUTPUTS if self.model == FAILSAFE_MODEL
                  else (*vector_outputs, *OUTPUTS[1:], *blocks,
                        *(SPARSE_OUTPUTS if sparse else ()),
                        *(TOKEN_OUTPUTS if token_vectors else ())))
@@ -520,6 +535,15 @@ class FusedEmbedClient:
         if self.model == CACHED_MODEL:
             empty = np.zeros(0, dtype=np.float32)
             return [Embedding(v, empty, empty.astype(np.int32)) for v in result.as_numpy("FUSED")]
+        if self.model == FAILSAFE_MODEL:
+            fused, weights, selected, cut, redacted, version, left_out = (
+                result.as_numpy(name) for name in FAILSAFE_OUTPUTS)
+            return [Embedding(fused[i], weights[i], selected[i][selected[i] >= 0],
+                              tuple(b for b, c in zip(BLOCKS, cut[i]) if c),
+                              {t: int(n) for t, n in zip(REDACTION_TYPES, redacted[i]) if n},
+                              fusion_version=version[i][0].decode("utf-8"),
+                              missing=tuple(b for b, m in zip(BLOCKS, left_out[i]) if m))
+                    for i in range(len(texts))]
         weights, selected, cut, redacted, version, tokens = (result.as_numpy(name)
                                                              for name in OUTPUTS[1:])
         codes = result.as_numpy(vector_outputs[0])

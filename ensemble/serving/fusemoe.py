@@ -1,6 +1,7 @@
 """FuseMoE model: the twelve blocks of many requests fused in one batched forward.
 
-Optional per-item gate controls (TEMPERATURE, TOP_K, FOCUS, PRESENCE) are validated here;
+Optional per-item gate controls (TEMPERATURE, TOP_K, FOCUS, PRESENCE) are validated here,
+with FROM_IMAGE (fused_image's rows: E10 from the image tower, mapped by the checkpoint);
 a bad value answers its own request with an error and the rest of the batch is fused.
 FUSION_VERSION names the checkpoint (its manifest version) that produced each answer.
 DIMENSIONS and ENCODING (per request) give FUSED as a Matryoshka prefix and in int8 or
@@ -36,6 +37,7 @@ from export.registry import (
     ENCODING,
     EXPERT_WEIGHTS,
     FOCUS,
+    FROM_IMAGE,
     FUSED,
     FUSED_BINARY,
     FUSED_INT8,
@@ -90,7 +92,8 @@ class TritonPythonModel(Adapter):
         try:
             controls = self.validator.controls(
                 blocks.shape[0], optional_array(request, TOP_K), optional_array(request, TEMPERATURE),
-                optional_array(request, FOCUS), optional_array(request, PRESENCE))
+                optional_array(request, FOCUS), optional_array(request, PRESENCE),
+                optional_array(request, FROM_IMAGE))
             settings = self.validator.output_settings(
                 blocks.shape[0], optional_array(request, DIMENSIONS),
                 optional_array(request, ENCODING), self.outputs.dimensions,

@@ -3,8 +3,8 @@ FUSED, through the models fused_text runs.
 
 The image is decoded and prepared here (ensemble/images.py: CLIP's processor), embedded by
 E10's vision tower (e10_image, batched across requests) while E2, E3 and E4 embed the time;
-FuseMoE fuses them with the text blocks missing (zeros and its presence mask, as the
-fail-safe fuses without a block).
+FuseMoE fuses them with the text blocks missing (its presence mask and fill, as the
+fail-safe fuses without a block) and E10 marked as the image tower's (FROM_IMAGE).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from export.registry import (
     EMBEDDERS,
     EMBEDDING,
     EXPERT_WEIGHTS,
+    FROM_IMAGE,
     FUSED,
     FUSEMOE_MODEL,
     FUSION_VERSION,
@@ -92,6 +93,7 @@ class TritonPythonModel(BlsAdapter):
             if spec.input is Input.TOKENS:
                 fuse_inputs[spec.block_name + TRUNCATED_SUFFIX] = np.zeros((rows, 1), dtype=bool)
         fuse_inputs[PRESENCE] = np.tile([s.id in IMAGE_BLOCKS for s in EMBEDDERS], (rows, 1))
+        fuse_inputs[FROM_IMAGE] = np.ones((rows, 1), dtype=bool)
         fused = await call(FUSEMOE_MODEL, fuse_inputs, [
             FUSED, EXPERT_WEIGHTS, SELECTED_EXPERTS, FUSION_VERSION, E10.block_name + BLOCK_SUFFIX])
         e10 = fused.pop(E10.block_name + BLOCK_SUFFIX)

@@ -110,3 +110,51 @@ def test_the_binary_helpers_give_the_sign_dot_product_below_zero_too():
     signs = decode_binary(bits, 64)
     assert (64 - 2 * hamming(bits, opposite) == -64).all()
     np.testing.assert_array_equal(64 - 2 * hamming(bits[:, None], bits[None]), signs @ signs.T)
+
+
+class Answering:
+    """Stands in for tritonclient's client: records what was asked and answers ``outputs``."""
+
+    def __init__(self, outputs: dict[str, np.ndarray]):
+        self.outputs = outputs
+        self.asked: list[tuple[str, list[str]]] = []
+
+    def infer(self, model, inputs, outputs, **kwargs):
+        self.asked.append((model, [o.name() for o in outputs]))
+        return self
+
+    def as_numpy(self, name):
+        return self.outputs[name]
+
+
+def test_the_failsafe_entry_asks_for_its_own_outputs_and_names_the_blocks_left_out():
+    """fused_text_failsafe has no TOKENS, blocks or encoded outputs: the client asks for
+    what it serves and reads MISSING into Embedding.missing."""
+    from fusedembed_client import FAILSAFE_MODEL
+
+    fused = np.eye(2, 1536, dtype=np.float32)
+    missing = np.zeros((2, 12), dtype=bool)
+    missing[1, [7, 10]] = True  # E8, E11
+    cut = np.zeros((2, 12), dtype=bool)
+    cut[0, 0] = True
+    redactions = np.zeros((2, 7), dtype=np.int32)
+    redactions[0, 0] = 2
+    answer = Answering({
+        "FUSED": fused, "EXPERT_WEIGHTS": np.full((2, 8), 0.125, dtype=np.float32),
+        "SELECTED_EXPERTS": np.array([[3, 5], [1, -1]], dtype=np.int32),
+        "TRUNCATED": cut, "REDACTIONS": redactions,
+        "FUSION_VERSION": np.array([[b"v1"], [b"v1"]], dtype=object), "MISSING": missing})
+    client = FusedEmbedClient("127.0.0.1:9", model=FAILSAFE_MODEL)
+    client._client = answer
+    got = client.embed_batch(["a", "b"], [1, 2])
+    model, asked = answer.asked[0]
+    assert model == FAILSAFE_MODEL and "TOKENS" not in asked and "MISSING" in asked
+    assert got[0].missing == () and got[1].missing == ("E8", "E11")
+    assert got[1].to_dict()["missing"] == ["E8", "E11"] and "missing" not in got[0].to_dict()
+    assert got[0].truncated == ("E1",) and got[0].redactions == {"EMAIL": 2}
+    assert got[1].selected_experts.tolist() == [1] and got[0].fusion_version == "v1"
+    np.testing.assert_array_equal(got[1].vector, fused[1])
+    for asking in ({"blocks": ["E1"]}, {"sparse": True}, {"dimensions": 256},
+                   {"encoding": "int8"}, {"token_vectors": True}):
+        with pytest.raises(ValueError, match="fused_text_failsafe answers the full float"):
+            client.embed_batch(["a"], [1], **asking)

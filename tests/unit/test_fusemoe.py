@@ -109,6 +109,41 @@ def test_the_fill_is_saved_and_a_checkpoint_without_one_fills_zeros(tmp_path):
     assert torch.equal(loaded.fill, torch.zeros(SMALL.input_dim))
 
 
+def test_only_rows_from_an_image_have_e10_mapped_and_the_map_is_saved(tmp_path):
+    """from_image rows fuse E10 * image_scale + image_offset, the other rows E10 as given;
+    a checkpoint from before the map loads as the identity."""
+    from safetensors.torch import save_file
+
+    from export.artifacts import Manifest, manifest_path, sha256_file
+
+    model = fusemoe.seeded(SMALL)
+    start, end = model.image_block
+    with torch.no_grad():
+        model.image_scale.fill_(1.7)
+        model.image_offset.copy_(_inputs(1, seed=5)[0, :end - start])
+    x = _inputs(3, seed=6)
+    mapped = x.clone()
+    mapped[:, start:end] = x[:, start:end] * 1.7 + model.image_offset
+    with torch.inference_mode():
+        got = model(x, from_image=torch.tensor([True, False, True])).fused
+        torch.testing.assert_close(got[[0, 2]], model(mapped[[0, 2]]).fused)
+        torch.testing.assert_close(got[1], model(x[[1]]).fused[0])
+        assert not torch.allclose(got[0], model(x[[0]]).fused[0], atol=1e-3)
+    fusemoe.save(model, tmp_path / "new", "with-map")
+    loaded, _ = fusemoe.load(tmp_path / "new", SMALL)
+    assert float(loaded.image_scale) == pytest.approx(1.7)
+    torch.testing.assert_close(loaded.image_offset, model.image_offset)
+    old = tmp_path / "old"
+    old.mkdir()
+    data = old / f"{fusemoe.WEIGHTS_STEM}.safetensors"
+    save_file({k: v for k, v in model.state_dict().items()
+               if k not in ("image_scale", "image_offset")}, str(data))
+    Manifest("before-map", sha256_file(data), data.name, {}).write(
+        manifest_path(old, fusemoe.WEIGHTS_STEM))
+    loaded, _ = fusemoe.load(old, SMALL)
+    assert float(loaded.image_scale) == 1.0 and not loaded.image_offset.any()
+
+
 def test_seeded_init_is_deterministic():
     a, b = fusemoe.seeded(SMALL), fusemoe.seeded(SMALL)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):

@@ -232,3 +232,69 @@ def test_the_weight_floor_keeps_every_block_and_sums_to_one():
     w = train.block_weights(x, pairs, means, seed=0, floor=0.01)
     torch.testing.assert_close(w.sum(), torch.tensor(1.0))
     assert float(w.min()) >= 0.01 / (1 + 0.01 * len(EMBEDDERS)) - 1e-7
+
+
+def test_the_image_map_moves_images_onto_the_texts_mean_and_spread():
+    g = torch.Generator().manual_seed(3)
+    text = torch.randn(500, 16, generator=g) * 0.2 + 1.0
+    image = torch.randn(40, 16, generator=g) * 0.05 - 3.0
+    scale, offset = train.fit_image_map(text, image)
+    moved = image * scale + offset
+    torch.testing.assert_close(moved.mean(0), text.mean(0))
+    spread = lambda v: float((v - v.mean(0)).pow(2).sum(-1).mean().sqrt())
+    assert spread(moved) == pytest.approx(spread(text), rel=1e-5)
+
+
+def test_calibration_images_are_not_the_images_the_report_measures():
+    """The map is fitted on matplotlib's sample images; perf.image_views measures
+    scikit-image's: none of the measured images (or a tile of one) is a calibration image."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from perf import image_views
+
+    calibration = train.calibration_images()
+    assert len(calibration) >= 30
+    measured = {hashlib.sha256(s.image.convert("RGB").tobytes()).hexdigest()
+                for s in image_views.sample_images()[0]}
+    for data in calibration:
+        with Image.open(io.BytesIO(data)) as im:
+            assert hashlib.sha256(im.convert("RGB").tobytes()).hexdigest() not in measured
+
+
+def test_frozen_blocks_stay_out_of_the_output_through_training():
+    """After freeze_columns and optimiser steps, changing a frozen block changes nothing."""
+    model = fusemoe.seeded(SMALL)
+    frozen = torch.tensor([e.id in ("E2", "E3") for e in EMBEDDERS])
+    train.freeze_columns(model, frozen)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        x = torch.randn(16, SMALL.input_dim, generator=g)
+        loss = model(x).fused[:, 0].sum() + model.gate(x).max(-1).values.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x = torch.randn(4, SMALL.input_dim, generator=g)
+    moved = x.clone()
+    columns = model._expand_blocks(frozen.float()) > 0
+    moved[:, columns] = 0.0
+    model.norm = torch.nn.Identity()  # the LayerNorm's statistics see every column
+    with torch.inference_mode():
+        torch.testing.assert_close(model(moved).fused, model(x).fused)
+        other = x.clone()
+        other[:, model._expand_blocks((~frozen).float()) > 0] = 0.0
+        assert not torch.allclose(model(other).fused, model(x).fused, atol=1e-3)
+
+
+def test_image_teacher_rows_keep_only_the_image_blocks_at_a_full_rows_norm():
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(40, sum(e.dim for e in EMBEDDERS), generator=g)
+    rows = train.image_teacher_rows(u, 0.25, seed=0)
+    assert rows.shape == (10, u.shape[1])
+    image = torch.repeat_interleave(train.IMAGE_PRESENCE,
+                                    torch.tensor([e.dim for e in EMBEDDERS]))
+    assert not rows[:, ~image].any() and rows[:, image].abs().min() > 0
+    torch.testing.assert_close(rows.norm(dim=-1), u.norm(dim=-1).mean().expand(10))
