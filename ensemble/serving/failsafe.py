@@ -2,8 +2,8 @@
 
 The twelve embedders are called concurrently under one per-request deadline. E1 and at
 least six other blocks must answer; a block that fails or is late is left out: FuseMoE is
-told through its presence mask and fills it (ensemble/fusemoe.py). MISSING says which blocks were filled. With every
-embedder healthy the answer equals fused_text's.
+told through its presence mask and fills it (ensemble/fusemoe.py). MISSING says which
+blocks were filled. With every embedder healthy the answer equals fused_text's.
 
 Each embedder has a circuit breaker (ensemble/breaker.py, settings in the registry's
 FAILSAFE): after repeated failures or missed deadlines it opens and requests skip that
