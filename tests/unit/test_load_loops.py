@@ -28,11 +28,47 @@ def test_every_client_sends_whole_batches_until_the_deadline():
     assert 2.0 <= row["p50_ms"] <= row["p95_ms"] < 500
 
 
-def test_wrong_answers_are_errors_and_no_answer_at_all_stops():
-    row_dim = closed_loop(fake_send(dim=5), TEXTS, 2, 1, 0.05, dim=5)
-    assert row_dim["errors"] == 0
+def wrong_every_other(wrong):
+    """Answers that alternate between right vectors and ``wrong(chunk)``."""
+    def make():
+        sent = [0]
+
+        def send(chunk):
+            time.sleep(0.002)
+            sent[0] += 1
+            return wrong(chunk) if sent[0] % 2 == 0 else np.zeros((len(chunk), 4), np.float32)
+        return send
+    return make
+
+
+@pytest.mark.parametrize("wrong", [
+    lambda chunk: np.zeros((len(chunk), 3), np.float32),  # a vector too short
+    lambda chunk: np.zeros((len(chunk) - 1, 4), np.float32),  # a row missing
+    lambda chunk: np.full((len(chunk), 4), np.nan, np.float32),  # not a number
+], ids=["width", "rows", "nan"])
+def test_wrong_answers_are_errors_not_throughput(wrong):
+    row = closed_loop(wrong_every_other(wrong), TEXTS, 2, 1, 0.1, dim=4)
+    # The warm-up answer is right; after it, every other answer is wrong and only the right
+    # ones count as requests and texts.
+    assert row["errors"] >= 3 and abs(row["errors"] - row["requests"]) <= 2, row
+
+
+def test_no_answer_at_all_stops():
     with pytest.raises(SystemExit, match="no answer"):
         closed_loop(fake_send(dim=3), TEXTS, 2, 2, 0.05, dim=4)
+
+
+def test_the_answer_check_holds_under_python_o():
+    """The check is no ``assert``: ``python -O`` keeps it."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\nfrom perf.workload import check_answer, WrongAnswer\n"
+            "try:\n    check_answer(np.zeros((2, 3)), 2, 4)\nexcept WrongAnswer:\n"
+            "    print('refused')\n")
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "refused"
 
 
 def test_a_client_that_cannot_warm_up_does_not_hang_the_others():

@@ -1,9 +1,31 @@
 from export import registry as r
 
+# The design's table of the twelve embedders (DESIGN.md), written out on its own: the
+# registry must say the same, and the built models must produce blocks of these widths.
+DESIGN_DIMS = {"E1": 1024, "E2": 512, "E3": 512, "E4": 512, "E5": 768, "E6": 1536, "E7": 768,
+               "E8": 384, "E9": 1024, "E10": 768, "E11": 384, "E12": 128}
 
-def test_twelve_embedders_sum_to_fusemoe_input():
-    assert [e.id for e in r.EMBEDDERS] == [f"E{i}" for i in range(1, 13)]
-    assert sum(e.dim for e in r.EMBEDDERS) == r.FUSEMOE.input_dim == 8320
+
+def test_the_registry_has_the_design_s_twelve_embedders_and_widths():
+    assert {e.id: e.dim for e in r.EMBEDDERS} == DESIGN_DIMS
+    assert [e.id for e in r.EMBEDDERS] == list(DESIGN_DIMS)
+
+
+def test_the_built_models_answer_blocks_of_the_design_s_widths(repository):
+    """Each served stage's block, as the in-process pipeline computes it from the built
+    weights, has the design's width, and FuseMoE takes their concatenation."""
+    import numpy as np
+
+    from ensemble import fusemoe
+    from ensemble.pipeline import Pipeline
+
+    out = Pipeline(repository).embed(["a sentence", "another one"],
+                                     np.array([0, 1_700_000_000], dtype=np.int64))
+    assert {b: v.shape for b, v in out.blocks.items()} == {
+        b: (2, d) for b, d in DESIGN_DIMS.items()}
+    model, _ = fusemoe.load(repository / r.FUSEMOE_MODEL / "1")
+    assert model.cfg.input_dim == sum(DESIGN_DIMS.values()) == 8320
+    assert out.fused.shape == (2, 1536)
 
 
 def test_triton_names_are_unique_and_match_the_design():

@@ -161,15 +161,10 @@ def test_a_checkpoint_trained_with_other_settings_or_data_is_not_up_to_date(tmp_
 
 
 @pytest.mark.trained
-def test_every_expert_carries_a_share_of_the_held_out_texts(repository):
+def test_every_expert_carries_a_share_of_the_held_out_texts(repository, served_fusemoe):
     """On the texts of the pairs training held out, every expert of the served checkpoint
     takes at least 5 % of the routing mass (1/8 when even)."""
-    from export.build import trained_checkpoint
-
-    checkpoint = trained_checkpoint(repository)
-    if checkpoint is None:
-        pytest.fail("no trained FuseMoE checkpoint for the built blocks: run `make train`")
-    model, manifest = fusemoe.load(checkpoint)
+    model, manifest = fusemoe.load(served_fusemoe)
     cfg = train.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in manifest.extra["train_config"].items()})
     data = train.training_data(cfg)
