@@ -886,6 +886,9 @@ def main(argv: list[str] | None = None) -> int:
     plot(hist, args.report)
     path = write_report(cfg, data, metrics, version, time.perf_counter() - start,
                         blocks_seconds, cached, args.report)
+    from perf import provenance  # the report says which commit and blocks trained it
+
+    provenance.write(path, path.read_text(), args.repository, directory)
     print(f"checkpoint: {directory} (sha256 {manifest.sha256[:12]}...)")
     print(f"report: {path}")
     return 0

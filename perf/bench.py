@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.server import free_port
-from perf import front, gateway, race_a, race_b, tools
+from perf import front, gateway, provenance, race_a, race_b, tools
 from perf.workload import (
     REPORTS,
     RESULTS,
@@ -280,7 +280,7 @@ def write(results: dict, args: argparse.Namespace, seconds: float) -> Path:
                    "error that names the field (perf/locustfile.py)."), ""]
     lines += tuning_section()
     report = REPORTS / "bench.md"
-    report.write_text("\n".join(lines) + "\n")
+    provenance.write(report, "\n".join(lines) + "\n")
     (RESULTS / "bench.json").write_text(json.dumps(
         {"race_a": ra, "race_b": rb, "fused_text": runs, "cache": cache,
          "locust": {"users": locust["users"], "seconds": locust["seconds"],

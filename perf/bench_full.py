@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import race_a, race_b, roofline
+from perf import provenance, race_a, race_b, roofline
 from perf.workload import (
     REPORTS,
     RESULTS,
@@ -230,7 +230,7 @@ def write(result: dict, seconds: float) -> Path:
               "## Race A: all-MiniLM-L6-v2 (E11) against the strongest peers", "",
               *race_a.section(ra), ""]
     report = REPORTS / "bench-full.md"
-    report.write_text("\n".join(lines) + "\n")
+    provenance.write(report, "\n".join(lines) + "\n", RUN_FULL / SERVED)
     return report
 
 

@@ -32,6 +32,7 @@ from export.registry import (
     MemoryBudget,
     tokenizer_family,
 )
+from perf import provenance
 from perf.workload import (
     REPORTS,
     ROOT,
@@ -221,7 +222,7 @@ def write_report(result: BurstResult, name: str, title: str, command: str,
                    "`FULL_MEMORY_BUDGET` (full profile)."), "",
               f"![memory]({name}-memory.png)"]
     path = REPORTS / f"{name}.md"
-    path.write_text("\n".join(lines) + "\n")
+    provenance.write(path, "\n".join(lines) + "\n")
     (REPORTS / f"{name}.json").write_text(json.dumps(
         {"command": command, "baseline_mib": b, "peak_mib": p,
          "peak_total_mib": result.peak_total,

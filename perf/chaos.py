@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perf import provenance
 from perf.workload import RUN, T0, free_ports, held_repository, machine, server_memory
 
 REPORTS = Path(__file__).resolve().parent / "reports"
@@ -544,7 +545,7 @@ def write(result: dict, hang_s: float) -> Path:
           for r in result["phases"]], "",
         "![chaos](chaos.png)", ""]
     path = REPORTS / "chaos.md"
-    path.write_text("\n".join(lines))
+    provenance.write(path, "\n".join(lines))
     return path
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from ensemble import corpus, fusemoe, train
 from export.registry import EMBEDDERS
+from perf import provenance
 from perf.fusion_quality import blocks_of, fused, pretrained_blocks, served_checkpoint
 from perf.sts import REPORTS
 
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"FUSED {fused_full:.4f} "
                    f"({fused_full - rows[best_block]['ndcg@10']:+.4f}).")]
     REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / "code-retrieval.md").write_text("\n".join(lines) + "\n")
+    provenance.write(REPORTS / "code-retrieval.md", "\n".join(lines) + "\n", args.repository,
+                     checkpoint)
     (REPORTS / "code-retrieval.json").write_text(json.dumps(
         {"queries": n, "checkpoint": manifest.version, "rows": rows,
          "pretrained": pretrained, "seconds": round(seconds, 1)}, indent=2) + "\n")

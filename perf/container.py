@@ -27,6 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ensemble.server import free_port
+from perf import provenance
 from perf.workload import REPORTS, ROOT, T0
 
 IMAGE = os.environ.get("IMAGE", "localhost/fusedembed:cpu")
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     path = REPORTS / "container.md"
-    path.write_text("\n".join(lines))
+    provenance.write(path, "\n".join(lines))
     print(f"wrote {path}")
     return 0
 

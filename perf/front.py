@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perf import provenance
 from perf.workload import (
     REPORTS,
     RUN,
@@ -130,7 +131,7 @@ def write(result: dict) -> Path:
                      f"{', '.join(f'{x:.3f}' for x in t['ratios'])} | {t['errors']} |")
     lines += ["", "![front minus direct per request](front.png)", ""]
     path = REPORTS / "front.md"
-    path.write_text("\n".join(lines))
+    provenance.write(path, "\n".join(lines))
     (REPORTS / "front.json").write_text(json.dumps(stored(result), indent=2) + "\n")
     return path
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ensemble import encodings, train
 from export.build import embedder_fingerprints
-from perf import image_views
+from perf import image_views, provenance
 from perf.fusion_quality import blocks_of, fused
 from perf.sts import DATA, REPORTS, ROOT, load_split
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['image_spearman']:.3f} | {r['image_auc']:.3f} |")
     REPORTS.mkdir(parents=True, exist_ok=True)
     path = REPORTS / "fusion-ablation.md"
-    path.write_text("\n".join(lines) + "\n")
+    provenance.write(path, "\n".join(lines) + "\n")
     (REPORTS / "fusion-ablation.json").write_text(json.dumps(
         {"rows": rows, "e11": e11}, indent=1) + "\n")
     print("\n".join(lines))

@@ -21,6 +21,7 @@ import torch
 
 from ensemble import alignment, encodings, fusemoe
 from export.registry import EMBEDDERS
+from perf import provenance
 from perf.sts import DATA, REPORTS, ROOT, load_split, spearman_of_cosines
 
 GOAL = 0.0  # the trained FUSED must be at least as good as the best pretrained block
@@ -73,12 +74,13 @@ def pretrained_blocks(repository: Path) -> dict[str, str]:
 
 
 def served_checkpoint(repository: Path, given: Path | None) -> Path:
-    """``given``, else the newest trained checkpoint made for the built blocks."""
-    from export.build import trained_checkpoint
+    """``given``, else the FuseMoE folder the repository serves (a trained one)."""
+    from export.registry import FUSEMOE_MODEL
 
-    checkpoint = given or trained_checkpoint(repository)
-    if checkpoint is None:
-        raise SystemExit("no trained FuseMoE checkpoint for the built blocks: run `make train`")
+    checkpoint = given or repository / FUSEMOE_MODEL / "1"
+    _, manifest = fusemoe.load(checkpoint)
+    if not manifest.extra.get("trained"):
+        raise SystemExit(f"{checkpoint} holds no trained FuseMoE: run `make train`")
     return checkpoint
 
 
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"least as good: {'met' if verdict else 'NOT met'} "
                        f"({trained_score - best:+.4f}).")]
     path = REPORTS / f"fusion-quality-{args.split}.md"
-    path.write_text("\n".join(lines) + "\n")
+    provenance.write(path, "\n".join(lines) + "\n", args.repository, checkpoint)
     (REPORTS / f"fusion-quality-{args.split}.json").write_text(json.dumps(
         {"split": args.split, "pairs": len(pairs.gold), "fused": scores, "blocks": block_scores,
          "best_pretrained_block": best_id, "goal_met": verdict,

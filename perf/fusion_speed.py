@@ -23,6 +23,7 @@ import torch
 
 from ensemble import fusemoe
 from export.registry import EMBEDDERS, FUSEMOE, FUSEMOE_MODEL
+from perf import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "perf" / "reports"
@@ -102,7 +103,7 @@ def write_report(rows: list[dict], version: str, repeats: int, threads: int) -> 
     if not any(r["device"] == "cuda" for r in rows):
         lines += ["", "No CUDA device on this machine: GPU figures not measured."]
     path = REPORTS / "fusion-speed.md"
-    path.write_text("\n".join(lines) + "\n")
+    provenance.write(path, "\n".join(lines) + "\n")
     (REPORTS / "fusion-speed.json").write_text(json.dumps(
         {"weights": version, "repeats": repeats, "threads": threads, "rows": rows},
         indent=2) + "\n")

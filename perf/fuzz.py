@@ -51,6 +51,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
 from export import registry as r
+from perf import provenance
 from perf.workload import REPORTS, RUN, T0, machine, rss_mib, server_memory
 
 ENTRY_POINTS = (r.ENSEMBLE_MODEL, r.CACHED_MODEL, r.FAILSAFE_MODEL, "fused_image")
@@ -674,7 +675,7 @@ found not to match the gateway's own OpenAPI document.
 {chr(10).join(contract) or "None."}
 """
     path = REPORTS / "fuzz.md"
-    path.write_text(text)
+    provenance.write(path, text)
     return path
 
 

@@ -26,6 +26,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.build import linked_repository
 from export.registry import EMBEDDERS, Input
+from perf import provenance
 from perf.burst import send
 from perf.workload import (
     REPORTS,
@@ -141,7 +142,7 @@ def write_report(rows: list[dict], args) -> Path:
             f"{np.median(r['long_batch_s']) if r['long_batch_s'] else float('nan'):.1f} | "
             f"{r['short_texts_per_s']:.0f} | {r['memory_mib']:.0f} |")
     path = REPORTS / "headofline.md"
-    path.write_text("\n".join(lines) + "\n")
+    provenance.write(path, "\n".join(lines) + "\n")
     (REPORTS / "headofline.json").write_text(json.dumps(rows, indent=1) + "\n")
     return path
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from perf import provenance
+
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "perf" / "reports"
 T0 = 1_700_000_000
@@ -268,7 +270,7 @@ def write_report(result: dict, seconds: float) -> Path:
         "## Image files (sha256)", "",
         *[f"- `{k}` {v}" for k, v in img["files"].items()], ""]
     path = REPORTS / "image-views.md"
-    path.write_text("\n".join(lines))
+    provenance.write(path, "\n".join(lines))
     return path
 
 

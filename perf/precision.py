@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perf import provenance
 from perf.workload import REPORTS, RUN, machine, update_summary
 
 BATCH = 32
@@ -291,7 +292,8 @@ def write_report(profile: str, result: dict) -> Path:
                    "tensor, so an INT8 vector depends slightly on the texts batched with it "
                    "(FP32 vectors do not).")]
     path = report_path(profile)
-    path.write_text("\n".join(lines) + "\n")
+    provenance.write(path, "\n".join(lines) + "\n",
+                     RUN / "precision" / "full-fp32" if profile == "full" else None)
     path.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     return path
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ensemble.server import Ports, TritonServer, free_ports
-from perf import tools
+from perf import provenance, tools
 from perf.workload import REPORTS, ROOT, server_memory
 
 
@@ -96,7 +96,7 @@ def write_report(args, stats: list[dict], samples, restarts: list[str]) -> Path:
     lines.append(f"| **all** | {t0:.0f} | {t1:.0f} | {t2:.0f} | {t2 - t0:+.0f} | {t2 - t1:+.0f} |")
     lines += ["", "![memory](soak-memory.png)"]
     path = REPORTS / "soak.md"
-    path.write_text("\n".join(lines) + "\n")
+    provenance.write(path, "\n".join(lines) + "\n")
     (REPORTS / "soak.json").write_text(json.dumps(
         {"stats": stats, "memory_mib": [{"t": t, "rss": m} for t, m in samples],
          "restarts": restarts}, indent=1) + "\n")

@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from perf import provenance
 from perf.workload import (
     RUN,
     closed_loop,
@@ -185,7 +186,7 @@ def write(result: dict) -> Path:
          f"left without an answer: {h['unanswered']}."),
         ""]
     path = REPORTS / "stall.md"
-    path.write_text("\n".join(lines))
+    provenance.write(path, "\n".join(lines))
     return path
 
 

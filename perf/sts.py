@@ -21,6 +21,7 @@ import numpy as np
 
 from ensemble.server import free_ports
 from export.stsb import DATA, Pairs, load_split  # noqa: F401 - re-exported
+from perf import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "perf" / "reports"
@@ -109,7 +110,7 @@ def write_report(split: str, scores: dict[str, float | None], weights: dict[str,
               "FuseMoE checkpoint named in its row (perf/reports/fusion-quality-test.md "
               "compares it with the seeded initialisation).")]
     path = REPORTS / f"sts-{split}.md"
-    path.write_text("\n".join(lines) + "\n")
+    provenance.write(path, "\n".join(lines) + "\n")
     (REPORTS / f"sts-{split}.json").write_text(json.dumps(
         {"split": split, "pairs": n, "spearman": scores, "weights": weights}, indent=2) + "\n")
     return path

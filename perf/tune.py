@@ -31,7 +31,7 @@ from ensemble.stages import GRAPH_OPTIMIZATION
 from export import registry as r
 from export.build import linked_repository
 from export.repository import REPOSITORY
-from perf import workload
+from perf import provenance, workload
 from perf.workload import REPORTS, RESULTS, ROOT
 
 RUN = ROOT / ".run" / "tune"
@@ -185,7 +185,7 @@ def write(rows: list[dict], seconds: float, defaults: str | None = None) -> Path
               "change the knobs in `model_repository/<model>/configs/built.pbtxt` "
               "(`instance_group.count`, parameters `threads`, `graph_optimization`, "
               "`length_buckets`; `dynamic_batching`) or in export/registry.py and rebuild.")]
-    report.write_text("\n".join(lines) + "\n")
+    provenance.write(report, "\n".join(lines) + "\n")
     (RESULTS / "tuning.json").write_text(json.dumps(
         {"defaults": defaults, "rows": rows, "winners": won, "minutes": seconds / 60},
         indent=2) + "\n")
