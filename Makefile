@@ -22,7 +22,7 @@ endif
 DEVICE        ?= cpu
 
 .PHONY: serve test test-unit build train weights sts soak bench precision tune venv clean lint fuzz \
-        image dashboard chaos
+        image dashboard chaos mutation mutation-served
 
 serve: train
 	$(PY) -m ensemble.server
@@ -114,6 +114,16 @@ $(STAMP): requirements.txt requirements-serve.txt pyproject.toml client/pyprojec
 	$(PY) -m pip install --quiet --no-deps -e . -e client
 	$(PY) -m export.vocabularies
 	touch $(STAMP)
+
+# Mutation testing of the core of our own logic against the unit tier (mutmut, pinned in
+# requirements-mutation.txt; hours on 2 cores, MODULES= to limit it) and deliberate faults in
+# a copy of the built repository against the server tier: perf/reports/mutation.md.
+mutation: venv
+	$(PY) -m pip install --quiet -r requirements-mutation.txt
+	$(PY) -m perf.mutation $(if $(MODULES),--modules $(MODULES))
+
+mutation-served: train
+	$(PY) -m perf.mutation_served
 
 lint: venv
 	$(PY) -m ruff check export ensemble client perf tests

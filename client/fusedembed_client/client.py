@@ -455,6 +455,8 @@ class FusedEmbedClient:
             result = self._client.infer(self._sparse_tokenizer(),
                                         infer_inputs(tc, [(IDS, "INT32", ids)]),
                                         outputs=[tc.InferRequestedOutput(TERMS)])
+        except FusedEmbedError:
+            raise  # the ensemble has no E6 terms
         except Exception as err:
             raise FusedEmbedError(f"{self.url}: {err}",
                                   str(getattr(err, "status", lambda: None)() or "")) from err

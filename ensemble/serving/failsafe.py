@@ -250,10 +250,7 @@ class TritonPythonModel(BlsAdapter):
         for name in GATE_CONTROLS:
             if name in given:
                 fuse_inputs[name] = given[name]
-        if PRESENCE in given:
-            if given[PRESENCE].shape != present.shape:
-                raise RequestError(f"{PRESENCE}: {given[PRESENCE].shape[0]} rows for {rows} "
-                                   f"texts")
+        if PRESENCE in given:  # its rows were checked with the other controls (_validate)
             fuse_inputs[PRESENCE] = given[PRESENCE].astype(bool) & present
         else:
             fuse_inputs[PRESENCE] = present

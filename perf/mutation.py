@@ -1,0 +1,273 @@
+"""Mutation testing of the core of our own logic against the unit tier (mutmut).
+
+    python -m perf.mutation                     # every module (hours on 2 cores)
+    python -m perf.mutation --modules client    # some of them
+    python -m perf.mutation --report-only       # the report again from mutmut's results
+
+mutmut makes small changes (mutants) to each function of the listed modules and runs the unit
+tests that cover it; a mutant the tests do not fail on "survived". The modules under
+``ensemble/`` and ``export/`` run from the project root with the ``[tool.mutmut]`` settings of
+pyproject.toml. The client's modules run from ``.mutation-client/``, a layout (written here,
+git-ignored) where ``fusedembed_client`` sits at the top as it is imported: mutmut names a
+module by its path, and ``client/fusedembed_client/...`` would never be the module the tests
+load. Tests that need the built model repository are skipped (FUSEDEMBED_MUTATION): a mutated
+build must not write it.
+
+Writes perf/reports/mutation.md (mutants per module, killed, survived, time; each survivor
+with its diff, under the reason it cannot be told apart when one of EQUIVALENT explains it)
+and perf/results/mutation.json. Not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from perf import provenance
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "perf" / "reports"
+RESULTS = ROOT / "perf" / "results"
+CLIENT_LAYOUT = ROOT / ".mutation-client"
+GOAL = 0.90  # the share of mutants killed in every module
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    path: str  # as mutmut sees it, relative to its layout
+    layout: Path
+
+    @property
+    def source(self) -> Path:
+        return (ROOT / "client" / self.path) if self.layout == CLIENT_LAYOUT else ROOT / self.path
+
+
+MODULES = [Module("fusemoe", "ensemble/fusemoe.py", ROOT),
+           Module("validation", "ensemble/validation.py", ROOT),
+           Module("pii", "ensemble/pii.py", ROOT),
+           Module("encodings", "ensemble/encodings.py", ROOT),
+           Module("failsafe", "ensemble/serving/failsafe.py", ROOT),
+           Module("registry", "export/registry.py", ROOT),
+           Module("client", "fusedembed_client/client.py", CLIENT_LAYOUT),
+           Module("backend", "fusedembed_client/gateway/backend.py", CLIENT_LAYOUT)]
+
+# The client layout's unit tests (the main layout's are in pyproject.toml).
+CLIENT_TESTS = ["tests/unit/test_client.py", "tests/unit/test_client_requests.py",
+                "tests/unit/test_gateway.py", "tests/unit/test_gateway_backend.py"]
+
+# killed: the tests failed; timeout: they did not end (an endless loop is caught); the rest
+# are what mutmut calls them (stats.status_by_exit_code).
+KILLED = {1: "killed", 3: "killed", 36: "timeout", 24: "timeout", -24: "timeout",
+          152: "timeout", 255: "timeout", -9: "killed", -11: "killed"}
+STATUS = {0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",
+          37: "type check", None: "not checked"}
+
+
+@dataclass(frozen=True)
+class Equivalent:
+    """A survivor explained: a mutant of ``function`` (a substring of mutmut's name) whose
+    changed lines match ``changed`` behaves as the original for every input the code can
+    get, for ``reason``."""
+
+    module: str
+    function: str
+    changed: str  # a regular expression over the mutant's added lines
+    reason: str
+
+
+EQUIVALENT: list[Equivalent] = [
+    Equivalent("pii", "luhn_valid", r"if d >= 9:",
+               "a doubled digit is even, so it is never 9: > 9 and >= 9 agree"),
+    Equivalent("pii", "luhn_valid", r"total -= d",
+               "a sum and its negative are divisible by 10 together"),
+    Equivalent("pii", "_card", r"<= len\(digits\) <= 20",
+               "the card pattern matches at most 19 digits"),
+    Equivalent("pii", "scrub_texts", r"reshape\(-2,",
+               "numpy takes any negative size as the one it works out"),
+]
+
+
+def mutmut_settings(layout: Path) -> dict:
+    return tomllib.loads((layout / "pyproject.toml").read_text())["tool"]["mutmut"]
+
+
+def write_client_layout() -> None:
+    """``.mutation-client/``: links to the packages and tests, and a pyproject.toml that is
+    ours with the client's mutmut settings."""
+    CLIENT_LAYOUT.mkdir(exist_ok=True)
+    links = {"fusedembed_client": ROOT / "client" / "fusedembed_client", "tests": ROOT / "tests",
+             "ensemble": ROOT / "ensemble", "export": ROOT / "export", "perf": ROOT / "perf"}
+    for name, target in links.items():
+        link = CLIENT_LAYOUT / name
+        if not link.is_symlink():
+            if link.exists():
+                shutil.rmtree(link)
+            link.symlink_to(target)
+    main = (ROOT / "pyproject.toml").read_text()
+    settings = mutmut_settings(ROOT)
+    client = {
+        "source_paths": ["fusedembed_client"],
+        "only_mutate": [m.path for m in MODULES if m.layout == CLIENT_LAYOUT],
+        "also_copy": ["ensemble", "export", "perf"],
+        "pytest_add_cli_args": settings["pytest_add_cli_args"],
+        "pytest_add_cli_args_test_selection": CLIENT_TESTS,
+        "timeout_multiplier": settings["timeout_multiplier"]}
+    section = "[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in client.items())
+    text = re.sub(r"\[tool\.mutmut\]\n(?:[^\[].*\n|\n)*", section + "\n", main)
+    (CLIENT_LAYOUT / "pyproject.toml").write_text(text)
+
+
+def run_mutmut(layout: Path, modules: list[Module], children: int) -> float:
+    """mutmut on ``modules`` of one layout; the seconds it took."""
+    env = os.environ | {"FUSEDEMBED_MUTATION": "1", "OMP_NUM_THREADS": "1",
+                        "MKL_NUM_THREADS": "1"}
+    names = [m.path[:-3].replace("/", ".") + ".*" for m in modules]
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children),
+                    *names], cwd=layout, env=env, check=False)
+    return time.monotonic() - start
+
+
+def results(module: Module) -> dict:
+    """mutmut's verdict on every mutant of ``module``: {name: (status, seconds)}."""
+    meta = module.layout / "mutants" / (module.path + ".meta")
+    if not meta.is_file():
+        return {}
+    data = json.loads(meta.read_text())
+    durations = data.get("durations_by_key", {})
+    out = {}
+    for name, code in data["exit_code_by_key"].items():
+        status = KILLED.get(code) or STATUS.get(code, f"exit {code}")
+        out[name] = (status, float(durations.get(name, 0.0)))
+    return out
+
+
+def diff(module: Module, name: str) -> str:
+    shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=module.layout,
+                           capture_output=True, text=True, check=False)
+    return shown.stdout.strip() or shown.stderr.strip()
+
+
+def added_lines(patch: str) -> str:
+    return "\n".join(line[1:] for line in patch.splitlines()
+                     if line.startswith("+") and not line.startswith("+++"))
+
+
+def explained(module: Module, name: str, patch: str) -> Equivalent | None:
+    added = added_lines(patch)
+    for rule in EQUIVALENT:
+        if (rule.module == module.name and rule.function in name
+                and re.search(rule.changed, added)):
+            return rule
+    return None
+
+
+def summarise(modules: list[Module], seconds: dict[str, float]) -> dict:
+    out = {}
+    for module in modules:
+        verdicts = results(module)
+        counts: dict[str, int] = {}
+        for status, _ in verdicts.values():
+            counts[status] = counts.get(status, 0) + 1
+        survivors = []
+        for name, (status, _) in sorted(verdicts.items()):
+            if status in ("survived", "no tests", "suspicious"):
+                patch = diff(module, name)
+                rule = explained(module, name, patch)
+                survivors.append({"name": name, "status": status, "diff": patch,
+                                  "equivalent": rule.reason if rule else None})
+        killed = counts.get("killed", 0) + counts.get("timeout", 0)
+        checked = sum(v for k, v in counts.items() if k != "not checked")
+        out[module.name] = {
+            "path": str(module.source.relative_to(ROOT)), "mutants": len(verdicts),
+            "counts": counts, "killed": killed, "checked": checked,
+            "killed_share": killed / checked if checked else None,
+            "test_seconds": sum(s for _, s in verdicts.values()),
+            "run_seconds": seconds.get(module.name), "survivors": survivors}
+    return out
+
+
+def write_report(summary: dict) -> Path:
+    lines = ["# Mutation testing: the unit tier against mutants of our own logic", "",
+             ("Command: `make mutation` (`python -m perf.mutation`; `--modules` to limit it). "
+              "mutmut " + mutmut_version() + " makes each mutant of the listed modules and runs "
+              "the unit tests that cover the mutated function (tests needing the built "
+              "repository skipped); a mutant is killed when they fail or time out. Goal: at "
+              f"least {GOAL:.0%} killed in every module; every survivor killed by a new test "
+              "or listed below with why it cannot be told apart."), "",
+             ("| module | mutants | killed | survived | no tests | timeout | killed share | "
+              "explained survivors | unexplained | test time (s) |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in summary.items():
+        c = m["counts"]
+        explained_n = sum(1 for s in m["survivors"] if s["equivalent"])
+        share = "not run" if m["killed_share"] is None else f"{m['killed_share']:.1%}"
+        lines.append(f"| {name} (`{m['path']}`) | {m['mutants']} | {m['killed']} | "
+                     f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {c.get('timeout', 0)} "
+                     f"| {share} | {explained_n} | {len(m['survivors']) - explained_n} | "
+                     f"{m['test_seconds']:.0f} |")
+    for name, m in summary.items():
+        if not m["survivors"]:
+            continue
+        lines += ["", f"## {name}: survivors", ""]
+        by_reason: dict[str, list[dict]] = {}
+        for s in m["survivors"]:
+            by_reason.setdefault(s["equivalent"] or "", []).append(s)
+        for reason, group in sorted(by_reason.items(), key=lambda g: g[0] == ""):
+            title = f"Equivalent: {reason}" if reason else "Not explained (tests to write)"
+            lines += [f"### {title}", ""]
+            for s in group:
+                lines += [f"`{s['name']}` ({s['status']})", "", "```diff", s["diff"], "```", ""]
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    return provenance.write(REPORTS / "mutation.md", "\n".join(lines) + "\n")
+
+
+def mutmut_version() -> str:
+    from importlib.metadata import version
+
+    return version("mutmut")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modules", nargs="*", choices=[m.name for m in MODULES],
+                        help="the modules to run (default: all)")
+    parser.add_argument("--children", type=int, default=2, help="mutmut's --max-children")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from mutmut's results without running it")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MODULES if not args.modules or m.name in args.modules]
+    saved = RESULTS / "mutation.json"
+    seconds = json.loads(saved.read_text()).get("run_seconds", {}) if saved.is_file() else {}
+    if not args.report_only:
+        write_client_layout()
+        for layout in (ROOT, CLIENT_LAYOUT):
+            group = [m for m in chosen if m.layout == layout]
+            if group:
+                took = run_mutmut(layout, group, args.children)
+                for m in group:
+                    seconds[m.name] = took / len(group)
+    summary = summarise(MODULES, seconds)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({"run_seconds": seconds, "modules": summary}, indent=1))
+    print(f"report: {write_report(summary)}")
+    below = [n for n, m in summary.items()
+             if m["killed_share"] is not None and m["killed_share"] < GOAL]
+    if below:
+        print(f"below {GOAL:.0%} killed: {', '.join(below)}")
+    return 1 if below else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
