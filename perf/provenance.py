@@ -60,6 +60,21 @@ class Provenance:
         return self.checkpoint if SEEDED.fullmatch(self.checkpoint) else None
 
 
+def expected_identity(served: Provenance, profile: str) -> str | None:
+    """The checkpoint a build of this commit serves in ``profile``, given what the project's
+    build serves (``served``): the full profile serves the seeded init (Makefile), the
+    others the checkpoint `make train` trains for their blocks."""
+    if profile == "full":
+        return SEEDED_VERSION
+    return served.identity if profile == served.profile else None
+
+
+def current(made: Provenance | None, served: Provenance) -> bool:
+    """Whether a report's checkpoint is the one a build of this commit serves."""
+    return (made is not None and made.identity is not None
+            and made.identity == expected_identity(served, made.profile))
+
+
 def commit(root: Path = ROOT) -> str:
     """HEAD's short hash, ``+changes`` when the working tree differs from it (outside
     perf/reports, which a run is about to write)."""
@@ -147,9 +162,9 @@ def report_files(root: Path = REPORTS) -> list[Path]:
 
 def backfill(path: Path, checkpoints: Path) -> Provenance | None:
     """Give a report written before provenance lines its line: the commit that last wrote it,
-    the profile its name says (``-full``) or its text shows (a trained FuseMoE beside the
-    packaged all-MiniLM-L6-v2: ``pretrained``), and the one checkpoint it names with that
-    checkpoint's sha256 when the checkpoint is still here. None when it has one."""
+    the profile its name says (``-full``) or its checkpoint shows (a trained FuseMoE:
+    ``pretrained``, the profile `make train` trains for), and the one checkpoint it names
+    with that checkpoint's sha256 when the checkpoint is still here. None when it has one."""
     if parse(path) is not None:
         return None
     text = path.read_text()
@@ -165,9 +180,9 @@ def backfill(path: Path, checkpoints: Path) -> Provenance | None:
         manifest = checkpoints / checkpoint / "fusemoe.manifest.json"
         if manifest.is_file():
             sha256 = json.loads(manifest.read_text())["sha256"]
-    profile = ("full" if "full" in path.stem
-               # a trained FuseMoE beside the packaged all-MiniLM: what `make build` makes
-               else "pretrained" if names and "all-MiniLM-L6-v2" in text else NOT_RECORDED)
+    # A trained FuseMoE: `make train` on the default profile's blocks (the full profile
+    # serves the seeded init).
+    profile = ("full" if "full" in path.stem else "pretrained" if names else NOT_RECORDED)
     if not names and profile == "full" and "seeded" in text:
         checkpoint = SEEDED_VERSION  # the full profile serves the seeded init (Makefile)
     made = Provenance(last or NOT_RECORDED, profile, checkpoint, sha256)
@@ -189,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         made = backfill(path, TRAINED_CHECKPOINTS) if args.backfill else None
         made = made or parse(path)
         state = ("no provenance line" if made is None else
-                 "current" if made.identity is not None and made.identity == now.identity
-                 else "stale")
+                 "current" if current(made, now) else "stale")
         print(f"{path.relative_to(REPORTS)}: {state}"
               + (f" ({made.checkpoint}, {made.commit})" if made else ""))
     return 0

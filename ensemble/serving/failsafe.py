@@ -77,8 +77,6 @@ class StepError(ServiceError):
 
     def __init__(self, model: str, message: str) -> None:
         super().__init__(f"{model}: {message}")
-        self.model = model
-        self.message = message
 
 
 async def call(model: str, inputs: dict[str, np.ndarray], outputs: list[str],

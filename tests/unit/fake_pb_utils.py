@@ -20,6 +20,7 @@ HANDLERS: dict[str, Handler] = {}
 CALLS: list[tuple[str, dict[str, np.ndarray]]] = []
 LOG: list[tuple[str, str]] = []
 METRICS: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+FAMILIES: dict[str, tuple[str, str]] = {}  # name -> (kind, description)
 
 DTYPES = {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32,
           "TYPE_BOOL": np.bool_, "TYPE_STRING": np.object_, "TYPE_UINT8": np.uint8,
@@ -118,6 +119,7 @@ class MetricFamily:
 
     def __init__(self, name: str, description: str, kind: str) -> None:
         self.name = name
+        FAMILIES[name] = (kind, description)
 
     def Metric(self, labels: dict[str, str]) -> _Metric:
         return _Metric(self.name, labels)
@@ -142,6 +144,7 @@ def reset() -> None:
     CALLS.clear()
     LOG.clear()
     METRICS.clear()
+    FAMILIES.clear()
 
 
 def install() -> types.ModuleType:

@@ -83,6 +83,7 @@ class Client:
         return {"config": self.configs[name]} if as_json else self.configs[name]
 
     def is_model_ready(self, name: str) -> bool:
+        self.asked_ready = name
         if isinstance(self.ready, Exception):
             raise self.ready
         return self.ready
@@ -107,7 +108,14 @@ class AsyncClient(Client):
 
     async def get_model_config(self, name: str, as_json: bool = False,  # type: ignore[override]
                                client_timeout: float | None = None) -> dict:
+        self.config_timeouts.append(client_timeout)
         return Client.get_model_config(self, name, as_json)
+
+    @property
+    def config_timeouts(self) -> list[float | None]:
+        if not hasattr(self, "_config_timeouts"):
+            self._config_timeouts: list[float | None] = []
+        return self._config_timeouts
 
 
 class Module:

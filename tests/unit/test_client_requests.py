@@ -464,3 +464,112 @@ def test_an_embedding_as_a_dict_has_only_what_it_carries():
     assert full["token_vectors"] == [[1.0, 1.0]]
     assert (full["encoding"], full["codes"], full["scale"]) == ("int8", [1, 2], [1.0, 1.0])
     assert full["missing"] == ["E3"]
+
+
+# --- what each call sends, exactly ----------------------------------------------------------
+
+def test_a_default_embed_sends_no_optional_input_and_typed_arrays():
+    client = make()
+    client.embed_batch(["a"], [T0])
+    call = client._client.calls[0]
+    assert list(call.inputs) == ["TEXT", "TIMESTAMP"]
+    assert call.inputs["TEXT"].dtype == object and call.inputs["TIMESTAMP"].dtype == np.int64
+    client.embed_batch(["a"], [T0], dimensions=256, kind="query")
+    call = client._client.calls[1]
+    assert call.inputs["DIMENSIONS"].tolist() == [[256]]
+    assert call.inputs["KIND"].dtype == object
+
+
+def test_image_inputs_are_bytes_objects_and_the_time_inputs_as_given():
+    client = make()
+    client.embed_images([b"a", b"b"], [5, 6], sessions="s", sequences=[7, 8])
+    call = client._client.calls[0]
+    assert call.inputs["IMAGE"].dtype == object and call.inputs["IMAGE"].shape == (2, 1)
+    assert call.inputs["TIMESTAMP"].tolist() == [[5], [6]]
+    assert call.inputs["TIMESTAMP"].dtype == np.int64
+    assert call.inputs["SESSION"].tolist() == [[b"s"], [b"s"]]
+    assert call.inputs["SEQUENCE"].tolist() == [[7], [8]]
+    client.embed_image(b"c", T0, sequence=3)
+    call = client._client.calls[1]
+    assert call.inputs["TIMESTAMP"].tolist() == [[T0]]
+    assert call.inputs["SEQUENCE"].tolist() == [[3]]
+    with pytest.raises(ValueError, match="^2 images but 1 timestamps$"):
+        client.embed_images([b"a", b"b"], [5])
+
+
+def test_an_image_s_embedding_holds_the_answer_s_vector_weights_and_experts():
+    (e,) = make().embed_images([b"a"], [T0])
+    assert e.vector.shape == (1536,) and e.vector[3] == 3.0
+    assert e.expert_weights.tolist() == [0.125] * 8
+    assert e.selected_experts.tolist() == [0]  # expert 0 kept, the -1 padding dropped
+
+
+def test_the_client_is_made_for_its_protocol():
+    http = FusedEmbedClient("127.0.0.1:1", "http")
+    grpc = FusedEmbedClient("127.0.0.1:1", "grpc")
+    assert type(http._client).__module__.startswith("tritonclient.http")
+    assert type(grpc._client).__module__.startswith("tritonclient.grpc")
+    assert (http.url, grpc.url) == ("127.0.0.1:1", "127.0.0.1:1")
+    assert FusedEmbedClient(protocol="grpc").url == "127.0.0.1:8001"
+    with pytest.raises(ValueError, match="protocol must be 'http' or 'grpc', not 'HTTP'"):
+        FusedEmbedClient(protocol="HTTP")
+
+
+def test_ready_asks_about_its_own_model():
+    client = make(model=c.CACHED_MODEL)
+    assert client.ready() and client._client.asked_ready == c.CACHED_MODEL
+
+
+def test_the_failsafe_entry_point_says_everything_it_cannot_answer():
+    with pytest.raises(ValueError) as err:
+        make(model=c.FAILSAFE_MODEL).embed_batch(["a"], [T0], encoding="int8")
+    assert str(err.value) == ("fused_text_failsafe answers the full float vector only; ask "
+                              "fused_text for blocks, sparse terms, token vectors, dimensions "
+                              "and encodings")
+
+
+def test_terms_send_int32_ids_in_one_row():
+    client = make()
+    client.terms(np.array([[7], [3]], dtype=np.int64))
+    call = client._client.calls[0]
+    assert call.inputs[c.IDS].dtype == np.int32 and call.inputs[c.IDS].tolist() == [[7, 3]]
+
+
+def test_a_failed_terms_call_without_a_status_has_an_empty_one():
+    def down(model, inputs, outputs):
+        raise RuntimeError("no status here")
+    with pytest.raises(FusedEmbedError) as err:
+        make(handler=down).terms([1])
+    assert err.value.status == ""
+
+
+def test_the_sparse_tokenizer_is_the_source_of_e6_s_input_ids():
+    client = make()
+    client._client.configs = {c.MODEL: {"ensemble_scheduling": {"step": [
+        {"model_name": "preprocess"},  # a step without maps
+        {"model_name": "e06_sparse", "input_map": {"input_ids": "tok.a.ids"},
+         "output_map": {"sparse_indices": "E6_SPARSE_INDICES"}}]}},
+        "tok": {}}
+    assert client._sparse_tokenizer() == "tok"
+    client._client.configs[c.MODEL]["ensemble_scheduling"]["step"][1].pop("input_map")
+    assert client._sparse_tokenizer() == ""
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_config_is_read_as_each_protocol_returns_it(protocol):
+    client = make(protocol)
+    assert client._config("tok_bert_uncased") == {}
+    assert client._config(c.MODEL)["ensemble_scheduling"]["step"][0]["model_name"] == (
+        "preprocess")
+
+
+def test_helpers_take_plain_lists_and_answer_their_dtypes():
+    assert c.decode_int8([[2, -3]], [[0.5, 0.25]]).dtype == np.float32
+    bits = c.decode_binary([[0b11000000, 0b10000000]], 9)
+    assert bits.dtype == np.float32 and bits.tolist() == [[1, 1, -1, -1, -1, -1, -1, -1, 1]]
+    assert c.hamming([[0b1111]], [[0b0101]]).tolist() == [2]
+    terms = SparseTerms(np.array([1], np.int32), np.array([2.0], np.float32))
+    assert terms.dense(3).dtype == np.float32
+    scale = np.array([0.1, 0.3], dtype=np.float32)
+    got = c.int8_similarity(np.array([[1, 2]], np.int8), np.array([[3, 4]], np.int8), scale)
+    assert got.tolist() == [3 * np.float64(scale[0]) ** 2 + 8 * np.float64(scale[1]) ** 2]

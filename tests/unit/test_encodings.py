@@ -120,3 +120,50 @@ def test_a_checkpoints_sizes_and_scales_round_trip_through_its_manifest(tmp_path
         np.testing.assert_array_equal(back.int8_scale[d], scales[d])
     plain = fusemoe.save(model, tmp_path / "plain", "v0")
     assert fusemoe.Outputs.of(plain, small) == fusemoe.Outputs((256,), {})
+
+
+def test_encoded_gives_each_encoding_with_its_own_similarity():
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=(6, 32)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    scale = np.full(16, 0.01, dtype=np.float32)
+    out = encodings.encoded(v, 16, scale)
+    assert list(out) == ["float", "int8", "binary"]
+    head = encodings.prefix(v, 16)
+    codes, similarity = out["float"]
+    np.testing.assert_array_equal(codes, head)
+    np.testing.assert_allclose(similarity(codes[:3], codes[3:]), (head[:3] * head[3:]).sum(-1),
+                               rtol=1e-6)
+    codes, similarity = out["int8"]
+    np.testing.assert_array_equal(codes, encodings.int8(head, scale))
+    np.testing.assert_allclose(similarity(codes[:3], codes[3:]),
+                               encodings.int8_similarity(codes[:3], codes[3:], scale))
+    codes, similarity = out["binary"]
+    np.testing.assert_array_equal(codes, encodings.binary(head))
+    signs = np.where(head > 0, 1, -1)
+    assert similarity(codes[:3], codes[3:]).tolist() == (signs[:3] * signs[3:]).sum(-1).tolist()
+    assert list(encodings.encoded(v, 16)) == ["float", "binary"]  # int8 needs a scale
+
+
+def test_int8_similarity_multiplies_in_int32_and_weights_by_the_squared_scale():
+    a = np.array([[127, -127, 3]], dtype=np.int8)
+    b = np.array([[127, 127, 2]], dtype=np.int8)
+    plain = encodings.int8_similarity(a, b)
+    assert plain.tolist() == [127 * 127 - 127 * 127 + 6]
+    scale = np.array([0.5, 0.25, 2.0], dtype=np.float32)
+    weighted = encodings.int8_similarity(a, b, scale)
+    assert weighted.dtype == np.float64
+    np.testing.assert_allclose(weighted, [127 * 127 * 0.25 - 127 * 127 * 0.0625 + 6 * 4])
+
+
+def test_binary_similarity_counts_only_the_first_d_bits():
+    a = np.packbits(np.array([[1, 1, 1, 0, 0, 0, 0, 0, 1, 1]], dtype=bool), axis=-1)
+    b = np.packbits(np.array([[1, 0, 1, 0, 0, 0, 0, 0, 0, 0]], dtype=bool), axis=-1)
+    assert encodings.binary_similarity(a, b, 8).tolist() == [8 - 2]
+    assert encodings.binary_similarity(a, b, 10).tolist() == [10 - 2 * 3]
+    assert encodings.binary_similarity(a, b, 10).dtype == np.int64
+
+
+def test_a_prefix_of_a_zero_vector_stays_zero_and_is_float32():
+    out = encodings.prefix(np.zeros((1, 8), dtype=np.float64), 4)
+    assert out.dtype == np.float32 and out.shape == (1, 4) and not out.any()

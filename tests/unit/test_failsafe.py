@@ -35,16 +35,17 @@ def config(**parameters: str) -> dict:
 
 @pytest.fixture
 def model(tmp_path):
-    """The adapter on a repository whose token embedders take 8 tokens (queries 6 with
-    E1's prefix of 2), its steps answering healthy blocks of each embedder's width."""
+    """The adapter on a repository whose token embedders take 8 tokens (E5: 20; E1 puts
+    a prefix of 2 tokens before a passage and of 3 before a query), its steps answering
+    healthy blocks of each embedder's width."""
     pb.reset()
     for spec in EMBEDDERS:
         if spec.input is Input.TOKENS:
             folder = tmp_path / spec.triton_model / "1"
             folder.mkdir(parents=True)
-            info = {"max_length": 8}
+            info = {"max_length": 20 if spec.id == "E5" else 8}
             if spec.id == "E1":
-                info["convention"] = {"insert": {"query": [5, 6], "passage": [7, 8]}}
+                info["convention"] = {"insert": {"query": [5, 6, 4], "passage": [7, 8]}}
             (folder / "build.json").write_text(json.dumps(info))
     healthy()
 
@@ -193,7 +194,7 @@ def test_a_failing_block_is_filled_and_said_missing(model):
 
 
 def test_a_block_past_the_deadline_is_left_out(model):
-    answer("E9", delay_s=1.0)
+    answer("E9", delay_s=0.6)
     (response,) = run(model(deadline_ms="200"), request())
     assert not response.has_error()
     j = [e.id for e in EMBEDDERS].index("E9")
@@ -315,3 +316,132 @@ def test_requests_of_one_batch_are_answered_each_on_its_own(model):
     answers = run(model(), good, bad)
     assert not answers[0].has_error()
     assert answers[1].error().message() == "TEXT[1]: empty or whitespace-only text"
+
+
+def test_the_settings_come_from_the_config_parameters(model):
+    m = model(required="E1,E11", min_other_blocks="5", deadline_ms="1500",
+              breaker_window_ms="2500", breaker_cooldown_ms="750", breaker_failures="4",
+              breaker_probes="3")
+    assert m.required == ["E1", "E11"] and m.min_others == 5 and m.deadline_s == 1.5
+    settings = m.breakers["E3"].settings
+    assert (settings.failures, settings.window_s, settings.cooldown_s, settings.probes) == (
+        4, 2.5, 0.75, 3)
+    assert pb.FAMILIES["fusedembed_failsafe_missing_blocks_total"] == (
+        pb.MetricFamily.COUNTER, ("Blocks (one per text) the fail-safe fused without: their "
+                                  "embedder failed or missed the deadline"))
+    answer("E11", error="down")
+    (response,) = run(m, request())
+    assert response.error().message() == (
+        "E11 is required and did not answer: e11_entity: down")
+
+
+def test_a_required_block_s_open_breaker_says_so(model):
+    answer("E1", error="down")
+    m = model(breaker_failures="2", breaker_cooldown_ms="60000")
+    run(m, request())
+    run(m, request())
+    (response,) = run(m, request())
+    assert response.error().message() == (
+        "E1 is required and did not answer: skipped: its circuit breaker is open")
+
+
+def test_a_breaker_closes_after_its_probes_succeed(model):
+    answer("E5", error="down")
+    m = model(breaker_failures="2", breaker_cooldown_ms="50", breaker_probes="2")
+    run(m, request())
+    run(m, request())
+    assert pb.METRICS[("fusedembed_breaker_state", (("block", "E5"),))] == 1.0
+    answer("E5")
+    import time
+    time.sleep(0.1)
+    for _ in range(3):
+        (response,) = run(m, request())
+    assert pb.METRICS[("fusedembed_breaker_state", (("block", "E5"),))] == 0.0
+    assert not response.outputs()["MISSING"].any()
+
+
+def test_every_answering_block_is_waited_for_not_only_the_required_one(model):
+    answer("E11", delay_s=0.1)  # slower than E1, well inside the deadline
+    (response,) = run(model(), request())
+    assert not response.outputs()["MISSING"].any()
+
+
+def test_the_deadline_counts_from_the_request_s_start(model):
+    async def slow_preprocess(given, outputs):
+        await asyncio.sleep(0.3)
+        return await clean(given, outputs)
+    clean = pb.HANDLERS[r.PREPROCESS_MODEL]
+    pb.HANDLERS[r.PREPROCESS_MODEL] = slow_preprocess
+    answer("E9", delay_s=0.3)  # in time for a deadline counted from the blocks' start only
+    (response,) = run(model(deadline_ms="500"), request())
+    j = [e.id for e in EMBEDDERS].index("E9")
+    assert response.outputs()["MISSING"][:, j].all()
+
+
+def test_the_caller_s_truncate_goes_to_every_token_embedder(model):
+    truncate = np.array([[True], [True]])
+    run(model(), request(TRUNCATE=truncate))
+    for spec in EMBEDDERS:
+        if spec.input is Input.TOKENS:
+            (given,) = sent(spec.triton_model)
+            np.testing.assert_array_equal(given["TRUNCATE"], truncate)
+
+
+def test_a_block_without_a_flag_is_not_truncated_and_a_missing_block_is_float_zeros(model):
+    spec = IDS["E12"]
+
+    async def no_flag(given, outputs):
+        return {r.EMBEDDING: block_value(spec, given[r.INPUT_IDS].shape[0])}
+    pb.HANDLERS[spec.triton_model] = no_flag
+    answer("E6", error="down")
+    run(model(), request())
+    given = fused_inputs()
+    flag = given[spec.block_name + r.TRUNCATED_SUFFIX]
+    assert flag.dtype == bool and flag.shape == (ROWS, 1) and not flag.any()
+    missing = given[IDS["E6"].block_name]
+    assert missing.dtype == np.float32 and missing.shape == (ROWS, IDS["E6"].dim)
+    cut = given[IDS["E6"].block_name + r.TRUNCATED_SUFFIX]
+    assert cut.dtype == bool and cut.shape == (ROWS, 1)
+
+
+def test_exactly_the_minimum_of_other_blocks_is_enough(model):
+    for block in ("E2", "E3", "E5", "E6", "E7"):
+        answer(block, error="down")
+    (response,) = run(model(), request())  # 6 others: exactly the minimum
+    assert not response.has_error()
+    (response,) = run(model(required="E1,E11", min_other_blocks="6"), request())
+    assert response.error().message().startswith("only 5 embedders besides E1, E11 answered")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"SESSION": np.array([[b"s" * 257], [b"t"]], dtype=np.object_)},
+     "SESSION[0]: 257 bytes exceed the limit of 256 bytes"),
+    ({"SEQUENCE": np.array([[1], [-1]], dtype=np.int64)}, "SEQUENCE[1]: -1 is outside"),
+    ({"TEMPERATURE": np.array([[1.0], [0.01]], dtype=np.float32)}, "TEMPERATURE[1]: "),
+    ({"FOCUS": np.full((2, 12), -1.0, dtype=np.float32)}, "FOCUS[0][0] (E1): -1.0 is outside"),
+])
+def test_every_optional_input_is_checked_before_any_step(model, extra, message):
+    (response,) = run(model(), request(**extra))
+    assert response.error().code() == pb.TritonError.INVALID_ARG
+    assert response.error().message().startswith(message)
+    assert pb.CALLS == []
+
+
+def test_every_token_embedder_s_limit_is_checked_by_its_own_kind(model, tmp_path):
+    no = np.array([[False], [False]])
+    # "clean one two three": 4 words and [CLS] [SEP] are 6 tokens; E1 adds 2 to a passage
+    # (8: at its limit) and 3 to a query (9: over it).
+    (response,) = run(model(), request(("short", "one two three"), TRUNCATE=no,
+                                       KIND=np.array([[b"passage"], [b"query"]],
+                                                     dtype=np.object_)))
+    assert response.error().message() == (
+        "TEXT[1]: 9 tokens exceed the 8-token limit of E1 (e01_semantic); send TRUNCATE=true "
+        "to truncate")
+    (response,) = run(model(), request(("short", "one two three"), TRUNCATE=no))
+    assert not response.has_error()
+    # A later token embedder's own limit (E7 after the custom E2-E4) is checked too.
+    (tmp_path / "e07_code" / "1" / "build.json").write_text(json.dumps({"max_length": 5}))
+    (response,) = run(model(), request(("short", "one two three"), TRUNCATE=no))
+    assert response.error().message() == (
+        "TEXT[1]: 6 tokens exceed the 5-token limit of E7 (e07_code); send TRUNCATE=true to "
+        "truncate")

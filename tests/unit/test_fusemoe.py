@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -253,3 +254,138 @@ def test_install_copies_a_verified_checkpoint(tmp_path):
     _, manifest = fusemoe.install(src, dst)
     assert manifest.version == "trained-test"
     assert fusemoe.load(dst, SMALL)[1].sha256 == manifest.sha256
+
+
+def test_gate_noise_is_added_to_the_logits_with_its_spread():
+    """With a seed, the noisy gate is softmax(logits + std * the seeded normal draws)."""
+    model = fusemoe.seeded(SMALL)
+    x = _inputs(5)
+    with torch.no_grad():
+        logits = model.gate_fc2(torch.nn.functional.gelu(model.gate_fc1(model.norm(x))))
+        torch.manual_seed(11)
+        noisy = model.gate(x, noise_std=0.7)
+        torch.manual_seed(11)
+        draws = torch.randn_like(logits)
+    torch.testing.assert_close(noisy, torch.softmax(logits + 0.7 * draws, dim=-1))
+
+
+def test_a_temperature_tensor_is_one_per_row_in_the_logits_dtype():
+    model = fusemoe.seeded(SMALL)
+    x = _inputs(3)
+    with torch.no_grad():
+        t = torch.tensor([0.5, 1.0, 4.0], dtype=torch.float64)
+        probs = model.gate(x, temperature=t)
+        assert probs.dtype == torch.float32
+        for i in range(3):
+            torch.testing.assert_close(probs[i:i + 1], model.gate(x[i:i + 1],
+                                                                 temperature=float(t[i])))
+
+
+def test_fuse_passes_every_validated_control_to_the_model():
+    from ensemble.validation import Validator
+    from export.registry import EMBEDDERS
+
+    model = fusemoe.seeded(SMALL)
+    x = _inputs(4)
+    presence = np.ones((4, len(EMBEDDERS)), dtype=bool)
+    presence[1, 10] = False
+    focus = np.ones((4, len(EMBEDDERS)), dtype=np.float32)
+    focus[2, 7] = 3.0
+    controls = Validator().controls(4, top_k=np.array([[1], [2], [3], [8]]),
+                                    temperature=np.array([[0.5], [1.0], [2.0], [1.0]]),
+                                    focus=focus, presence=presence,
+                                    from_image=np.array([[False], [False], [False], [True]]))
+    out = fusemoe.fuse(model, x, controls)
+    with torch.no_grad():
+        want = model(x, presence=torch.from_numpy(presence).float(),
+                     top_k=torch.tensor([1, 2, 3, 8]),
+                     temperature=torch.tensor([0.5, 1.0, 2.0, 1.0]),
+                     focus=torch.from_numpy(focus), from_image=torch.tensor([0, 0, 0, 1]).bool())
+        plain = model(x)
+    torch.testing.assert_close(out.fused, want.fused)
+    torch.testing.assert_close(out.expert_weights, want.expert_weights)
+    assert torch.equal(out.selected_experts, want.selected_experts)
+    assert out.selected_experts.shape == (4, 8)
+    assert not torch.allclose(out.fused[:3], plain.fused[:3])
+    assert not torch.allclose(out.expert_weights[2], plain.expert_weights[2])  # temperature
+
+
+def test_a_fusion_output_moves_with_its_three_parts_in_order():
+    out = fusemoe.FusionOutput(torch.ones(2, 3), torch.zeros(2, 4), torch.full((2, 1), 7))
+    moved = out.to("cpu")
+    assert torch.equal(moved.fused, out.fused)
+    assert torch.equal(moved.expert_weights, out.expert_weights)
+    assert torch.equal(moved.selected_experts, out.selected_experts)
+
+
+def test_capacity_is_per_expert_best_weights_first():
+    """Rows 0-1 go to expert 0 and rows 2-3 to expert 1; a capacity of 1 keeps the
+    heavier of each pair (two kept, not the single heaviest overall)."""
+    model = fusemoe.seeded(SMALL)  # 8 experts: factor 2 over 4 assignments is capacity 1
+    idx = torch.tensor([[0], [0], [1], [1]])
+    kept = torch.tensor([[0.9], [0.8], [0.3], [0.4]])
+    valid = torch.ones(4, 1, dtype=torch.bool)
+    keep = model._within_capacity(idx, kept, valid, 2.0)
+    assert keep.reshape(-1).tolist() == [True, False, False, True]
+    assert model._within_capacity(idx, kept, valid, 16.0).all()  # room for every row
+
+
+def test_per_row_k_is_a_long_tensor_from_an_int_or_a_tensor():
+    model = fusemoe.seeded(SMALL)
+    from_int = model._per_row_k(3, 4, torch.device("cpu"))
+    assert from_int.dtype == torch.long and from_int.tolist() == [3, 3, 3, 3]
+    from_tensor = model._per_row_k(torch.tensor([[1], [2]], dtype=torch.int32), 2,
+                                   torch.device("cpu"))
+    assert from_tensor.dtype == torch.long and from_tensor.tolist() == [1, 2]
+    assert model._per_row_k(None, 2, torch.device("cpu")).tolist() == [SMALL.top_k] * 2
+
+
+def test_save_makes_the_folders_and_records_the_version_and_config(tmp_path):
+    from safetensors import safe_open
+
+    folder = tmp_path / "a" / "b" / "v1"
+    manifest = fusemoe.save(fusemoe.seeded(SMALL), folder, "v1", extra={"note": "x"})
+    with safe_open(str(folder / "fusemoe.safetensors"), "pt") as f:
+        assert f.metadata() == {"version": "v1"}
+    assert manifest.version == "v1" and manifest.extra["note"] == "x"
+    assert manifest.extra["config"]["output_dim"] == SMALL.output_dim
+
+
+def test_load_is_strict_and_takes_the_built_precision(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "ck"
+    fusemoe.save(fusemoe.seeded(SMALL), folder, "v1")
+    model, _ = fusemoe.load(folder, SMALL)
+    assert type(model.experts[0].fc1) is torch.nn.Linear
+    (folder / "build.json").write_text(json.dumps({"precision": "int8"}))
+    quantized, _ = fusemoe.load(folder, SMALL)
+    assert type(quantized.experts[0].fc1) is not torch.nn.Linear
+    (folder / "build.json").write_text(json.dumps({"key": "no precision recorded"}))
+    plain, _ = fusemoe.load(folder, SMALL)
+    assert type(plain.experts[0].fc1) is torch.nn.Linear
+    # A tensor the model does not have is refused, not ignored.
+    tensors = load_file(str(folder / "fusemoe.safetensors"))
+    tensors["stray.weight"] = torch.zeros(2)
+    extra = tmp_path / "extra"
+    fusemoe.save(fusemoe.seeded(SMALL), extra, "v2")
+    save_file(tensors, str(extra / "fusemoe.safetensors"), metadata={"version": "v2"})
+    from export.artifacts import Manifest, manifest_path, sha256_file
+
+    path = manifest_path(extra, fusemoe.WEIGHTS_STEM)
+    m = Manifest.read(path)
+    Manifest(m.file, sha256_file(extra / "fusemoe.safetensors"), m.version, m.extra).write(path)
+    with pytest.raises((ArtifactError, RuntimeError)):
+        fusemoe.load(extra, SMALL)
+
+
+def test_a_checkpoint_s_int8_scales_are_float32():
+    from export.artifacts import Manifest
+
+    outputs = fusemoe.Outputs.of(Manifest("f", "s", "v", {"dimensions": [24, 8],
+                                                          "int8_scale": {"8": [0.5] * 8}}), SMALL)
+    assert outputs.dimensions == (24, 8)
+    assert outputs.int8_scale[8].dtype == np.float32 and outputs.int8_scale[8].tolist() == [
+        0.5] * 8

@@ -283,3 +283,290 @@ def test_close_waits_for_the_calls_under_way():
 
     vectors, _ = run(main())
     assert vectors.shape == (1, 3)
+
+
+# --- errors, names and the catalog, exactly -------------------------------------------------
+
+class Failure(Exception):
+    """Shaped as tritonclient's InferenceServerException."""
+
+    def __init__(self, status, message) -> None:
+        super().__init__(f"[{status}] {message}")
+        self._status, self._message = status, message
+
+    def status(self):
+        return self._status
+
+    def message(self):
+        return self._message
+
+
+@pytest.mark.parametrize(("status", "message", "expected"), [
+    ("StatusCode.INVALID_ARGUMENT", "in ensemble 'fused_text', KIND[2]: must be 'query'",
+     (422, "input_type[2]: must be 'query'", "input_type", "invalid_request_error")),
+    ("StatusCode.INVALID_ARGUMENT", "OTHER[1]: not an input of ours",
+     (422, "OTHER[1]: not an input of ours", None, "invalid_request_error")),
+    ("StatusCode.INVALID_ARGUMENT", "no tensor named here",
+     (422, "no tensor named here", None, "invalid_request_error")),
+    ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded",
+     (504, "no answer from Triton within the deadline: Deadline Exceeded", None, "timeout")),
+    ("StatusCode.RESOURCE_EXHAUSTED", "Exceeds maximum queue size",
+     (429, "Triton's queue is full: Exceeds maximum queue size", None, "overloaded")),
+    ("StatusCode.RESOURCE_EXHAUSTED", "message larger than max",
+     (503, "Triton is unavailable: message larger than max", None, "unavailable")),
+    ("StatusCode.UNAVAILABLE", "Socket closed",
+     (503, "Triton is unavailable: Socket closed", None, "unavailable")),
+    ("StatusCode.NOT_FOUND", "no such thing",
+     (503, "Triton does not serve it (yet): no such thing", None, "unavailable")),
+    ("400", "Request for Unknown Model: 'x'",
+     (503, "Triton does not serve it (yet): Request for Unknown Model: 'x'", None,
+      "unavailable")),
+    ("StatusCode.INTERNAL", "in ensemble 'fused_text', e07_code: broke",
+     (424, "model e07_code failed: e07_code: broke", None, "model_error")),
+    ("StatusCode.INTERNAL", "something else",
+     (500, "Triton failed: something else", None, "server_error")),
+])
+def test_each_triton_error_becomes_its_status_message_field_and_kind(status, message, expected):
+    catalog = backend.Catalog.from_configs(config(), None)
+    err = backend.triton_error(Failure(status, message), catalog)
+    assert (err.status, err.message, err.param, err.kind) == expected
+
+
+def test_an_error_without_status_or_message_methods_is_read_from_its_text():
+    err = backend.triton_error(RuntimeError("plain failure"), None)
+    assert (err.status, err.message, err.kind) == (500, "Triton failed: plain failure",
+                                                   "server_error")
+    quiet = Failure(None, "")
+    err = backend.triton_error(quiet, None)
+    assert err.message == "Triton failed: [None] " and err.status == 500
+    # Without a catalog no step is named: a step's failure stays a 500.
+    err = backend.triton_error(Failure("StatusCode.INTERNAL", "e07_code: broke"), None)
+    assert (err.status, err.kind) == (500, "server_error")
+
+
+def test_a_gateway_error_is_a_request_error_unless_said():
+    err = GatewayError(400, "bad")
+    assert (err.status, err.message, err.param, err.kind) == (400, "bad", None,
+                                                              "invalid_request_error")
+    assert str(err) == "bad"
+
+
+def test_a_served_model_describes_itself_as_openai_lists_models():
+    served = backend.Served("fusedembed", "fused_text", "FUSED", 1536, (1536, 256))
+    assert served.describe() == {"id": "fusedembed", "object": "model", "created": 0,
+                                 "owned_by": "fusedembed", "dimensions": 1536,
+                                 "supported_dimensions": [1536, 256]}
+
+
+def test_an_unknown_model_is_named_with_every_served_one():
+    catalog = backend.Catalog.from_configs(config(), None)
+    with pytest.raises(GatewayError) as err:
+        catalog.resolve("gpt", None)
+    known = ", ".join(catalog.models)
+    assert err.value.message == (f"model: 'gpt' is not served; models: {known} (each also as "
+                                 "<model>-query and <model>-passage)")
+    assert (err.value.status, err.value.param, err.value.kind) == (404, "model",
+                                                                   "model_not_found")
+
+
+def test_the_catalog_of_a_bare_config_takes_the_defaults():
+    bare = {"name": "fused_text", "output": [{"name": "FUSED", "dims": ["1536"]}]}
+    catalog = backend.Catalog.from_configs(bare, None)
+    assert list(catalog.models) == ["fusedembed"]
+    assert catalog.models["fusedembed"] == backend.Served("fusedembed", "fused_text", "FUSED",
+                                                          1536, (1536,))
+    assert (catalog.batch, catalog.steps, catalog.tokens, catalog.usage_step,
+            catalog.matryoshka, catalog.sparse) == (1, (), False, None, False, False)
+    assert backend.Catalog.from_configs(bare | {"max_batch_size": 0}, None).batch == 1
+    assert backend.Catalog.from_configs(bare | {"max_batch_size": "16"}, None).batch == 16
+
+
+def test_sizes_are_offered_only_with_the_dimensions_input_and_two_make_matryoshka():
+    cfg = config(dimensions="1536,256")
+    catalog = backend.Catalog.from_configs(cfg, config(r.CACHED_MODEL))
+    assert catalog.models["fusedembed"].dimensions == (1536, 256) and catalog.matryoshka
+    assert catalog.models["fusedembed-cached"] == backend.Served(
+        "fusedembed-cached", r.CACHED_MODEL, "FUSED", 1536, (1536,))
+    assert catalog.steps == tuple(s["model_name"]
+                                  for s in cfg["ensemble_scheduling"]["step"])
+    without = dict(cfg, input=[i for i in cfg["input"] if i["name"] != "DIMENSIONS"])
+    catalog = backend.Catalog.from_configs(without, None)
+    assert catalog.models["fusedembed"].dimensions == (1536,) and not catalog.matryoshka
+    # A variable FUSED is as long as the largest size offered.
+    variable = dict(cfg, output=[dict(o, dims=["-1"]) if o["name"] == "FUSED" else o
+                                 for o in cfg["output"]])
+    assert backend.Catalog.from_configs(variable, None).models["fusedembed"].dim == 1536
+
+
+def test_blocks_are_listed_in_block_order_whatever_the_config_s_order():
+    cfg = config()
+    cfg["output"] = list(reversed(cfg["output"]))
+    names = [m for m in backend.Catalog.from_configs(cfg, None).models][1:]
+    assert names == [f"fusedembed-e{i}" for i in range(1, 13)]
+
+
+def test_the_client_is_made_for_its_url_and_the_timeouts_are_passed_on():
+    t = backend.Triton("127.0.0.1:9", 4, 2.5)
+    assert t.url == "127.0.0.1:9" and type(t._client).__name__ == "InferenceServerClient"
+    t = triton(timeout_s=2.5)
+    run(t.catalog())
+    assert t._client.config_timeouts == [2.5, 2.5]
+
+
+def test_close_gives_up_waiting_after_the_timeout():
+    t = triton(delay_s=5.0, timeout_s=0.2)
+
+    async def close():
+        pass
+    t._client.close = close
+
+    async def main():
+        served = (await t.catalog()).models["fusedembed"]
+        work = asyncio.ensure_future(t.embed(served, Batch(texts(1), [0])))
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        await t.close()
+        waited = time.monotonic() - start
+        work.cancel()
+        return waited
+
+    assert run(main()) < 1.0
+
+
+def test_ready_asks_with_a_five_second_timeout():
+    seen = []
+
+    class Probe:
+        async def is_server_ready(self, client_timeout):
+            seen.append(client_timeout)
+            return True
+
+        async def is_model_ready(self, name, client_timeout):
+            seen.append(client_timeout)
+            return True
+
+    t = triton()
+    t._client = Probe()
+    assert run(t.ready()) is True and seen == [5, 5]
+
+
+def test_images_send_the_time_inputs_and_name_an_image_by_its_place():
+    def refuse(model, inputs, outputs):
+        if len(inputs["IMAGE"]) == 1 and inputs["IMAGE"][0, 0] == b"bad":
+            raise fake.InferenceServerException("IMAGE[0]: not an image",
+                                                "StatusCode.INVALID_ARGUMENT")
+        return answers(model, inputs, outputs)
+    t = triton(batch=2, handler=refuse)
+    served = run(t.catalog()).models["fusedembed"]
+    run(t.images(served, Batch(["", ""], [5, 6], sessions=["s", "t"], sequences=[1, 2],
+                               images=[b"a", b"b"])))
+    call = t._client.calls[0]
+    assert call.inputs["SESSION"].tolist() == [[b"s"], [b"t"]]
+    assert call.inputs["SEQUENCE"].tolist() == [[1], [2]]
+    assert call.inputs["TIMESTAMP"].tolist() == [[5], [6]]
+    with pytest.raises(GatewayError) as err:
+        run(t.images(served, Batch(["", "", ""], [0, 0, 0], images=[b"a", b"b", b"bad"])))
+    assert err.value.message == "input[2]: not an image"
+    with pytest.raises(GatewayError) as err:
+        run(t.images(served, Batch([""], [0], images=[b"y"], dimensions=256)))
+    assert (err.value.status, err.value.param) == (422, "dimensions")
+
+
+def test_sparse_terms_take_the_batch_s_settings_and_name_an_item_by_its_place():
+    def refuse(model, inputs, outputs):
+        if inputs["TEXT"][-1, 0] == b"text 3":
+            raise fake.InferenceServerException("TEXT[1]: empty", "StatusCode.INVALID_ARGUMENT")
+        return answers(model, inputs, outputs)
+    t = triton(batch=2, handler=refuse)
+    run(t.sparse(Batch(texts(2), [0, 0], kind="query", truncate=False,
+                       gate=GateControls(top_k=3)), None))
+    call = t._client.calls[0]
+    assert call.model == r.ENSEMBLE_MODEL
+    assert call.inputs["KIND"].tolist() == [[b"query"]] * 2
+    assert call.inputs["TRUNCATE"].tolist() == [[False]] * 2
+    assert call.inputs["TOP_K"].tolist() == [[3]] * 2
+    with pytest.raises(GatewayError) as err:
+        run(t.sparse(Batch(texts(4), [0] * 4), None))
+    assert err.value.message == "input[3]: empty"
+    t._catalog = backend.Catalog(t._catalog.models, 2, (), True, None, False, sparse=False)
+    with pytest.raises(GatewayError) as err:
+        run(t.sparse(Batch(texts(1), [0]), None))
+    assert err.value.kind == "model_not_found"
+    assert err.value.message == ("fused_text at 127.0.0.1:9 does not answer SPLADE terms "
+                                 "(E6_SPARSE_INDICES, E6_SPARSE_WEIGHTS)")
+
+
+def test_a_default_request_sends_no_truncate_and_an_int32_size():
+    t = triton(dimensions="1536,256")
+    served = run(t.catalog()).models["fusedembed"]
+    run(t.embed(served, Batch(texts(1), [0], dimensions=256)))
+    call = t._client.calls[0]
+    assert "TRUNCATE" not in call.inputs
+    assert call.inputs["DIMENSIONS"].dtype == np.int32
+
+
+def test_counting_sends_bytes_and_counts_zero_without_a_tokenizer():
+    t = triton()
+    served = run(t.catalog()).models["fusedembed-cached"]
+    run(t.embed(served, Batch(["a 1"], [0])))
+    counted = next(c for c in t._client.calls if c.model == USAGE)
+    assert counted.dtypes["TEXT"] == "BYTES" and counted.inputs["TEXT"].dtype == object
+    t._catalog = backend.Catalog(t._catalog.models, 8, (), False, None, False)
+    _, tokens = run(t.embed(served, Batch(["b 2"], [0])))
+    assert tokens.tolist() == [0]
+
+
+def test_an_error_in_a_call_without_a_chunk_names_the_item_as_sent():
+    def refuse(model, inputs, outputs):
+        raise fake.InferenceServerException("TEXT[1]: empty", "StatusCode.INVALID_ARGUMENT")
+    t = triton(handler=refuse)
+    run(t.catalog())
+    text = [("TEXT", "BYTES", np.array([[b"a"], [b" "]], dtype=np.object_))]
+    with pytest.raises(GatewayError) as err:
+        run(t._infer("fused_text", text, ["FUSED"], time.monotonic() + 5))
+    assert err.value.message == "input[1]: empty"
+
+
+def test_a_failed_step_is_named_from_the_catalog():
+    def broken(model, inputs, outputs):
+        raise fake.InferenceServerException("in ensemble 'fused_text', e07_code: broke",
+                                            "StatusCode.INTERNAL")
+    t = triton(handler=broken)
+    served = run(t.catalog()).models["fusedembed"]
+    with pytest.raises(GatewayError) as err:
+        run(t.embed(served, Batch(texts(1), [0])))
+    assert (err.value.status, err.value.kind) == (424, "model_error")
+
+
+def test_past_the_deadline_the_call_is_abandoned_not_cancelled_and_says_why():
+    t = triton(delay_s=0.5, timeout_s=0.05)
+    text = [("TEXT", "BYTES", np.array([[b"x"]], dtype=np.object_))]
+
+    async def main():
+        with pytest.raises(GatewayError) as err:
+            await t._infer("fused_text", text, ["FUSED"], time.monotonic() + 0.05)
+        assert (err.value.status, err.value.kind) == (504, "timeout")
+        assert err.value.message == "no answer within 0.05 s (FUSEDEMBED_GATEWAY_TIMEOUT_S)"
+        assert len(t._abandoned) == 1 and None not in t._abandoned
+        await asyncio.sleep(0.6)
+        assert t._abandoned == set() and t._calls == set()
+        for _ in range(backend.MAX_ABANDONED):
+            t._abandoned.add(asyncio.get_running_loop().create_future())
+        with pytest.raises(GatewayError) as err:
+            await t._infer("fused_text", text, ["FUSED"], time.monotonic() + 1)
+        assert (err.value.status, err.value.kind) == (503, "unavailable")
+        assert err.value.message == (f"{backend.MAX_ABANDONED} requests past their deadline "
+                                     "are still running in Triton; retry later")
+
+    run(main())
+
+
+def test_an_answer_in_time_is_not_abandoned():
+    t = triton(delay_s=0.01)
+    text = [("TEXT", "BYTES", np.array([[b"x 1"]], dtype=np.object_))]
+
+    async def main():
+        await t._infer("fused_text", text, ["FUSED"], time.monotonic() + 5)
+        assert t._abandoned == set() and t._calls == set()
+
+    run(main())

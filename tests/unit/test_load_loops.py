@@ -100,3 +100,23 @@ def test_race_b_time_table_puts_both_sides_per_batch_of_32_slowest_first():
     assert rows[1] == "| E1 (e01_semantic) | 1500 | 900 |"
     assert rows[2] == "| fusemoe (fusemoe) | 25 |  |"  # no served statistics: left blank
     assert time_table({"texts": 128, "turns": [{"hand_written": {}, "served": []}]}) == []
+
+
+def test_only_a_full_queue_counts_as_a_refusal():
+    """perf.backpressure: UNAVAILABLE is a refusal only when it says a queue is full; a server
+    that is down answers UNAVAILABLE too."""
+    from tritonclient.utils import InferenceServerException
+
+    from perf.backpressure import REFUSED, outcome
+
+    def error(message: str, status: str) -> InferenceServerException:
+        return InferenceServerException(message, status)
+
+    assert outcome(error("Triton did not answer: Exceeds maximum queue size",
+                         "StatusCode.UNAVAILABLE")) == REFUSED
+    assert outcome(error("the server holds 99 bytes of requests (limit 9); retry later",
+                         "StatusCode.UNAVAILABLE")) == REFUSED
+    down = outcome(error("failed to connect to all addresses", "StatusCode.UNAVAILABLE"))
+    assert down == "StatusCode.UNAVAILABLE: failed to connect to all addresses"
+    assert outcome(error("Exceeds maximum queue size", "StatusCode.INTERNAL")).startswith(
+        "StatusCode.INTERNAL: ")

@@ -1,3 +1,8 @@
+import dataclasses
+import re
+
+import pytest
+
 from export import registry as r
 
 # The design's table of the twelve embedders (DESIGN.md), written out on its own: the
@@ -49,3 +54,109 @@ def test_token_models_fit_their_tokenizer_family():
             assert e.max_length <= r.tokenizer_family(e.tokenizer).max_length
         else:
             assert e.tokenizer is None
+
+
+# --- parameters written into configs and read back by the adapters --------------------------
+
+def test_runtime_settings_round_trip_through_config_parameters():
+    runtime = r.Runtime(threads=3, instances=1, graph_optimization="basic",
+                        length_buckets=(16, 128), max_batch_tokens=4096, max_logits_mib=64)
+    params = runtime.parameters()
+    assert params == {"threads": "3", "graph_optimization": "basic", "length_buckets": "16,128",
+                      "max_batch_tokens": "4096", "max_logits_mib": "64"}
+    back = r.Runtime.from_parameters(params)
+    assert (back.threads, back.graph_optimization, back.length_buckets, back.max_batch_tokens,
+            back.max_logits_mib) == (3, "basic", (16, 128), 4096, 64)
+
+
+def test_missing_runtime_parameters_are_the_library_defaults():
+    back = r.Runtime.from_parameters({})
+    assert (back.threads, back.graph_optimization, back.length_buckets, back.max_batch_tokens,
+            back.max_logits_mib) == (0, "all", (), 0, 0)
+    assert r.Runtime.from_parameters({"length_buckets": "8,,16"}).length_buckets == (8, 16)
+
+
+def test_gpu_settings_round_trip_and_default():
+    gpu = r.Gpu(providers=("cuda",), engine_cache="/cache", trt_fp16=False)
+    params = gpu.parameters()
+    assert params == {"device": "gpu", "execution_providers": "cuda",
+                      "trt_engine_cache": "/cache", "trt_fp16": "false"}
+    assert r.Gpu.from_parameters(params) == gpu
+    assert r.Gpu.from_parameters({}) == r.Gpu(("tensorrt", "cuda"), "/opt/fusedembed/trt-cache",
+                                              True)
+    assert r.Gpu.from_parameters({"execution_providers": "tensorrt,,cuda",
+                                  "trt_fp16": "TRUE"}) == r.Gpu(("tensorrt", "cuda"),
+                                                                r.Gpu.engine_cache, False)
+    assert r.Gpu().parameters()["trt_fp16"] == "true"
+
+
+def test_limits_round_trip_with_pii_as_on_or_off():
+    limits = r.Limits(max_text_bytes=100, min_temperature=0.5, pii_scrubbing=False)
+    params = limits.parameters("max_text_bytes", "min_temperature", "pii_scrubbing")
+    assert params == {"max_text_bytes": "100", "min_temperature": "0.5", "pii_scrubbing": "off"}
+    back = r.Limits.from_parameters(params)
+    assert back == limits and isinstance(back.max_text_bytes, int)
+    assert isinstance(back.min_temperature, float)
+    assert r.Limits().parameters("pii_scrubbing") == {"pii_scrubbing": "on"}
+    assert r.Limits.from_parameters({"pii_scrubbing": "on"}).pii_scrubbing is True
+    assert r.Limits.from_parameters({"pii_scrubbing": "false"}).pii_scrubbing is True
+    assert r.Limits.from_parameters({}) == r.Limits()
+    assert r.Limits.from_parameters({"max_sequence": "7"}).max_sequence == 7
+
+
+def test_failsafe_parameters_name_every_setting():
+    params = r.Failsafe(deadline_ms=10, required=("E1", "E11"), min_other_blocks=3,
+                        breaker_failures=4, breaker_window_ms=5, breaker_cooldown_ms=6,
+                        breaker_probes=7).parameters()
+    assert params == {"deadline_ms": "10", "required": "E1,E11", "min_other_blocks": "3",
+                      "breaker_failures": "4", "breaker_window_ms": "5",
+                      "breaker_cooldown_ms": "6", "breaker_probes": "7"}
+
+
+def test_a_process_budget_is_its_model_s_override_or_the_default():
+    budget = r.MemoryBudget(server_mib=100, default_process_mib=10,
+                            process_overrides=(("fusemoe", 30), ("e05_causal", 20)))
+    assert budget.process_mib("fusemoe") == 30
+    assert budget.process_mib("e05_causal#2") == 20  # a further instance of the model
+    assert budget.process_mib("e01_semantic") == 10
+    assert budget.process_mib("tritonserver") == 10
+
+
+def test_lookups_by_id_and_family_name():
+    assert r.embedder("E11").triton_model == "e11_entity"
+    with pytest.raises(KeyError, match="unknown embedder 'E13'"):
+        r.embedder("E13")
+    assert r.usage_tokenizer().name == r.embedder("E1").tokenizer
+    family = r.tokenizer_family(r.embedder("E5").tokenizer)
+    assert family.name == r.embedder("E5").tokenizer
+    with pytest.raises(KeyError, match="unknown tokenizer family 'nope'"):
+        r.tokenizer_family("nope")
+
+
+def _spec(block: str, **changes):
+    return dataclasses.replace(r.embedder(block), **changes)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda: {"EMBEDDERS": (*r.EMBEDDERS[:-1], _spec("E12", dim=129))},
+     "embedder dims sum to 8321, FuseMoE expects 8320"),
+    (lambda: {"FUSEMOE": dataclasses.replace(r.FUSEMOE, num_blocks=11)},
+     "FuseMoE block count differs from the registry"),
+    (lambda: {"EMBEDDERS": (_spec("E1", tokenizer=None), *r.EMBEDDERS[1:])},
+     "E1: a token model needs a tokenizer family, no other"),
+    (lambda: {"EMBEDDERS": (r.EMBEDDERS[0], _spec("E2", tokenizer=r.EMBEDDERS[0].tokenizer),
+                            *r.EMBEDDERS[2:])},
+     "E2: a token model needs a tokenizer family, no other"),
+    (lambda: {"EMBEDDERS": (_spec("E1", max_length=None), *r.EMBEDDERS[1:])},
+     "E1: max_length must fit in"),
+    (lambda: {"EMBEDDERS": (_spec("E1", max_length=10**6), *r.EMBEDDERS[1:])},
+     "E1: max_length must fit in"),
+    (lambda: {"EMBEDDERS": (_spec("E1", published=None), *r.EMBEDDERS[1:])},
+     "E1: a neural model needs its published config"),
+])
+def test_the_registry_refuses_inconsistent_entries(monkeypatch, change, message):
+    r._check()  # the registry as it is passes
+    for name, value in change().items():
+        monkeypatch.setattr(r, name, value)
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        r._check()

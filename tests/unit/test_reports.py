@@ -54,20 +54,23 @@ def unmarked_stale(served: Provenance, text: str | None = None) -> list[tuple[st
     for passage in readme_passages(text):
         for report in quoted_reports(passage):
             assert report.is_file(), f"the README names {report}, which does not exist"
-            made = provenance.parse(report)
-            current = (made is not None and made.identity is not None
-                       and made.identity == expected_identity(served, made.profile))
-            if not current and "stale" not in passage.lower():
+            if not provenance.current(provenance.parse(report), served) and (
+                    "stale" not in passage.lower()):
                 out.append((report.name, passage[:100]))
     return out
 
 
-def expected_identity(served: Provenance, profile: str) -> str | None:
-    """The checkpoint a build of this commit serves in ``profile``: the full profile serves
-    the seeded init (Makefile), the others the trained checkpoint the build trains."""
-    if profile == "full":
-        return provenance.SEEDED_VERSION
-    return served.identity if profile == served.profile else None
+def test_a_report_is_current_with_the_served_digest_or_the_full_profile_s_seeded_init():
+    served = Provenance("c", "pretrained", "trained-20261206-64abceda", "s")
+    same = Provenance("x", "pretrained", "trained-20270101-64abceda", "t")
+    assert provenance.current(same, served)
+    assert not provenance.current(Provenance("x", "pretrained", "trained-20261206-0badf00d",
+                                             "t"), served)
+    assert not provenance.current(Provenance("x", NOT_RECORDED, same.checkpoint, "t"), served)
+    assert not provenance.current(Provenance("x", "pretrained", NOT_RECORDED, "t"), served)
+    assert provenance.current(Provenance("x", "full", "seeded-init-1", "t"), served)
+    assert not provenance.current(Provenance("x", "full", same.checkpoint, "t"), served)
+    assert not provenance.current(None, served)
 
 
 def test_the_provenance_line_is_written_under_the_title_and_read_back():

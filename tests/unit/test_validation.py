@@ -265,3 +265,45 @@ def test_int8_needs_a_calibrated_scale_for_the_size():
     refused(lambda: V.output_settings(1, None, enc, OFFERED, (256,)),
             "ENCODING[0]: int8 needs a calibrated scale, and this checkpoint has none for "
             "1536 dimensions")
+
+
+def test_the_range_s_dates_are_utc_whatever_the_local_zone(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "LOCAL+12")  # POSIX: 12 h behind UTC, where 2100 starts a day later
+    time.tzset()
+    try:
+        refused(lambda: V.timestamps(column([LIM.max_timestamp + 1], np.int64)),
+                f"TIMESTAMP[0]: {LIM.max_timestamp + 1} is outside the accepted range "
+                f"[{LIM.min_timestamp}, {LIM.max_timestamp}] Unix seconds "
+                "(1900-01-01 to 2100-01-01 UTC)")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_times_return_the_given_sessions_and_sequences():
+    _, sessions, positions = V.times(2, column([5, 7]),
+                                     np.array([[b"a"], [b"b"]], dtype=np.object_),
+                                     column([1, 2], np.int64))
+    assert sessions == ["a", "b"] and positions.tolist() == [1, 2]
+
+
+def test_given_top_k_and_sparse_top_k_are_int64():
+    assert V.controls(2, top_k=column([2.0, 3.0])).top_k.dtype == np.int64
+    assert V.sparse_top_k(2, column([1.0, 2.0]), 10).dtype == np.int64
+
+
+def test_a_row_count_mismatch_names_temperature_and_encoding():
+    refused(lambda: V.controls(2, temperature=column([1.0])), "TEMPERATURE: 1 rows for 2 texts")
+    refused(lambda: V.output_settings(2, None, np.array([[b"float"]], dtype=np.object_),
+                                      OFFERED, ()), "ENCODING: 1 rows for 2 texts")
+
+
+def test_an_empty_request_s_encoding_is_the_default():
+    assert V.output_settings(0, None, np.zeros((0, 1), dtype=np.object_), OFFERED, ()) == (
+        1536, "float")
+
+
+def test_timestamps_are_made_int64_whatever_they_came_as():
+    assert V.timestamps(np.array([[1.0], [2.0]])).dtype == np.int64
