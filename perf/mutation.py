@@ -285,7 +285,12 @@ def write_report(summary: dict) -> Path:
             for s in group:
                 lines += [f"`{s['name']}` ({s['status']})", "", "```diff", s["diff"], "```", ""]
     REPORTS.mkdir(parents=True, exist_ok=True)
-    return provenance.write(REPORTS / "mutation.md", "\n".join(lines) + "\n")
+    report = REPORTS / "mutation.md"
+    # The served faults' table (perf/mutation_served.py) stays where it is.
+    served = report.read_text().partition("\n## Served faults\n") if report.is_file() else ()
+    if served and served[1]:
+        lines += ["", served[1].strip(), served[2].rstrip()]
+    return provenance.write(report, "\n".join(lines) + "\n")
 
 
 def mutmut_version() -> str:

@@ -222,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", nargs="*", choices=[f.name for f in FAULTS])
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds a fault's run may take")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the table again from perf/results/mutation-served.json")
     args = parser.parse_args(argv)
     rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     for fault in FAULTS:
-        if args.faults and fault.name not in args.faults:
+        if args.report_only or (args.faults and fault.name not in args.faults):
             continue
         row = run(fault, args.timeout)
         print(f"{fault.name}: caught={row['caught']} first={row['failed'][:1]} "

@@ -6,6 +6,8 @@ request afterwards gets the same vector as before the storm.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -115,16 +117,17 @@ def test_generated_malformed_requests_get_a_vector_or_an_error(server, protocol)
     restarts = list(server.watchdog.restarts)
     answered = {"vector": 0, "error": 0, "malformed": 0}
 
-    # One valid request in four.
-    cases = st.sampled_from([True, False, False, False]).flatmap(
-        lambda valid: (valid_requests() if valid else malformed_requests()).map(
-            lambda r: (valid, r)))
+    # One valid request in four, by turns: how often hypothesis would draw a flag varies
+    # from one process to the next (32 valid of 400 in one CI run).
+    cases = st.tuples(valid_requests(), malformed_requests())
+    turns = itertools.count()
 
     @settings(max_examples=EXAMPLES_PER_PROTOCOL, deadline=None, derandomize=True,
               database=None, suppress_health_check=list(HealthCheck))
     @given(cases)
     def storm(case):
-        valid, request = case
+        valid = next(turns) % 4 == 0
+        request = case[0] if valid else case[1]
         answered["malformed"] += not valid
         try:
             result = _send(mod, client, request)
