@@ -108,25 +108,29 @@ def profile_of(repository: Path) -> str:
     return "pretrained" if any(i.get("pretrained") for i in infos) else "tiny"
 
 
-def served(repository: Path) -> tuple[str, str]:
-    """The version and sha256 of the FuseMoE the repository serves."""
-    from export.registry import FUSEMOE_MODEL
+def checkpoint_of(folder: Path) -> tuple[str, str]:
+    """The version and sha256 a FuseMoE folder's manifest records (NOT_RECORDED without one)."""
+    from export.artifacts import manifest_path
+    from export.layout import FUSEMOE_STEM
 
-    path = repository / FUSEMOE_MODEL / "1" / "fusemoe.manifest.json"
+    path = manifest_path(folder, FUSEMOE_STEM)
     if not path.is_file():
         return NOT_RECORDED, NOT_RECORDED
     manifest = json.loads(path.read_text())
     return manifest["version"], manifest["sha256"]
 
 
+def served(repository: Path) -> tuple[str, str]:
+    """The version and sha256 of the FuseMoE the repository serves."""
+    from export.registry import FUSEMOE_MODEL
+
+    return checkpoint_of(repository / FUSEMOE_MODEL / "1")
+
+
 def of(repository: Path, checkpoint: Path | None = None) -> Provenance:
     """What a run on ``repository`` measures; ``checkpoint``: a FuseMoE folder it scored
     instead of the served one."""
-    if checkpoint is not None:
-        manifest = json.loads((checkpoint / "fusemoe.manifest.json").read_text())
-        version, sha256 = manifest["version"], manifest["sha256"]
-    else:
-        version, sha256 = served(repository)
+    version, sha256 = checkpoint_of(checkpoint) if checkpoint is not None else served(repository)
     return Provenance(commit(), profile_of(repository), version, sha256)
 
 
@@ -177,9 +181,7 @@ def backfill(path: Path, checkpoints: Path) -> Provenance | None:
     checkpoint, sha256 = NOT_RECORDED, NOT_RECORDED
     if len(names) == 1:
         checkpoint = names[0]
-        manifest = checkpoints / checkpoint / "fusemoe.manifest.json"
-        if manifest.is_file():
-            sha256 = json.loads(manifest.read_text())["sha256"]
+        sha256 = checkpoint_of(checkpoints / checkpoint)[1]
     # A trained FuseMoE: `make train` on the default profile's blocks (the full profile
     # serves the seeded init).
     profile = ("full" if "full" in path.stem else "pretrained" if names else NOT_RECORDED)
