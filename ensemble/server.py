@@ -538,7 +538,9 @@ class TritonServer:
             write_verdict(self.verdict_path, [])  # the watchdog keeps it fresh from here on
             for protocol in FRONTS:
                 self.start_front(protocol)
+            # Both fronts: a gRPC client right after start() met a front still starting.
             self.wait_ready(60.0, self.http_url)
+            self.wait_ready(60.0, self.grpc_url, protocol="grpc")
         except BaseException:
             self.stop()
             raise
@@ -611,8 +613,25 @@ class TritonServer:
                 TimeoutError):
             return False  # another server on the port answers something else: not ready
 
+    def grpc_ready(self, url: str | None = None) -> bool:
+        """Ready as a gRPC client sees it: ServerReady through the gRPC front (or ``url``)."""
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        client = grpcclient.InferenceServerClient(url or self.grpc_url)
+        try:
+            return bool(client.is_server_ready(client_timeout=2))
+        except InferenceServerException:
+            return False  # not listening yet, or Triton behind it not ready
+        finally:
+            client.close()
+
+    def serving(self) -> bool:
+        """Ready through every front: a client of either protocol would be served now."""
+        return self.ready() and self.grpc_ready()
+
     def wait_ready(self, timeout: float, url: str,
-                   cancel: threading.Event | None = None) -> None:
+                   cancel: threading.Event | None = None, protocol: str = "http") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if cancel is not None and cancel.is_set():
@@ -621,12 +640,12 @@ class TritonServer:
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode}"
                                   + (f"; see {self.log_path}" if self.log_path else ""))
-            for protocol, front in self.fronts.items():
+            for name, front in self.fronts.items():
                 if front.poll() is not None:
-                    raise ServerError(f"the {protocol} front exited with code "
+                    raise ServerError(f"the {name} front exited with code "
                                       f"{front.returncode}"
                                       + (f"; see {self.log_path}" if self.log_path else ""))
-            if self.ready(url):
+            if (self.grpc_ready(url) if protocol == "grpc" else self.ready(url)):
                 return
             time.sleep(0.5)
         raise ServerError(f"not ready at {url} after {timeout:.0f} s")

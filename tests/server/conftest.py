@@ -42,7 +42,7 @@ def serving(request) -> Iterator[None]:
         return
     srv = request.getfixturevalue("server")
     deadline = time.monotonic() + 600
-    while not srv.ready():
+    while not srv.serving():
         stalls = srv.watchdog.stalls if srv.watchdog is not None else []
         assert time.monotonic() < deadline, (
             f"the session's server has not served for 600 s (stalls healed: {stalls})")
