@@ -87,7 +87,34 @@ class Equivalent:
 
 NEGATIVE_SIZE = "numpy takes any negative size as the one it works out: -2 reshapes as -1 does"
 EQUIVALENT: list[Equivalent] = [
-    *(Equivalent(m.name, "", r"reshape\(-2", NEGATIVE_SIZE) for m in MODULES),
+    *(Equivalent(m.name, "", r"reshape\((1, )?-2", NEGATIVE_SIZE) for m in MODULES),
+    *(Equivalent(m.name, "", r'code\("UTF-8"\)', "codec names are case-insensitive")
+      for m in MODULES if m.name != "validation"),
+    Equivalent("client", "image_tensors", r"for s in timestamps\], (dtype=None)?\)\)\]",
+               "numpy makes an array of Python ints int64 on this 64-bit Linux"),
+    Equivalent("client", "_sparse_tokenizer", r'split\("\.", (2)?\)\[0\]',
+               "the first part of a split is the same whatever the number of splits"),
+    Equivalent("client", "terms", r'"status", lambda: 0\)\(\) or ""',
+               "0 or \"\" and None or \"\" are both \"\""),
+    Equivalent("backend", "_block_number", r"if match else 1",
+               "only the block outputs (E1..E12, numbers 1 to 12) are kept from the sorted "
+               "list: where the other outputs sort does not matter"),
+    Equivalent("backend", "triton_error", r'"status", lambda: (None|"XXXX")\)\(\) or ""|'
+               r'"status", lambda: ""\)\(\) or "XXXX"',
+               "the status is only compared with gRPC codes by their ending: \"\", None and "
+               "\"XXXX\" match none of them"),
+    Equivalent("backend", "triton_error", r'"message", lambda: None\)\(\) or err',
+               "without a message() the text is str(err) either way"),
+    Equivalent("backend", "from_configs", r'fused\.get\("output", (None)?\)',
+               "an entry point without outputs has no FUSED: the catalog fails either way "
+               "(KeyError or TypeError)"),
+    Equivalent("backend", "from_configs", r"outputs\[FUSED\] (>= 0|> 1) else",
+               "FUSED's last dimension is its width or -1 (variable), never 0 or 1"),
+    Equivalent("backend", "_chunked", r"(?m)^\s+None\)$",
+               "each chunk's call waits until the same deadline and answers the same 504"),
+    Equivalent("backend", "_counted", r"reshape\(None\)",
+               "TOKENS is rows x 1: a one-element row converts to int as its value does "
+               "(numpy 1.26 only warns)"),
     Equivalent("pii", "luhn_valid", r"if d >= 9:",
                "a doubled digit is even, so it is never 9: > 9 and >= 9 agree"),
     Equivalent("pii", "luhn_valid", r"total -= d",
@@ -95,7 +122,9 @@ EQUIVALENT: list[Equivalent] = [
     Equivalent("pii", "_card", r"<= len\(digits\) <= 20",
                "the card pattern matches at most 19 digits"),
     Equivalent("fusemoe", "", r"\.to\(None\)|device=None|devices=None|"
-               r"torch\.arange\(kmax, \)|for e in EMBEDDERS\], \)",
+               r"torch\.arange\(kmax, \)|for e in EMBEDDERS\], \)|"
+               r"int\(k\), dtype=torch\.long, \)|\.to\(dtype=torch\.long\)|"
+               r"x\.shape\[0\], None\)",
                "FuseMoE runs in float32 on the CPU here, where a device or dtype of None (the "
                "default) changes nothing; only a GPU run could tell them apart, and GPU paths "
                "are unmeasured here"),
@@ -112,6 +141,8 @@ EQUIVALENT: list[Equivalent] = [
     Equivalent("fusemoe", "forward", r"kept \* kept\.sum|kept\.sum\(dim=None",
                "the expert weights are rescaled per row (or for the whole batch) before FUSED "
                "is normalised per row: its direction does not change"),
+    Equivalent("fusemoe", "load", r"load_state_dict\(tensors, \)",
+               "strict=True is load_state_dict's default"),
     Equivalent("fusemoe", "__init__", r"nn\.LayerNorm\(cfg\.input_dim, \)",
                "FuseMoE's layer_norm_eps is 1e-5, LayerNorm's default"),
     Equivalent("fusemoe", "_within_capacity", r"rows\.numel\(\) >= capacity",
@@ -123,14 +154,34 @@ EQUIVALENT: list[Equivalent] = [
                r"(dtype=None)?\)",
                "numpy fills an int as int64 and a float as float64, and the temperature is "
                "made float32 where the controls are returned"),
-    Equivalent("validation", "positions", r"np\.asarray\(timestamps, (dtype=None)?\)",
-               "the timestamps given are the validated int64 ones"),
+    Equivalent("validation", "positions", r"np\.asarray\(timestamps, (dtype=None)?\)|"
+               r"dtype=np\.int64\)\.reshape\(None\)",
+               "the timestamps given are the validated int64 ones, one per row"),
+    Equivalent("validation", "output_settings", r"rows, 1\)\.reshape\(None\)",
+               "DIMENSIONS as rows x 1 compares, indexes and converts to int as its flat "
+               "copy does (numpy 1.26 only warns that int() of a one-element array is "
+               "deprecated)"),
+    Equivalent("registry", "usage_tokenizer", r'tokenizer or "XXXX"',
+               "E1 is a token model, so it has a tokenizer (_check): the fallback is never "
+               "taken"),
     Equivalent("validation", "output_settings", r"np\.asarray\(encoding, (dtype=None)?\)",
                "a BYTES item is a bytes either way (numpy's bytes_ is one)"),
     Equivalent("failsafe", "run", r"present\[:, j\] = None",
                "numpy stores None as False in a bool array"),
     Equivalent("failsafe", "", r'spec\.tokenizer or "XXXX"',
                "every token embedder names its tokenizer family (export/registry.py _check)"),
+    Equivalent("failsafe", "run", r"ServiceError\(None\)|probe had not answered XX|"
+               r"PROBE HAD NOT ANSWERED|XXwhen the other blocks hadXX|WHEN THE OTHER BLOCKS HAD",
+               "a block's reason is shown only when it is required, and a required block's "
+               "probe is always waited for: the reason of a probe still out is never shown"),
+    Equivalent("failsafe", "run", r"task\.exception\(\) if \(not task\.cancelled\(\)\) or "
+               r"True",
+               "nothing cancels a block's task (its deadline ends it with TimeoutError), so "
+               "the cancelled branch is never taken"),
+    Equivalent("failsafe", "_check_lengths", r"kinds if \(spec\.convention\.kind_aware\) or "
+               r"True",
+               "a model that is not kind-aware is built without a convention (no extra tokens, "
+               "no query length): a query counts as a passage does"),
     Equivalent("backend", "step_in", r"sorted\(self\.steps, ",
                "model names are word characters: one never matches inside a longer one at a "
                "word boundary, so the order they are tried in does not matter"),

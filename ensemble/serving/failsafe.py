@@ -80,15 +80,23 @@ class StepError(ServiceError):
 
 
 async def call(model: str, inputs: dict[str, np.ndarray], outputs: list[str],
-               ) -> dict[str, np.ndarray]:
+               optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """One step's answer: each of ``outputs`` it gave; one it did not give is a StepError
+    unless ``optional``."""
     request = pb_utils.InferenceRequest(
         model_name=model, requested_output_names=outputs,
         inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()])
     response = await request.async_exec()
     if response.has_error():
         raise StepError(model, response.error().message())
-    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy()
-            for name in outputs}
+    answer = {}
+    for name in outputs:
+        tensor = pb_utils.get_output_tensor_by_name(response, name)
+        if tensor is not None:
+            answer[name] = tensor.as_numpy()
+        elif name not in optional:
+            raise StepError(model, f"its answer has no {name}")
+    return answer
 
 
 class TritonPythonModel(BlsAdapter):
@@ -182,7 +190,7 @@ class TritonPythonModel(BlsAdapter):
                     inputs[KIND] = given[KIND]
                 if TRUNCATE in given:
                     inputs[TRUNCATE] = given[TRUNCATE]
-                return await call(spec.triton_model, inputs, [EMBEDDING, FLAG])
+                return await call(spec.triton_model, inputs, [EMBEDDING, FLAG], (FLAG,))
             if spec.input is Input.TEXT:
                 inputs = {TEXT: clean[CLEAN_TEXT]}
             elif spec.id == "E4":  # a session and a position (SEQUENCE, else the timestamp)

@@ -65,9 +65,11 @@ class Call:
 class Client:
     """The synchronous client's ``infer`` (tritonclient.http / .grpc)."""
 
-    def __init__(self, handler: Handler, configs: dict[str, dict] | None = None) -> None:
+    def __init__(self, handler: Handler, configs: dict[str, dict] | None = None,
+                 protocol: str = "grpc") -> None:
         self.handler = handler
         self.configs = configs or {}
+        self.protocol = protocol
         self.calls: list[Call] = []
         self.ready = True
 
@@ -77,10 +79,17 @@ class Client:
         self.calls.append(call)
         return Result(self.handler(model, call.inputs, call.outputs))
 
-    def get_model_config(self, name: str, as_json: bool = False) -> dict:
+    def get_model_config(self, name: str, **kwargs: Any) -> Any:
+        """As each protocol's client answers: HTTP's takes no ``as_json`` and returns the
+        config itself; gRPC's returns a protobuf message, or {"config": ...} with
+        ``as_json=True``."""
+        if self.protocol == "http" and "as_json" in kwargs:
+            raise TypeError("get_model_config() got an unexpected keyword argument 'as_json'")
         if name not in self.configs:
             raise InferenceServerException(f"unknown model '{name}'", "StatusCode.NOT_FOUND")
-        return {"config": self.configs[name]} if as_json else self.configs[name]
+        if self.protocol == "http":
+            return self.configs[name]
+        return {"config": self.configs[name]} if kwargs.get("as_json") else object()
 
     def is_model_ready(self, name: str) -> bool:
         self.asked_ready = name
@@ -109,7 +118,7 @@ class AsyncClient(Client):
     async def get_model_config(self, name: str, as_json: bool = False,  # type: ignore[override]
                                client_timeout: float | None = None) -> dict:
         self.config_timeouts.append(client_timeout)
-        return Client.get_model_config(self, name, as_json)
+        return Client.get_model_config(self, name, as_json=as_json)
 
     @property
     def config_timeouts(self) -> list[float | None]:

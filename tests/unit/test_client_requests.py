@@ -66,14 +66,15 @@ def answers(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> di
         elif name == "FUSED_BINARY":
             out[name] = np.tile(np.array([[0b10100000]], dtype=np.uint8), (n, 1))
         elif name == c.TERMS:
-            out[name] = np.array([f"t{i}".encode() if i >= 0 else b""
-                                  for i in inputs[c.IDS].reshape(-1)], dtype=np.object_)
+            # One row per request row, as Triton answers an output of dims [-1].
+            out[name] = np.array([[f"t{i}".encode() if i >= 0 else b"" for i in row]
+                                  for row in inputs[c.IDS]], dtype=np.object_)
     return out
 
 
 def make(protocol: str = "http", model: str = c.MODEL, handler=answers, **kwargs):
     client = FusedEmbedClient("127.0.0.1:1", protocol, model=model, **kwargs)
-    client._client = fake.Client(handler, CONFIGS)
+    client._client = fake.Client(handler, CONFIGS, protocol)
     client._tc = fake.Module
     return client
 
@@ -573,3 +574,30 @@ def test_helpers_take_plain_lists_and_answer_their_dtypes():
     scale = np.array([0.1, 0.3], dtype=np.float32)
     got = c.int8_similarity(np.array([[1, 2]], np.int8), np.array([[3, 4]], np.int8), scale)
     assert got.tolist() == [3 * np.float64(scale[0]) ** 2 + 8 * np.float64(scale[1]) ** 2]
+
+
+def test_gate_controls_given_to_embed_go_into_the_request():
+    client = make()
+    client.embed_batch(["a", "b"], [T0, T0], gate=GateControls(top_k=3, missing=("E7",)))
+    call = client._client.calls[0]
+    assert call.inputs["TOP_K"].tolist() == [[3], [3]]
+    assert call.inputs["PRESENCE"].tolist() == [[b != "E7" for b in c.BLOCKS]] * 2
+
+
+def test_an_image_without_a_timestamp_or_sequence_is_sent_now_without_a_sequence(monkeypatch):
+    monkeypatch.setattr(c.time, "time", lambda: 1_800_000_000.7)
+    client = make()
+    client.embed_image(b"c")
+    call = client._client.calls[0]
+    assert call.inputs["TIMESTAMP"].tolist() == [[1_800_000_000]]
+    assert "SEQUENCE" not in call.inputs and "SESSION" not in call.inputs
+
+
+def test_maxsim_scores_in_float32_whatever_it_is_given():
+    rng = np.random.default_rng(11)
+    query = rng.normal(size=(5, 128))
+    docs = [rng.normal(size=(n, 128)) for n in (3, 7, 1)]
+    got = c.maxsim(query, docs)
+    assert got.dtype == np.float32
+    want = c.maxsim(query.astype(np.float32), [d.astype(np.float32) for d in docs])
+    np.testing.assert_array_equal(got, want)

@@ -167,3 +167,51 @@ def test_binary_similarity_counts_only_the_first_d_bits():
 def test_a_prefix_of_a_zero_vector_stays_zero_and_is_float32():
     out = encodings.prefix(np.zeros((1, 8), dtype=np.float64), 4)
     assert out.dtype == np.float32 and out.shape == (1, 4) and not out.any()
+
+
+def test_one_vector_is_encoded_and_scored_as_a_row_of_a_batch_is():
+    """A 1-D vector and a stack of batches (3-D) work along their last axis, as a batch does:
+    a client scoring a single pair or a [queries, candidates, d] block gets the same numbers."""
+    rng = np.random.default_rng(7)
+    batch = rng.normal(size=(2, 3, 24)).astype(np.float32)
+    flat = batch.reshape(6, 24)
+    np.testing.assert_allclose(encodings.prefix(batch, 16).reshape(6, 16),
+                               encodings.prefix(flat, 16), rtol=1e-6)
+    np.testing.assert_allclose(encodings.prefix(flat[0], 16), encodings.prefix(flat, 16)[0],
+                               rtol=1e-6)
+    for d in (16, 24):
+        head = encodings.prefix(flat, d)
+        assert encodings.binary(head[0]).tolist() == encodings.binary(head)[0].tolist()
+        packed = encodings.binary(encodings.prefix(batch, d))
+        assert packed.shape == (2, 3, d // 8)
+        signs = np.where(encodings.prefix(batch, d) > 0, 1, -1)
+        scores = encodings.binary_similarity(packed[0], packed[1], d)
+        assert scores.tolist() == (signs[0] * signs[1]).sum(-1).tolist()
+        one = encodings.binary_similarity(packed[0, 0], packed[1, 0], d)
+        assert int(one) == int(scores[0])
+        codes = np.rint(encodings.prefix(batch, d) * 100).astype(np.int8)
+        assert encodings.int8_similarity(codes[0], codes[1]).tolist() == (
+            codes[0].astype(np.int64) * codes[1]).sum(-1).tolist()
+        assert int(encodings.int8_similarity(codes[0, 0], codes[1, 0])) == int(
+            (codes[0, 0].astype(np.int64) * codes[1, 0]).sum())
+        pair = encodings.encoded(batch, d)
+        v, similarity = pair["float"]
+        np.testing.assert_allclose(similarity(v[0], v[1]), (v[0] * v[1]).sum(-1), rtol=1e-6)
+        assert similarity(v[0], v[1]).shape == (3,)
+        np.testing.assert_allclose(similarity(v[0, 0], v[1, 0]), v[0, 0] @ v[1, 0], rtol=1e-6)
+
+
+def test_int8_similarity_without_a_scale_is_the_exact_integer_dot_product():
+    a = np.full((1, 1536), 127, dtype=np.int8)
+    b = np.full((1, 1536), -127, dtype=np.int8)
+    plain = encodings.int8_similarity(a, b)
+    assert plain.dtype.kind == "i" and plain.tolist() == [-127 * 127 * 1536]
+
+
+def test_int8_similarity_weights_in_float64_whatever_the_scale_came_as():
+    rng = np.random.default_rng(3)
+    a = rng.integers(-127, 128, size=(4, 64)).astype(np.int8)
+    b = rng.integers(-127, 128, size=(4, 64)).astype(np.int8)
+    scale = (rng.uniform(0.001, 0.02, size=64)).astype(np.float32)  # not exact in binary
+    want = (a.astype(np.float64) * b) @ np.square(scale.astype(np.float64))
+    np.testing.assert_allclose(encodings.int8_similarity(a, b, scale), want, rtol=1e-13)

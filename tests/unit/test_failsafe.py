@@ -394,10 +394,14 @@ def test_a_block_without_a_flag_is_not_truncated_and_a_missing_block_is_float_ze
         return {r.EMBEDDING: block_value(spec, given[r.INPUT_IDS].shape[0])}
     pb.HANDLERS[spec.triton_model] = no_flag
     answer("E6", error="down")
-    run(model(), request())
+    (response,) = run(model(), request())
     given = fused_inputs()
     flag = given[spec.block_name + r.TRUNCATED_SUFFIX]
     assert flag.dtype == bool and flag.shape == (ROWS, 1) and not flag.any()
+    # E12 answered (its block is fused, not filled); only E6 is missing.
+    np.testing.assert_array_equal(given[spec.block_name], block_value(spec, ROWS))
+    assert [e.id for e, gone in zip(EMBEDDERS, response.outputs()["MISSING"][0], strict=True)
+            if gone] == ["E6"]
     missing = given[IDS["E6"].block_name]
     assert missing.dtype == np.float32 and missing.shape == (ROWS, IDS["E6"].dim)
     cut = given[IDS["E6"].block_name + r.TRUNCATED_SUFFIX]
@@ -445,3 +449,59 @@ def test_every_token_embedder_s_limit_is_checked_by_its_own_kind(model, tmp_path
     assert response.error().message() == (
         "TEXT[1]: 6 tokens exceed the 5-token limit of E7 (e07_code); send TRUNCATE=true to "
         "truncate")
+
+
+def test_a_block_that_answers_without_its_embedding_is_missing(model):
+    spec = IDS["E7"]
+
+    async def no_embedding(given, outputs):
+        return {r.FLAG: np.zeros((given[r.INPUT_IDS].shape[0], 1), dtype=bool)}
+    pb.HANDLERS[spec.triton_model] = no_embedding
+    (response,) = run(model(), request())
+    assert not response.has_error()
+    j = [e.id for e in EMBEDDERS].index("E7")
+    assert response.outputs()["MISSING"][:, j].all()
+    (response,) = run(model(required="E1,E7"), request())
+    assert response.error().message() == (
+        f"E7 is required and did not answer: e07_code: its answer has no {r.EMBEDDING}")
+
+
+def _open(m, block: str) -> None:
+    """Two failures open ``block``'s breaker (breaker_failures=2)."""
+    answer(block, error="down")
+    run(m, request())
+    run(m, request())
+    assert pb.METRICS[("fusedembed_breaker_state", (("block", block),))] == 1.0
+
+
+def test_a_slow_probe_of_an_optional_block_is_not_waited_for(model):
+    """After the cool-down one request probes E5; the others answered, so the request goes
+    on without it (E5 missing), and the probe still settles the breaker when it ends."""
+    import time
+
+    m = model(breaker_failures="2", breaker_cooldown_ms="50", breaker_probes="1",
+              deadline_ms="2000")
+    _open(m, "E5")
+    time.sleep(0.1)
+    answer("E5", delay_s=0.5)
+    begun = time.monotonic()
+    (response,) = run(m, request())
+    assert time.monotonic() - begun < 0.4  # not held by the probe
+    assert not response.has_error()
+    j = [e.id for e in EMBEDDERS].index("E5")
+    assert response.outputs()["MISSING"][:, j].all()
+
+
+def test_a_required_block_s_probe_is_waited_for(model):
+    """A probe of a required block is awaited: the request fails only if it fails."""
+    import time
+
+    m = model(breaker_failures="2", breaker_cooldown_ms="50", breaker_probes="1",
+              deadline_ms="2000")
+    _open(m, "E1")
+    time.sleep(0.1)
+    answer("E1", delay_s=0.2)
+    (response,) = run(m, request())
+    assert not response.has_error(), response.error().message()
+    assert not response.outputs()["MISSING"].any()
+    assert pb.METRICS[("fusedembed_breaker_state", (("block", "E1"),))] == 0.0

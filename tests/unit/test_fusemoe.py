@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -254,6 +256,13 @@ def test_install_copies_a_verified_checkpoint(tmp_path):
     _, manifest = fusemoe.install(src, dst)
     assert manifest.version == "trained-test"
     assert fusemoe.load(dst, SMALL)[1].sha256 == manifest.sha256
+    # make build installs into the version folder it installed into before: replaced.
+    other = tmp_path / "other"
+    fusemoe.save(fusemoe.seeded(dataclasses.replace(SMALL, seed=SMALL.seed + 1)), other,
+                 "trained-other")
+    _, again = fusemoe.install(other, dst)
+    assert again.version == "trained-other" and again.sha256 != manifest.sha256
+    assert fusemoe.load(dst, SMALL)[1].version == "trained-other"
 
 
 def test_gate_noise_is_added_to_the_logits_with_its_spread():
@@ -286,6 +295,8 @@ def test_fuse_passes_every_validated_control_to_the_model():
     from export.registry import EMBEDDERS
 
     model = fusemoe.seeded(SMALL)
+    with torch.no_grad():
+        model.image_scale.fill_(1.7)  # a map that is not the identity: FROM_IMAGE shows
     x = _inputs(4)
     presence = np.ones((4, len(EMBEDDERS)), dtype=bool)
     presence[1, 10] = False
@@ -308,6 +319,8 @@ def test_fuse_passes_every_validated_control_to_the_model():
     assert out.selected_experts.shape == (4, 8)
     assert not torch.allclose(out.fused[:3], plain.fused[:3])
     assert not torch.allclose(out.expert_weights[2], plain.expert_weights[2])  # temperature
+    unmapped = model(x[[3]], top_k=torch.tensor([8])).fused[0]
+    assert not torch.allclose(out.fused[3], unmapped, atol=1e-3)  # the image row was mapped
 
 
 def test_a_fusion_output_moves_with_its_three_parts_in_order():
@@ -376,9 +389,21 @@ def test_load_is_strict_and_takes_the_built_precision(tmp_path):
 
     path = manifest_path(extra, fusemoe.WEIGHTS_STEM)
     m = Manifest.read(path)
-    Manifest(m.file, sha256_file(extra / "fusemoe.safetensors"), m.version, m.extra).write(path)
-    with pytest.raises((ArtifactError, RuntimeError)):
+    Manifest(m.version, sha256_file(extra / "fusemoe.safetensors"), m.file, m.extra).write(path)
+    with pytest.raises(ArtifactError, match=r"(?s)weights do not fit FuseMoE .*stray\.weight"):
         fusemoe.load(extra, SMALL)
+    # And so is a checkpoint that lacks one (it would serve the random initial weights).
+    del tensors["stray.weight"], tensors["gate_fc1.weight"]
+    save_file(tensors, str(extra / "fusemoe.safetensors"), metadata={"version": "v2"})
+    Manifest(m.version, sha256_file(extra / "fusemoe.safetensors"), m.file, m.extra).write(path)
+    with pytest.raises(ArtifactError, match=r"(?s)weights do not fit FuseMoE .*gate_fc1\.weight"):
+        fusemoe.load(extra, SMALL)
+
+
+def test_a_precision_other_than_fp32_or_int8_is_refused_by_name(tmp_path):
+    fusemoe.save(fusemoe.seeded(SMALL), tmp_path, "v1")
+    with pytest.raises(ArtifactError, match=r"FuseMoE runs in fp32 or int8, not fp16$"):
+        fusemoe.load(tmp_path, SMALL, precision="fp16")
 
 
 def test_a_checkpoint_s_int8_scales_are_float32():

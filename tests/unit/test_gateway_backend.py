@@ -379,6 +379,12 @@ def test_the_catalog_of_a_bare_config_takes_the_defaults():
             catalog.matryoshka, catalog.sparse) == (1, (), False, None, False, False)
     assert backend.Catalog.from_configs(bare | {"max_batch_size": 0}, None).batch == 1
     assert backend.Catalog.from_configs(bare | {"max_batch_size": "16"}, None).batch == 16
+    # Triton's JSON leaves out what is empty: a step without an output_map is read as such.
+    steps = {"ensemble_scheduling": {"step": [{"model_name": "preprocess"},
+                                              {"model_name": "tok", "output_map": {
+                                                  "token_count": "TOKENS"}}]}}
+    catalog = backend.Catalog.from_configs(bare | steps, None)
+    assert catalog.steps == ("preprocess", "tok") and catalog.usage_step == ("tok", "token_count")
 
 
 def test_sizes_are_offered_only_with_the_dimensions_input_and_two_make_matryoshka():
@@ -488,6 +494,8 @@ def test_sparse_terms_take_the_batch_s_settings_and_name_an_item_by_its_place():
     with pytest.raises(GatewayError) as err:
         run(t.sparse(Batch(texts(4), [0] * 4), None))
     assert err.value.message == "input[3]: empty"
+    # A default batch truncates, which is the server's default: no TRUNCATE is sent.
+    assert "TRUNCATE" not in t._client.calls[-1].inputs
     t._catalog = backend.Catalog(t._catalog.models, 2, (), True, None, False, sparse=False)
     with pytest.raises(GatewayError) as err:
         run(t.sparse(Batch(texts(1), [0]), None))
@@ -570,3 +578,49 @@ def test_an_answer_in_time_is_not_abandoned():
         assert t._abandoned == set() and t._calls == set()
 
     run(main())
+
+
+def test_a_request_cancelled_while_its_call_runs_leaves_the_call_abandoned():
+    """A client that goes away cancels its request; the call to Triton is not cancelled
+    (Triton 2.51) but counted with the abandoned until it ends."""
+    t = triton(delay_s=0.3)
+    text = [("TEXT", "BYTES", np.array([[b"x 1"]], dtype=np.object_))]
+
+    async def main():
+        request = asyncio.ensure_future(
+            t._infer("fused_text", text, ["FUSED"], time.monotonic() + 5))
+        await asyncio.sleep(0.05)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert len(t._abandoned) == 1 and None not in t._abandoned
+        (call,) = t._abandoned
+        assert not call.cancelled()
+        await asyncio.sleep(0.4)
+        assert t._abandoned == set() and t._calls == set()
+
+    run(main())
+
+
+def test_an_abandoned_call_that_fails_later_reports_nothing_to_the_loop(loop):
+    """Its error is retrieved when it ends: no "exception was never retrieved" and no error
+    in a callback reaches the event loop's handler."""
+    import gc
+
+    def fail(model, inputs, outputs):
+        raise fake.InferenceServerException("late failure", "StatusCode.INTERNAL")
+    t = triton(handler=fail, delay_s=0.2)
+    text = [("TEXT", "BYTES", np.array([[b"x 1"]], dtype=np.object_))]
+    reported = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+    async def main():
+        with pytest.raises(GatewayError):
+            await t._infer("fused_text", text, ["FUSED"], time.monotonic() + 0.05)
+        await asyncio.sleep(0.3)
+        assert t._abandoned == set()
+
+    run(main())
+    gc.collect()
+    run(asyncio.sleep(0))
+    assert reported == []

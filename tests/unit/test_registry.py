@@ -87,7 +87,9 @@ def test_gpu_settings_round_trip_and_default():
     assert r.Gpu.from_parameters({"execution_providers": "tensorrt,,cuda",
                                   "trt_fp16": "TRUE"}) == r.Gpu(("tensorrt", "cuda"),
                                                                 r.Gpu.engine_cache, False)
-    assert r.Gpu().parameters()["trt_fp16"] == "true"
+    assert r.Gpu().parameters() == {"device": "gpu", "execution_providers": "tensorrt,cuda",
+                                    "trt_engine_cache": "/opt/fusedembed/trt-cache",
+                                    "trt_fp16": "true"}
 
 
 def test_limits_round_trip_with_pii_as_on_or_off():
@@ -158,5 +160,5 @@ def test_the_registry_refuses_inconsistent_entries(monkeypatch, change, message)
     r._check()  # the registry as it is passes
     for name, value in change().items():
         monkeypatch.setattr(r, name, value)
-    with pytest.raises(AssertionError, match=re.escape(message)):
+    with pytest.raises(AssertionError, match="^" + re.escape(message)):
         r._check()
