@@ -116,11 +116,12 @@ $(STAMP): requirements.txt requirements-serve.txt pyproject.toml client/pyprojec
 	touch $(STAMP)
 
 # Mutation testing of the core of our own logic against the unit tier (mutmut, pinned in
-# requirements-mutation.txt; hours on 2 cores, MODULES= to limit it) and deliberate faults in
+# requirements-mutation.txt; hours on 2 cores, MODULES= to limit it, SURVIVORS=1 to run only
+# the last run's survivors again) and deliberate faults in
 # a copy of the built repository against the server tier: perf/reports/mutation.md.
 mutation: venv
 	$(PY) -m pip install --quiet -r requirements-mutation.txt
-	$(PY) -m perf.mutation $(if $(MODULES),--modules $(MODULES))
+	$(PY) -m perf.mutation $(if $(MODULES),--modules $(MODULES)) $(if $(SURVIVORS),--survivors)
 
 mutation-served: train
 	$(PY) -m perf.mutation_served

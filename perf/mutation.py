@@ -234,11 +234,13 @@ def write_client_layout() -> None:
     (CLIENT_LAYOUT / "pyproject.toml").write_text(text)
 
 
-def run_mutmut(layout: Path, modules: list[Module], children: int) -> float:
-    """mutmut on ``modules`` of one layout; the seconds it took."""
+def run_mutmut(layout: Path, modules: list[Module], children: int,
+               names: list[str] | None = None) -> float:
+    """mutmut on ``modules`` of one layout (only the mutants ``names`` where given); the
+    seconds it took."""
     env = os.environ | {"FUSEDEMBED_MUTATION": "1", "OMP_NUM_THREADS": "1",
                         "MKL_NUM_THREADS": "1"}
-    names = [m.path[:-3].replace("/", ".") + ".*" for m in modules]
+    names = names or [m.path[:-3].replace("/", ".") + ".*" for m in modules]
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children),
                     *names], cwd=layout, env=env, check=False)
@@ -304,17 +306,19 @@ def summarise(modules: list[Module], seconds: dict[str, float]) -> dict:
     return out
 
 
-def write_report(summary: dict) -> Path:
+def write_report(summary: dict, runs: dict[str, list[str]] | None = None) -> Path:
     lines = ["# Mutation testing: the unit tier against mutants of our own logic", "",
              ("Command: `make mutation` (`python -m perf.mutation`; `--modules` to limit it). "
               "mutmut " + mutmut_version() + " makes each mutant of the listed modules and runs "
               "the unit tests that cover the mutated function (tests needing the built "
               "repository skipped); a mutant is killed when they fail or time out. Goal: at "
               f"least {GOAL:.0%} killed in every module; every survivor killed by a new test "
-              "or listed below with why it cannot be told apart."), "",
+              "or listed below with why it cannot be told apart. `--survivors` runs again "
+              "only the last run's survivors (after tests were added); the other verdicts "
+              "stand from the run named in the last column."), "",
              ("| module | mutants | killed | survived | no tests | timeout | killed share | "
-              "explained survivors | unexplained | test time (s) |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "explained survivors | unexplained | test time (s) | runs |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, m in summary.items():
         c = m["counts"]
         explained_n = sum(1 for s in m["survivors"] if s["equivalent"])
@@ -322,7 +326,7 @@ def write_report(summary: dict) -> Path:
         lines.append(f"| {name} (`{m['path']}`) | {m['mutants']} | {m['killed']} | "
                      f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {c.get('timeout', 0)} "
                      f"| {share} | {explained_n} | {len(m['survivors']) - explained_n} | "
-                     f"{m['test_seconds']:.0f} |")
+                     f"{m['test_seconds']:.0f} | {'; '.join((runs or {}).get(name, []))} |")
     for name, m in summary.items():
         if not m["survivors"]:
             continue
@@ -358,22 +362,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--children", type=int, default=2, help="mutmut's --max-children")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from mutmut's results without running it")
+    parser.add_argument("--survivors", action="store_true",
+                        help="run again only the mutants that survived the last run (after "
+                             "tests were added; a changed module needs a full run)")
     args = parser.parse_args(argv)
     chosen = [m for m in MODULES if not args.modules or m.name in args.modules]
     saved = RESULTS / "mutation.json"
-    seconds = json.loads(saved.read_text()).get("run_seconds", {}) if saved.is_file() else {}
+    before = json.loads(saved.read_text()) if saved.is_file() else {}
+    seconds = before.get("run_seconds", {})
+    runs: dict[str, list[str]] = before.get("runs", {})
     if not args.report_only:
         write_client_layout()
+        at = provenance.commit()
         for layout in (ROOT, CLIENT_LAYOUT):
             group = [m for m in chosen if m.layout == layout]
-            if group:
+            if not group:
+                continue
+            if args.survivors:
+                names = [n for m in group for n, (status, _) in results(m).items()
+                         if status == "survived"]
+                if names:
+                    run_mutmut(layout, group, args.children, names)
+                for m in group:
+                    runs[m.name] = [*runs.get(m.name, [])[:1], f"survivors again at {at}"]
+            else:
                 took = run_mutmut(layout, group, args.children)
                 for m in group:
                     seconds[m.name] = took / len(group)
+                    runs[m.name] = [f"every mutant at {at}"]
     summary = summarise(MODULES, seconds)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps({"run_seconds": seconds, "modules": summary}, indent=1))
-    print(f"report: {write_report(summary)}")
+    saved.write_text(json.dumps({"run_seconds": seconds, "runs": runs, "modules": summary},
+                                indent=1))
+    print(f"report: {write_report(summary, runs)}")
     below = [n for n, m in summary.items()
              if m["killed_share"] is not None and m["killed_share"] < GOAL]
     if below:
