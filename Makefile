@@ -28,7 +28,7 @@ serve: train
 	$(PY) -m ensemble.server
 
 test: train
-	$(PY) -m pytest -m "not gpu" --timeout=900
+	$(PY) -m pytest -m "not gpu" --timeout=900 --durations=30
 
 test-unit: venv
 	$(PY) -m pytest -m "not server and not trained and not gpu"

@@ -106,13 +106,17 @@ class Pipeline:
 
     def block_matrix(self, texts: list[str], timestamps: np.ndarray, batch: int = 32,
                      ) -> np.ndarray:
-        """[N, 8320] concatenated blocks of many texts, ``batch`` at a time, with progress
+        """[N, 8320] concatenated blocks of many texts in their order, ``batch`` at a time
+        with texts of like length together (a batch is padded to its longest), with progress
         (a line per 640 texts when stdout is not a terminal)."""
         out = np.zeros((len(texts), sum(e.dim for e in EMBEDDERS)), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        stamps = np.asarray(timestamps)
         start, tty = time.perf_counter(), sys.stdout.isatty()
         for i in range(0, len(texts), batch):
-            blocks, _, _ = self.encode(texts[i:i + batch], timestamps[i:i + batch])
-            out[i:i + batch] = concat_blocks(blocks)
+            rows = order[i:i + batch]
+            blocks, _, _ = self.encode([texts[j] for j in rows], stamps[rows])
+            out[rows] = concat_blocks(blocks)
             done = min(i + batch, len(texts))
             if tty or done % (20 * batch) == 0 or done == len(texts):
                 print(f"{chr(13) if tty else ''}  blocks {done}/{len(texts)} texts, "
