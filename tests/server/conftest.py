@@ -21,11 +21,16 @@ def server(repository, tmp_path_factory) -> Iterator[TritonServer]:
     # SIGTERM ends a healthy tritonserver with 0 once every model is unloaded; a stub or
     # model that crashes on the way out, or a server killed, shows here. Exit code 1 with
     # Triton's "Exit timeout expired" is the one exception, reported as a warning: requests
-    # still in flight after its 30 s exit timeout (an open defect: after the session's
-    # deliberate faults, some fused_text requests never end in Triton).
-    if code == 1 and "Exit timeout expired" in log.read_text(errors="replace")[-20000:]:
+    # still in flight after its 20 s exit timeout (an open defect: after the session's
+    # deliberate faults, some fused_text requests never end in Triton, or a model version
+    # whose stub was killed is still unloading).
+    tail = log.read_text(errors="replace")[-20000:]
+    if code == 1 and "Exit timeout expired" in tail:
+        # What Triton still waited for, said in the warning: CI keeps the output, not the log.
+        held = [line.split('] ', 1)[-1] for line in tail.splitlines()
+                if "Timeout 0:" in line or "in-flight inferences" in line][-4:]
         warnings.warn(f"tritonserver had requests in flight at the end of the session and "
-                      f"exited on its exit timeout ({log})", stacklevel=1)
+                      f"exited on its exit timeout ({log}): {'; '.join(held)}", stacklevel=1)
     else:
         assert code == 0, f"tritonserver exited with code {code} at the end of the session ({log})"
 
