@@ -121,7 +121,7 @@ $(STAMP): requirements.txt requirements-serve.txt pyproject.toml client/pyprojec
 # a copy of the built repository against the server tier: perf/reports/mutation.md.
 mutation: venv
 	$(PY) -m pip install --quiet -r requirements-mutation.txt
-	$(PY) -m perf.mutation $(if $(MODULES),--modules $(MODULES)) $(if $(SURVIVORS),--survivors)
+	$(PY) -m perf.mutation --check-timeouts $(if $(MODULES),--modules $(MODULES)) $(if $(SURVIVORS),--survivors)
 
 mutation-served: train
 	$(PY) -m perf.mutation_served

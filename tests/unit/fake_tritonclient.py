@@ -21,7 +21,14 @@ class InferInput:
         self.data: np.ndarray | None = None
 
     def set_data_from_numpy(self, value: np.ndarray) -> None:
+        """As tritonclient's: the array's type must be the input's datatype."""
+        from tritonclient.utils import np_to_triton_dtype
+
         assert list(value.shape) == self.shape, (self.name, value.shape, self.shape)
+        if np_to_triton_dtype(value.dtype) != self.datatype:
+            raise InferenceServerException(
+                f"got unexpected datatype {value.dtype} from numpy array, expected "
+                f"{self.datatype}")
         self.data = value
 
 

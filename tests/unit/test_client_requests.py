@@ -601,3 +601,30 @@ def test_maxsim_scores_in_float32_whatever_it_is_given():
     assert got.dtype == np.float32
     want = c.maxsim(query.astype(np.float32), [d.astype(np.float32) for d in docs])
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_every_option_is_sent_in_its_declared_datatype(protocol):
+    """Through the client as tritonclient checks it: each array's type is its datatype."""
+    client = make(protocol)
+    client.embed_batch(["a", "b"], [T0, T0], kind="query", truncate=False,
+                       gate=GateControls(top_k=3, temperature=0.5, focus={"E11": 2.0},
+                                         missing=("E7",)),
+                       sparse=True, sparse_top_k=4, sessions=["s1", "s2"], sequences=[5, 6])
+    dtypes = {name: value.dtype for name, value in client._client.calls[0].inputs.items()}
+    assert dtypes == {"TEXT": np.object_, "TIMESTAMP": np.int64, "KIND": np.object_,
+                      "TRUNCATE": np.bool_, "TOP_K": np.int32, "TEMPERATURE": np.float32,
+                      "FOCUS": np.float32, "PRESENCE": np.bool_, "SPARSE_TOP_K": np.int32,
+                      "SESSION": np.object_, "SEQUENCE": np.int64}
+
+
+def test_the_http_client_waits_as_long_as_it_was_told(monkeypatch):
+    import tritonclient.http
+
+    made = []
+    monkeypatch.setattr(tritonclient.http, "InferenceServerClient",
+                        lambda url, **kwargs: made.append((url, kwargs)))
+    FusedEmbedClient("127.0.0.1:1", "http", timeout_s=7.5)
+    FusedEmbedClient("127.0.0.1:1", "http")
+    assert made == [("127.0.0.1:1", {"network_timeout": 7.5, "connection_timeout": 7.5}),
+                    ("127.0.0.1:1", {"network_timeout": 120.0, "connection_timeout": 120.0})]
