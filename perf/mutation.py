@@ -281,18 +281,20 @@ def explained(module: Module, name: str, patch: str) -> Equivalent | None:
     return None
 
 
-def check_timeouts(modules: list[Module], wall_s: int = 300) -> dict[str, str]:
+def check_timeouts(modules: list[Module], done: frozenset[str] = frozenset(),
+                   wall_s: int = 300) -> dict[str, str]:
     """Each mutant mutmut stopped on its CPU-time limit, run again against the tests that
     cover its function without that limit (``wall_s`` instead): "survived" when they pass
     (the limit was too tight: mutmut adds no allowance for what the tests' threads and start
-    cost), "timeout" when they still do not end, else "killed"."""
+    cost), "timeout" when they still do not end, else "killed". Those in ``done`` were
+    checked before."""
     verdicts = {}
     for module in modules:
         base = module.layout / "mutants"
         stats = json.loads((base / "mutmut-stats.json").read_text())
         covering = stats["tests_by_mangled_function_name"]
         for name, (status, _) in sorted(results(module).items()):
-            if status != "timeout":
+            if status != "timeout" or name in done:
                 continue
             tests = sorted(covering.get(name.rsplit("__mutmut_", 1)[0], []))
             env = os.environ | {"MUTANT_UNDER_TEST": name, "OMP_NUM_THREADS": "1",
@@ -431,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                     seconds[m.name] = took / len(group)
                     runs[m.name] = [f"every mutant at {at}"]
     if args.check_timeouts:
-        timeouts |= check_timeouts(chosen)
+        timeouts |= check_timeouts(chosen, frozenset(timeouts))
     summary = summarise(MODULES, seconds, timeouts)
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({"run_seconds": seconds, "runs": runs, "timeouts": timeouts,
