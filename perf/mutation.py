@@ -92,6 +92,12 @@ EQUIVALENT: list[Equivalent] = [
       for m in MODULES if m.name != "validation"),
     Equivalent("client", "", r"for (s|n) in (timestamps|sequences)\], (dtype=None)?\)",
                "numpy makes an array of Python ints int64 on this 64-bit Linux"),
+    Equivalent("client", "_infer", r'(sparse|token_vectors): bool = True,|'
+               r'encoding: str = "(XXfloatXX|FLOAT)"\)',
+               "its only caller, embed_batch, passes every argument: the defaults are never "
+               "used"),
+    Equivalent("client", "_send", r'"status", lambda: 0\)\(\) or ""',
+               "0 or \"\" and None or \"\" are both \"\""),
     Equivalent("client", "_sparse_tokenizer", r'split\("\.", (2)?\)\[0\]',
                "the first part of a split is the same whatever the number of splits"),
     Equivalent("client", "terms", r'"status", lambda: 0\)\(\) or ""',

@@ -628,3 +628,29 @@ def test_the_http_client_waits_as_long_as_it_was_told(monkeypatch):
     FusedEmbedClient("127.0.0.1:1", "http")
     assert made == [("127.0.0.1:1", {"network_timeout": 7.5, "connection_timeout": 7.5}),
                     ("127.0.0.1:1", {"network_timeout": 120.0, "connection_timeout": 120.0})]
+
+
+def test_one_text_takes_every_option_embed_batch_takes(monkeypatch):
+    """embed() is embed_batch() of one: each option reaches the request, and its defaults
+    are embed_batch's (no TRUNCATE, no sparse or token outputs, the float vector, now)."""
+    monkeypatch.setattr(c.time, "time", lambda: 1_800_000_000.2)
+    client = make()
+    client.embed("plain")
+    call = client._client.calls[-1]
+    assert set(call.inputs) == {"TEXT", "TIMESTAMP"}
+    assert call.inputs["TIMESTAMP"].tolist() == [[1_800_000_000]]
+    plain_outputs = call.outputs
+    assert not any(o.startswith(("E6_SPARSE", "E12_TOKEN")) for o in plain_outputs)
+    full = client.embed("every option", T0, truncate=False, gate=GateControls(top_k=3),
+                        sparse=True, sparse_top_k=4, token_vectors=True)
+    call = client._client.calls[-1]
+    assert call.inputs["TRUNCATE"].tolist() == [[False]]
+    assert call.inputs["TOP_K"].tolist() == [[3]]
+    assert call.inputs["SPARSE_TOP_K"].tolist() == [[4]]
+    assert set(c.SPARSE_OUTPUTS) <= set(call.outputs)
+    assert any(o.startswith("E12_TOKEN") for o in call.outputs)
+    assert full.sparse is not None and full.token_vectors is not None
+    client.embed("a size", T0, dimensions=256, encoding="int8")
+    call = client._client.calls[-1]
+    assert call.inputs["DIMENSIONS"].tolist() == [[256]]
+    assert call.inputs["ENCODING"].tolist() == [[b"int8"]]
