@@ -199,6 +199,16 @@ EQUIVALENT: list[Equivalent] = [
                "terms"),
     Equivalent("client", "", r"axis=\+1|\.sum\(\+1\)",
                "on these 2-D arrays axis 1 is the last: +1 and -1 name the same axis"),
+    Equivalent("client", "request_tensors", r"(?m)^\s+(dtype=None)?\)\)\)$",
+               "tritonclient takes a numpy bytes_ array for a BYTES input as it takes an "
+               "object array and serialises both alike (checked for HTTP, binary and JSON, "
+               "and gRPC)"),
+    Equivalent("client", "_infer", r"decode_binary\(codes, (None|9 \* codes\.shape\[1\])\)",
+               "a slice at or past the end of the unpacked bits keeps all of them, as "
+               "8 x the bytes does"),
+    Equivalent("client", "_send", r"delay >= self\.retry\.deadline_s",
+               "the sleep's end is a float of the monotonic clock plus a random jitter: it "
+               "equals the deadline with probability zero"),
     Equivalent("client", "int8_similarity", r"np\.asarray\((a|b), (None)?\)",
                "the other operand is int32: the product is int32 or wider either way, with the "
                "same values"),

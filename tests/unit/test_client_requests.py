@@ -218,11 +218,44 @@ def test_binary_codes_are_decoded_to_signs_and_normalised():
     assert e.codes.tolist() == [0b10100000] and e.scale is None
 
 
+def answering(**given: np.ndarray):
+    """``answers`` with the outputs in ``given`` answered as given."""
+    def handler(model, inputs, outputs):
+        out = answers(model, inputs, outputs)
+        out.update({k: v for k, v in given.items() if k in outputs})
+        return out
+    return handler
+
+
+def test_encoded_vectors_are_normalised_row_by_row_whatever_their_norm():
+    # Decoded norms 0.5 and 0.1: each row is scaled to 1 on its own.
+    client = make(handler=answering(FUSED_INT8=np.array([[3, -4], [1, 0]], np.int8),
+                                    FUSED_SCALE=np.full((2, 2), 0.1, np.float32)))
+    e0, e1 = client.embed_batch(["a", "b"], [T0] * 2, encoding="int8", dimensions=2)
+    np.testing.assert_allclose(e0.vector, [0.6, -0.8], rtol=1e-6)
+    np.testing.assert_allclose(e1.vector, [1.0, 0.0], rtol=1e-6)
+    b0, b1 = make(handler=answering(FUSED_BINARY=np.array([[0xFF], [0x80]], np.uint8))
+                  ).embed_batch(["a", "b"], [T0] * 2, encoding="binary")
+    np.testing.assert_allclose(b0.vector, np.full(8, 1 / np.sqrt(8)), rtol=1e-6)
+    np.testing.assert_allclose(b1.vector, [1, -1, -1, -1, -1, -1, -1, -1] / np.sqrt(8),
+                               rtol=1e-6)
+
+
+def test_term_zero_is_a_term_and_only_minus_one_is_padding():
+    client = make(handler=answering(
+        E6_SPARSE_INDICES=np.array([[0, 4, -1], [9, 0, -1]], np.int32),
+        E6_SPARSE_WEIGHTS=np.array([[1.5, 0.5, 0.0], [2.0, 0.25, 0.0]], np.float32)))
+    e0, e1 = client.embed_batch(["a", "b"], [T0] * 2, sparse=True)
+    assert e0.sparse.indices.tolist() == [0, 4] and e0.sparse.weights.tolist() == [1.5, 0.5]
+    assert e1.sparse.indices.tolist() == [9, 0] and e1.sparse.weights.tolist() == [2.0, 0.25]
+
+
 def test_the_cached_entry_point_asks_for_fused_only():
     client = make(model=c.CACHED_MODEL)
     (e,) = client.embed_batch(["a"], [T0])
     assert client._client.calls[0].outputs == ["FUSED"]
     assert e.vector.shape == (1536,) and e.expert_weights.size == 0
+    assert e.expert_weights.dtype == np.float32
     assert e.selected_experts.dtype == np.int32 and e.selected_experts.size == 0
 
 
@@ -231,6 +264,8 @@ def test_the_failsafe_entry_point_says_which_blocks_it_went_without():
     (e,) = client.embed_batch(["a"], [T0])
     assert client._client.calls[0].outputs == list(c.FAILSAFE_OUTPUTS)
     assert e.missing == ("E7",) and e.truncated == ("E1",) and e.fusion_version == "a"
+    # Expert 0 is an expert like any other; only -1 pads the row.
+    assert e.selected_experts.tolist() == [0]
 
 
 @pytest.mark.parametrize(("model", "kwargs", "message"), [
@@ -402,8 +437,10 @@ def test_models_reads_each_step_s_parameters(protocol):
 
 
 def test_models_of_an_unknown_entry_point_is_a_client_error():
-    with pytest.raises(FusedEmbedError, match="^fused_image at 127.0.0.1:1: "):
+    with pytest.raises(FusedEmbedError, match="^fused_image at 127.0.0.1:1: ") as err:
         make(model=c.IMAGE_MODEL).models()
+    # No transport status came back: the error says none, and it is not back-pressure.
+    assert err.value.status == "" and not err.value.retryable
 
 
 def test_ready_is_false_when_the_server_cannot_say():
