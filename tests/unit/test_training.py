@@ -100,6 +100,41 @@ def test_block_weights_favour_the_block_that_separates_positive_pairs():
     torch.testing.assert_close(w.sum(), torch.tensor(1.0))
 
 
+def test_d_prime_over_both_spreads_does_not_favour_a_block_that_only_scores_strangers_alike():
+    """A sparse lexical block (E6 here): unrelated texts share no terms, so their cosines sit
+    at 0 with almost no spread, while its pairs share anything from none to all of their
+    terms. A dense block (E11) puts every pair at about the same cosine. Over the random
+    pairs' spread alone the sparse block wins; over both spreads (the default) the block
+    that separates every pair does."""
+    g = torch.Generator().manual_seed(7)
+    n = 400
+    x = _blocks(2 * n, seed=5, topics=1)
+    parts = train._split_blocks(x.clone())
+    e6, e11 = (next(j for j, e in enumerate(EMBEDDERS) if e.id == b) for b in ("E6", "E11"))
+    sparse = torch.zeros(2 * n, parts[e6].shape[1])
+    for i in range(n):
+        terms = torch.randperm(parts[e6].shape[1], generator=g)[:40]
+        shared = int(torch.randint(0, 41, (1,), generator=g))
+        other = torch.randperm(parts[e6].shape[1], generator=g)[:40 - shared]
+        sparse[i, terms] = 1.0
+        sparse[n + i, torch.cat([terms[:shared], other])] = 1.0
+    parts[e6] = torch.nn.functional.normalize(sparse, dim=-1)
+    dense = torch.nn.functional.normalize(torch.randn(n, parts[e11].shape[1], generator=g), dim=-1)
+    parts[e11] = torch.cat([dense, torch.nn.functional.normalize(
+        dense + 1.2 * torch.nn.functional.normalize(
+            torch.randn(n, parts[e11].shape[1], generator=g), dim=-1), dim=-1)])
+    x = torch.cat(parts, dim=-1)
+    pairs = np.stack([np.arange(n), np.arange(n) + n], axis=1)
+    means = [b.mean(0) for b in train._split_blocks(x)]
+    pooled = train.block_weights(x, pairs, means, seed=0, power=4.0)
+    random_only = train.block_weights(x, pairs, means, seed=0, power=4.0, spread="random")
+    assert int(torch.argmax(random_only)) == e6, random_only
+    assert int(torch.argmax(pooled)) == e11 and float(pooled[e11]) > 2 * float(pooled[e6])
+    assert train.TrainConfig().teacher_spread == "pooled"
+    with pytest.raises(ValueError, match="spread must be"):
+        train.block_weights(x, pairs, means, seed=0, spread="std")
+
+
 def test_load_balance_is_one_when_uniform_and_eight_when_collapsed():
     b = 64
     uniform = fusemoe.FusionOutput(torch.zeros(b, 4), torch.full((b, 8), 1 / 8),
