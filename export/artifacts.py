@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,24 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def installed_file(distribution: str, file: str) -> Path | None:
+    """``file`` (relative to the install location) of an installed distribution; None when the
+    distribution is not installed."""
+    try:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+    return Path(str(dist.locate_file(file)))
+
+
+def check_pinned(path: Path, sha256: str, distribution: str) -> None:
+    """A file a distribution ships must hash to its pin."""
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise ArtifactError(f"{path}: sha256 {actual} is not the pinned {sha256} of "
+                            f"{distribution}")
 
 
 def manifest_path(directory: Path, stem: str) -> Path:

