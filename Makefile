@@ -22,7 +22,7 @@ endif
 DEVICE        ?= cpu
 
 .PHONY: serve test test-unit build train weights sts soak bench precision tune venv clean lint fuzz \
-        image dashboard chaos mutation mutation-served
+        image dashboard chaos mutation mutation-served docs
 
 serve: train
 	$(PY) -m ensemble.server
@@ -126,6 +126,11 @@ mutation: venv
 
 mutation-served: train
 	$(PY) -m perf.mutation_served
+
+# The documentation site (.run/site): README, docs/ and the reports, mkdocs in strict mode (a
+# broken link or anchor fails it).
+docs: venv
+	$(PY) -m mkdocs build --strict
 
 lint: venv
 	$(PY) -m ruff check export ensemble client perf tests

@@ -1,4 +1,5 @@
-"""Reports say what they measured, and the README never quotes a stale one unmarked."""
+"""Reports say what they measured, and the README and the docs pages never quote a stale one
+unmarked."""
 
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ REPORT_NAME = re.compile(r"perf/reports/([\w.-]+/?)")
 MADE = Provenance("1a2b3c4", "pretrained", "trained-20261206-64abceda", "a" * 64)
 
 
+def documentation() -> str:
+    """The README and every page under docs/."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return "\n\n".join(page.read_text() for page in pages)
+
+
 def readme_passages(text: str | None = None) -> list[str]:
-    """The README's paragraphs, each table row and list item on its own: a figure and the
-    report it comes from stand in one passage."""
-    text = (ROOT / "README.md").read_text() if text is None else text
+    """The paragraphs of the README and the docs pages, each table row and list item on its
+    own: a figure and the report it comes from stand in one passage."""
+    text = documentation() if text is None else text
     passages: list[str] = []
     for block in re.split(r"\n\s*\n", text):
         lines = block.split("\n")
@@ -48,12 +55,12 @@ def quoted_reports(passage: str) -> list[Path]:
 
 
 def unmarked_stale(served: Provenance, text: str | None = None) -> list[tuple[str, str]]:
-    """(report, passage) for each README passage that quotes a report measured on another
-    FuseMoE than ``served`` (or one that does not say) and does not say "stale"."""
+    """(report, passage) for each README or docs passage that quotes a report measured on
+    another FuseMoE than ``served`` (or one that does not say) and does not say "stale"."""
     out = []
     for passage in readme_passages(text):
         for report in quoted_reports(passage):
-            assert report.is_file(), f"the README names {report}, which does not exist"
+            assert report.is_file(), f"the documentation names {report}, which does not exist"
             if not provenance.current(provenance.parse(report), served) and (
                     "stale" not in passage.lower()):
                 out.append((report.name, passage[:100]))
