@@ -328,3 +328,37 @@ def test_image_teacher_rows_keep_only_the_image_blocks_at_a_full_rows_norm():
                                     torch.tensor([e.dim for e in EMBEDDERS]))
     assert not rows[:, ~image].any() and rows[:, image].abs().min() > 0
     torch.testing.assert_close(rows.norm(dim=-1), u.norm(dim=-1).mean().expand(10))
+
+
+def test_each_ablation_row_adds_one_change_and_the_last_is_make_trains():
+    from dataclasses import asdict
+    from itertools import pairwise
+
+    from perf import fusion_ablation
+
+    rows = fusion_ablation.variants()
+    assert rows[-1][1] == train.TrainConfig()
+    for (_, before), (name, after) in pairwise(rows):
+        changed = {k for k, v in asdict(after).items() if asdict(before)[k] != v}
+        assert len(changed) == 1, (name, changed)
+
+
+def test_a_block_alone_is_scored_by_the_cosines_of_its_own_columns():
+    from scipy.stats import spearmanr
+
+    from perf import fusion_ablation
+
+    rng = np.random.default_rng(0)
+    dims = [e.dim for e in EMBEDDERS]
+    x = rng.normal(size=(40, sum(dims))).astype(np.float32)
+    first, second = np.arange(20), np.arange(20, 40)
+    gold = rng.uniform(0, 5, 20)
+    j = [e.id for e in EMBEDDERS].index("E6")
+    start = sum(dims[:j])
+    block = x[:, start:start + dims[j]]
+    block = block / np.linalg.norm(block, axis=1, keepdims=True)
+    expected = spearmanr((block[first] * block[second]).sum(-1), gold).statistic
+    scores = fusion_ablation.block_scores({"dev": (x, first, second, gold)}, {"E6": "splade"})
+    assert scores["E6"]["dev"] == pytest.approx(expected, abs=1e-6)
+    other = fusion_ablation.block_scores({"dev": (x, first, second, gold)}, {"E11": "minilm"})
+    assert other["E11"]["dev"] != pytest.approx(expected, abs=1e-6)
