@@ -39,6 +39,7 @@ from ensemble.stall import (
     parse_metrics,
     write_verdict,
 )
+from fusedembed_client.gateway.tracing import TraceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
@@ -423,6 +424,9 @@ class TritonServer:
     triton_ports: Ports | None = None
     fronts: dict[str, subprocess.Popen] = field(default_factory=dict)
     stall: StallDetector = field(default_factory=StallDetector)
+    # OpenTelemetry traces (off unless OTEL_EXPORTER_OTLP_ENDPOINT or ..._TRACES_ENDPOINT is
+    # set): Triton's OpenTelemetry mode, exporting over OTLP/HTTP.
+    tracing: TraceSettings = field(default_factory=TraceSettings.from_env)
 
     @property
     def pid(self) -> int:
@@ -479,6 +483,7 @@ class TritonServer:
             # FuseMoE version) go through the model-repository API, behind the admin key.
             "--model-control-mode=explicit", "--load-model=*",
             *restrict,
+            *self.tracing.triton_args(),
             *self.extra_args,
         ]
 
@@ -698,6 +703,7 @@ class Gateway:
     log_path: Path | None = None
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
+    env: dict[str, str] | None = None  # its environment (default: this process's)
 
     @property
     def url(self) -> str:
@@ -709,7 +715,7 @@ class Gateway:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fusedembed_client.gateway", "--triton-url", self.triton_grpc,
              "--host", self.host, "--port", str(self.port), *self.extra_args],
-            stdout=log or None, stderr=subprocess.STDOUT if log else None)
+            stdout=log or None, stderr=subprocess.STDOUT if log else None, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -764,10 +770,14 @@ def usage_text(server: TritonServer, gateway: Gateway | None = None) -> str:
         pass
     openai = (f"\n  OpenAI   {gateway.url}/v1/embeddings   (also /embed, /health, /info, /metrics)"
               if gateway else "")
+    tracing = server.tracing
+    traces = (f"\n  traces   {tracing.endpoint} (OTLP/HTTP; {tracing.share:g} of requests, "
+              f"services {tracing.service}-triton and {tracing.service}-gateway)"
+              if tracing.enabled else "")
     return f"""fusedembed is ready.
   HTTP     http://{server.http_url}   (KServe v2: POST /v2/models/fused_text/infer)
   gRPC     {server.grpc_url}{openai}
-  metrics  http://{server._client_host}:{server.ports.metrics}/metrics
+  metrics  http://{server._client_host}:{server.ports.metrics}/metrics{traces}
   admin    {admin}
 
   {cli} embed "hello world" --url {server.http_url}

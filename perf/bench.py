@@ -14,7 +14,10 @@
    server-side time per hit.
 5. The OpenAI-compatible gateway against direct gRPC (perf/gateway.py), taking turns, then
    request by request.
-6. Locust (perf/locustfile.py): HTTP, gRPC and OpenAI-route users, valid and bad requests.
+6. The public front against Triton's own ports (perf/front.py).
+7. Locust (perf/locustfile.py): HTTP, gRPC and OpenAI-route users, valid and bad requests.
+8. Tracing off and on (perf/tracing.py): two servers side by side, one tracing every request
+   into an OTLP receiver; what it adds per request and to throughput.
 
 This runs on the project's repository (``make bench`` builds the default profile first);
 ``make bench PROFILE=full`` runs perf/bench_full.py instead. Writes perf/reports/bench.md
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.server import free_port
-from perf import front, gateway, provenance, race_a, race_b, tools
+from perf import front, gateway, provenance, race_a, race_b, tools, tracing
 from perf.workload import (
     REPORTS,
     RESULTS,
@@ -325,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-rounds", type=int, default=5)
     parser.add_argument("--locust-users", type=int, default=8)
     parser.add_argument("--locust-seconds", type=int, default=60)
+    parser.add_argument("--tracing-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     info = json.loads((REPOSITORY / "e01_semantic" / "1" / "build.json").read_text())
@@ -333,9 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"perf tools: {results['perf_analyzer']}", flush=True)
     texts = sentences(512)
     data = input_data(texts, RUN_BENCH / "fused_text-input.json")
-    print("[1/7] Race A (each side alone):", flush=True)
+    print("[1/8] Race A (each side alone):", flush=True)
     results["race_a"] = race_a.race(texts, args.race_a_seconds)
-    print("[2/7] Race B, hand-written side: loading ...", flush=True)
+    print("[2/8] Race B, hand-written side: loading ...", flush=True)
     hand = race_b.HandWritten(REPOSITORY)
     runs = []
     with started_server(REPOSITORY, RUN_BENCH / "triton.log") as server:
@@ -344,14 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         with FusedEmbedClient(server.grpc_url, "grpc") as client:
             results["fusion_version"] = client.embed("warm-up", T0).fusion_version
         results["tritonserver"] = server_version(server.http_url)
-        print("[3/7] perf_analyzer on fused_text:", flush=True)
+        print("[3/8] perf_analyzer on fused_text:", flush=True)
         for c in args.concurrency:
             runs.append(perf_analyzer(server.grpc_url, server.http_url, data, 1, c,
                                       args.interval_ms))
         for c in args.batch_concurrency:
             runs.append(perf_analyzer(server.grpc_url, server.http_url, data, 32, c,
                                       args.interval_ms))
-        print("[4/7] Race B (taking turns), response cache:", flush=True)
+        print("[4/8] Race B (taking turns), response cache:", flush=True)
         race_texts = texts[:args.race_b_texts]
         results["race_b"] = race_b.race(hand, server.grpc_url, server.http_url,
                                                    race_texts, args.race_b_turns)
@@ -360,16 +364,16 @@ def main(argv: list[str] | None = None) -> int:
         results["cache"] = cache_pass(server.grpc_url, server.http_url, texts, 512, 64)
         results["cache"]["loops"] = cached_loops(server.grpc_url, results["cache"]["texts"],
                                                  args.race_a_seconds)
-        print("[5/7] the gateway against direct gRPC:", flush=True)
+        print("[5/8] the gateway against direct gRPC:", flush=True)
         # As `make serve` runs it: the gateway on Triton's own loopback gRPC.
         results["gateway"] = gateway.run(server.triton_grpc_url, args.gateway_seconds,
                                          args.gateway_rounds, RUN_BENCH)
         gateway.write(results["gateway"])
-        print("[6/7] the public front against Triton's own ports:", flush=True)
+        print("[6/8] the public front against Triton's own ports:", flush=True)
         measured = front.measure(server, args.gateway_seconds, args.gateway_rounds)
         front.write(measured)
         results["front"] = front.stored(measured)
-        print("[7/7] Locust:", flush=True)
+        print("[7/8] Locust:", flush=True)
         from ensemble.server import Gateway
 
         openai_route = Gateway(server.triton_grpc_url, free_port(), "127.0.0.1",
@@ -383,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         results["locust"] = {"users": args.locust_users, "seconds": args.locust_seconds,
                              "rows": rows}
     results["fused_text"] = runs
+    print("[8/8] tracing off and on (two servers side by side):", flush=True)
+    traced = tracing.measure(REPOSITORY, args.tracing_seconds, args.gateway_rounds)
+    tracing.write(traced)
+    results["tracing"] = traced
     report = write(results, args, time.perf_counter() - start)
     print(f"report: {report}; summary: {RESULTS / 'summary.json'}; ({FUSEMOE_MODEL} "
           f"{results['fusion_version']})")

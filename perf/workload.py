@@ -46,13 +46,14 @@ def input_data(texts: list[str], path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def started_server(repository: Path, log: Path, timeout: float = 900.0) -> Iterator:
-    """A tritonserver on free loopback ports over ``repository``, stopped on exit; the
-    seconds it took to become ready are its ``load_s`` attribute."""
+def started_server(repository: Path, log: Path, timeout: float = 900.0, **settings) -> Iterator:
+    """A tritonserver on free loopback ports over ``repository`` (``settings``: more fields
+    of TritonServer), stopped on exit; the seconds it took to become ready are its ``load_s``
+    attribute."""
     from ensemble.server import Ports, TritonServer
 
     log.parent.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(repository, Ports(*free_ports(3)), log)
+    server = TritonServer(repository, Ports(*free_ports(3)), log, **settings)
     print(f"starting tritonserver on {repository.name} (log: {log}) ...", flush=True)
     start = time.perf_counter()
     server.start(timeout=timeout)

@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                          "then needs as 'Authorization: Bearer <key>' (else 401); the key "
                          "itself only from FUSEDEMBED_GATEWAY_API_KEY, never on the command "
                          "line, where ps shows it")
+    gateway.add_argument("--access-log", action="store_const", const=True,
+                         help="log one line per answer with its request id and trace id "
+                              "(default FUSEDEMBED_GATEWAY_ACCESS_LOG; 5xx answers always)")
     return parser
 
 
@@ -80,6 +83,7 @@ def _gateway(args: argparse.Namespace) -> int:
 
     try:
         from fusedembed_client.gateway import Settings, serve
+        from fusedembed_client.gateway.tracing import TraceSettings
     except ImportError as err:
         print(f"error: {err.name} is missing; install fusedembed-client[gateway]",
               file=sys.stderr)
@@ -88,12 +92,15 @@ def _gateway(args: argparse.Namespace) -> int:
              if k in {f.name for f in dataclasses.fields(Settings)} and v is not None}
     try:
         settings = dataclasses.replace(Settings.from_env(), **given).checked()
+        tracing = TraceSettings.from_env()
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    traces = (f"traces to {tracing.endpoint}, {tracing.share:g} of requests" if tracing.enabled
+              else "no traces")
     print(f"fusedembed gateway on http://{settings.host}:{settings.port} "
           f"(Triton gRPC {settings.triton_url}; "
-          f"{'an API key' if settings.api_key else 'no key'} required)", flush=True)
+          f"{'an API key' if settings.api_key else 'no key'} required; {traces})", flush=True)
     serve(settings)
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -187,6 +188,36 @@ def test_compose_wires_the_service_prometheus_and_grafana():
         (DOCKER / "grafana" / "provisioning" / "dashboards" / "fusedembed.yaml").read_text())
     dashboards = provider["providers"][0]["options"]["path"]
     assert any(m.split(":")[1].startswith(dashboards) for m in mounts if "fusedembed.json" in m)
+
+
+def test_compose_s_tracing_profile_wires_a_collector_to_jaeger_and_is_off_by_default():
+    from urllib.parse import urlsplit
+
+    from fusedembed_client.gateway.tracing import TraceSettings
+
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["otel-collector"]["profiles"] == services["jaeger"]["profiles"] == ["tracing"]
+    env = services["fusedembed"]["environment"]
+    defaults = {k: re.fullmatch(r"\$\{\w+:-(.*)\}", v).group(1) for k, v in env.items()
+                if k.startswith("OTEL_")}
+    assert defaults["OTEL_EXPORTER_OTLP_ENDPOINT"] == ""  # off unless asked for
+    assert not TraceSettings.from_env(defaults).enabled
+    mount = next(m for m in services["otel-collector"]["volumes"] if "collector.yaml" in m)
+    source, target = mount.split(":")[:2]
+    assert f"--config={target}" in services["otel-collector"]["command"]
+    config = yaml.safe_load((DOCKER / source).read_text())
+    pipeline = config["service"]["pipelines"]["traces"]
+    for kind in ("receivers", "processors", "exporters"):
+        assert pipeline[kind] and set(pipeline[kind]) <= set(config[kind]), kind
+    # fusedembed's exporters speak OTLP over HTTP to the collector's documented port.
+    http = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    documented = "http://otel-collector:4318"
+    assert documented in (DOCKER / "compose.yaml").read_text()
+    assert urlsplit(documented).port == int(http.rsplit(":", 1)[1])
+    assert urlsplit(documented).hostname == "otel-collector"
+    (exporter,) = pipeline["exporters"]
+    assert config["exporters"][exporter]["endpoint"].split(":")[0] == "jaeger"
 
 
 def test_dashboard_is_generated():

@@ -160,7 +160,7 @@ def test_calls_past_their_deadline_are_bounded_while_triton_still_runs_them():
     class SlowTriton:
         finished = 0
 
-        async def infer(self, model, inputs, outputs):
+        async def infer(self, model, inputs, outputs, request_id=""):
             await asyncio.sleep(0.6)
             SlowTriton.finished += 1
 

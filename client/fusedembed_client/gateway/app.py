@@ -8,6 +8,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +29,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fusedembed_client.client import BLOCKS, GateControls
 from fusedembed_client.gateway.backend import PREFIX, Batch, GatewayError, Triton
 from fusedembed_client.gateway.settings import Settings
+from fusedembed_client.gateway.tracing import RequestIds, request_id, trace_id
 
+LOG = logging.getLogger("fusedembed.gateway")
 TOKEN_IDS = ("input: token-id arrays are not supported; send text (a string or a list of "
              "strings)")
 
@@ -188,8 +191,9 @@ class Gateway:
                   Route("/metrics", self.prometheus, methods=["GET"]),
                   Route("/openapi.json", self.openapi, methods=["GET"]),
                   Route("/docs", self.docs, methods=["GET"])]
-        middleware = [Middleware(ApiKey, key=self.settings.api_key)] \
-            if self.settings.api_key else []
+        middleware = [Middleware(RequestIds)]
+        if self.settings.api_key:
+            middleware.append(Middleware(ApiKey, key=self.settings.api_key))
         return Starlette(routes=routes, middleware=middleware, lifespan=self.lifespan)
 
     # --- OpenAI -------------------------------------------------------------------------
@@ -418,9 +422,13 @@ class Gateway:
         return _openai_error(err) if openai else _tei_error(err)
 
     def _count(self, route: str, model: str, start: float, status: int) -> None:
-        m = self.metrics
+        m, seconds = self.metrics, time.perf_counter() - start
         m.requests.labels(route, model or "-", str(status)).inc()
-        m.latency.labels(route).observe(time.perf_counter() - start)
+        m.latency.labels(route).observe(seconds)
+        if status >= 500 or self.settings.access_log:
+            LOG.log(logging.WARNING if status >= 500 else logging.INFO,
+                    "request_id=%s trace_id=%s route=%s model=%s status=%d seconds=%.3f",
+                    request_id() or "-", trace_id() or "-", route, model or "-", status, seconds)
 
 
 class ApiKey:

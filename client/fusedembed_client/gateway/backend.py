@@ -25,6 +25,7 @@ from fusedembed_client.client import (
     infer_inputs,
     request_tensors,
 )
+from fusedembed_client.gateway.tracing import request_id
 
 PREFIX = "fusedembed"
 FUSED = "FUSED"
@@ -372,7 +373,8 @@ class Triton:
         # triton-inference-server/server#7840). The call runs to its end as a task of its
         # own; past the deadline the gateway answers 504 and drops the answer.
         call = asyncio.ensure_future(self._client.infer(
-            model, inputs, outputs=[tc.InferRequestedOutput(o) for o in outputs]))
+            model, inputs, outputs=[tc.InferRequestedOutput(o) for o in outputs],
+            request_id=request_id()))
         self._calls.add(call)
         call.add_done_callback(self._finished)
         try:

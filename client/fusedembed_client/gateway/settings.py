@@ -33,6 +33,9 @@ class Settings:
     # api_key_file names a file holding it (a mounted secret); empty: no key, as on loopback.
     api_key: str = ""
     api_key_file: str = ""
+    # One log line per answer (request id, trace id, route, model, status, seconds); answers
+    # of 5xx are logged either way.
+    access_log: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -47,7 +50,7 @@ class Settings:
                 continue
             kind = type(getattr(cls, f.name))
             try:
-                values[f.name] = kind(raw)
+                values[f.name] = _boolean(raw) if kind is bool else kind(raw)
             except ValueError as err:
                 raise ValueError(f"{f.name}: {raw!r} is not a valid {kind.__name__}") from err
         return cls(**values).checked()
@@ -71,3 +74,12 @@ class Settings:
                 raise ValueError(f"api_key_file: {self.api_key_file} is empty")
             return replace(self, api_key=key)
         return self
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
