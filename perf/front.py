@@ -20,43 +20,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from perf import provenance
 from perf.workload import (
     REPORTS,
     RUN,
-    Send,
     back_to_back,
-    closed_loop,
     machine,
     sentences,
     started_server,
+    taking_turns,
     triton_send,
 )
 
 DIM = 1536
 PROTOCOLS = ("grpc", "http")
-
-
-def windows(direct: Callable[[], Send], front: Callable[[], Send], texts: list[str],
-            seconds: float, rounds: int) -> dict:
-    """Batch 32 at concurrency 8, direct and front windows taking turns."""
-    rows: dict[str, list[dict]] = {"direct": [], "front": []}
-    for r in range(rounds):
-        for name, make in (("direct", direct), ("front", front)):
-            row = closed_loop(make, texts, 32, 8, seconds, DIM)
-            rows[name].append(row)
-            print(f"    round {r} {name:<6}: {row['items_per_s']:.1f} texts/s "
-                  f"({row['errors']} errors)", flush=True)
-    ratios = [f["items_per_s"] / d["items_per_s"] for d, f in zip(rows["direct"], rows["front"])]
-    return {"direct_items_per_s": float(np.median([r["items_per_s"] for r in rows["direct"]])),
-            "front_items_per_s": float(np.median([r["items_per_s"] for r in rows["front"]])),
-            "ratio": float(np.median(ratios)), "ratios": ratios,
-            "errors": sum(r["errors"] for side in rows.values() for r in side)}
 
 
 def measure(server, seconds: float, rounds: int) -> dict:
@@ -76,9 +55,10 @@ def measure(server, seconds: float, rounds: int) -> dict:
             "front_p50_ms": paired["other_p50_ms"]} | {
             k: v for k, v in paired.items() if k.startswith("added")}
         print(f"  {protocol}: batch 32 x 8 on fused_text ...", flush=True)
-        result["throughput"][protocol] = windows(
-            lambda u=direct, p=protocol: triton_send(p, u, "fused_text"),
-            lambda u=front, p=protocol: triton_send(p, u, "fused_text"), texts, seconds, rounds)
+        result["throughput"][protocol] = taking_turns(
+            ("direct", lambda u=direct, p=protocol: triton_send(p, u, "fused_text")),
+            ("front", lambda u=front, p=protocol: triton_send(p, u, "fused_text")), texts,
+            seconds, rounds, DIM)
     return result
 
 

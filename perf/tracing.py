@@ -27,8 +27,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ensemble.server import Gateway, free_port
 from fusedembed_client.gateway.tracing import TraceSettings
 from perf import provenance
@@ -38,10 +36,10 @@ from perf.workload import (
     REPORTS,
     RUN,
     back_to_back,
-    closed_loop,
     machine,
     sentences,
     started_server,
+    taking_turns,
     triton_send,
     update_summary,
 )
@@ -61,22 +59,6 @@ def paired(off_send, on_send, texts: list[str], seconds: float) -> dict:
     return {"pairs": result["pairs"], "off_p50_ms": result["base_p50_ms"],
             "on_p50_ms": result["other_p50_ms"]} | {
         k: v for k, v in result.items() if k.startswith("added") and k != "added_ms"}
-
-
-def windows(off_url: str, on_url: str, texts: list[str], seconds: float, rounds: int) -> dict:
-    rows: dict[str, list[dict]] = {"off": [], "on": []}
-    for r in range(rounds):
-        for name, url in (("off", off_url), ("on", on_url)):
-            row = closed_loop(lambda u=url: triton_send("grpc", u, "fused_text"), texts, 32, 8,
-                              seconds, DIM)
-            rows[name].append(row)
-            print(f"    round {r} {name:<3}: {row['items_per_s']:.1f} texts/s "
-                  f"({row['errors']} errors)", flush=True)
-    ratios = [n["items_per_s"] / f["items_per_s"] for f, n in zip(rows["off"], rows["on"])]
-    return {"off_items_per_s": float(np.median([r["items_per_s"] for r in rows["off"]])),
-            "on_items_per_s": float(np.median([r["items_per_s"] for r in rows["on"]])),
-            "ratio": float(np.median(ratios)), "ratios": ratios,
-            "errors": sum(r["errors"] for side in rows.values() for r in side)}
 
 
 def measure(repository: Path, seconds: float, rounds: int) -> dict:
@@ -103,7 +85,10 @@ def measure(repository: Path, seconds: float, rounds: int) -> dict:
                                        gateway_send(gateways["on"].url, "fused_text"), texts,
                                        seconds * rounds)
             print("  batch 32 x 8 on fused_text over gRPC ...", flush=True)
-            result["throughput"] = windows(off.grpc_url, on.grpc_url, texts, seconds, rounds)
+            result["throughput"] = taking_turns(
+                ("off", lambda: triton_send("grpc", off.grpc_url, "fused_text")),
+                ("on", lambda: triton_send("grpc", on.grpc_url, "fused_text")), texts, seconds,
+                rounds, DIM)
         finally:
             for g in gateways.values():
                 g.stop()

@@ -134,6 +134,28 @@ def back_to_back(base: Send, other: Send, texts: list[str], seconds: float) -> d
             "added_q3_ms": float(q3), "added_ms": added.tolist()}
 
 
+def taking_turns(first: tuple[str, Callable[[], Send]], second: tuple[str, Callable[[], Send]],
+                 texts: list[str], seconds: float, rounds: int, dim: int, batch: int = 32,
+                 clients: int = 8) -> dict:
+    """Two sides' ``closed_loop`` windows taking turns, ``first`` then ``second``, each
+    round; each side's median texts/s (``<name>_items_per_s``) and the median over the
+    rounds of the second's window over the first's just before it (``ratio``): windows
+    minutes apart would carry the machine's drift."""
+    rows: dict[str, list[dict]] = {first[0]: [], second[0]: []}
+    for r in range(rounds):
+        for name, make in (first, second):
+            row = closed_loop(make, texts, batch, clients, seconds, dim)
+            rows[name].append(row)
+            print(f"    round {r} {name:<6}: {row['items_per_s']:.1f} texts/s "
+                  f"({row['errors']} errors)", flush=True)
+    ratios = [b["items_per_s"] / a["items_per_s"]
+              for a, b in zip(rows[first[0]], rows[second[0]])]
+    return {f"{name}_items_per_s": float(np.median([r["items_per_s"] for r in side]))
+            for name, side in rows.items()} | {
+        "ratio": float(np.median(ratios)), "ratios": ratios,
+        "errors": sum(r["errors"] for side in rows.values() for r in side)}
+
+
 class WrongAnswer(ValueError):
     """An answer that is not ``batch`` finite vectors of ``dim``: counted as an error."""
 

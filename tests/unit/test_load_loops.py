@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from perf.workload import closed_loop
+from perf.workload import closed_loop, taking_turns
 
 TEXTS = [f"text {i}" for i in range(50)]
 
@@ -120,3 +120,21 @@ def test_only_a_full_queue_counts_as_a_refusal():
     assert down == "StatusCode.UNAVAILABLE: failed to connect to all addresses"
     assert outcome(error("Exceeds maximum queue size", "StatusCode.INTERNAL")).startswith(
         "StatusCode.INTERNAL: ")
+
+
+def test_two_sides_take_turns_and_the_ratio_is_the_second_over_the_first():
+    order = []
+
+    def side(name, delay_s):
+        def make():
+            order.append(name)
+            return fake_send(delay_s)()
+        return make
+
+    result = taking_turns(("fast", side("fast", 0.002)), ("slow", side("slow", 0.008)), TEXTS,
+                          0.3, 2, dim=4, batch=4, clients=2)
+    # One connection per client per window, first side then second, each round.
+    assert order == ["fast"] * 2 + ["slow"] * 2 + ["fast"] * 2 + ["slow"] * 2
+    assert len(result["ratios"]) == 2 and result["errors"] == 0
+    assert result["ratio"] == pytest.approx(0.25, abs=0.15)
+    assert result["slow_items_per_s"] < result["fast_items_per_s"]
