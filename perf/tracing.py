@@ -67,8 +67,8 @@ def measure(repository: Path, seconds: float, rounds: int) -> dict:
     result: dict = {"machine": machine(), "seconds": seconds, "rounds": rounds}
     with Receiver(keep=False) as receiver, \
             started_server(repository, work / "off.log", tracing=TraceSettings()) as off, \
-            started_server(repository, work / "on.log", tracing=TraceSettings(
-                receiver.endpoint + "/v1/traces")) as on:
+            started_server(repository, work / "on.log", tracing=TraceSettings.from_env(
+                environment(receiver.endpoint))) as on:
         gateways = {name: Gateway(server.triton_grpc_url, free_port(), "127.0.0.1",
                                   work / f"gateway-{name}.log", env=environment(endpoint))
                     for name, server, endpoint in (("off", off, None),

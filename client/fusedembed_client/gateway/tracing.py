@@ -47,12 +47,12 @@ class TraceSettings:
         env = dict(os.environ if env is None else env)
         if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
             return cls()
-        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-        if not endpoint and base:
-            endpoint = base.rstrip("/") + TRACES_PATH
-        name = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" if env.get(
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip() else "OTEL_EXPORTER_OTLP_ENDPOINT"
+        name, endpoint = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", env.get(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        if not endpoint:
+            name, base = "OTEL_EXPORTER_OTLP_ENDPOINT", env.get(
+                "OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+            endpoint = base.rstrip("/") + TRACES_PATH if base else ""
         if endpoint:
             parts = urlsplit(endpoint)
             if parts.scheme not in ("http", "https") or not parts.hostname:
