@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from export.artifacts import load_numpy
+from export.artifacts import load_numpy, tensor_shape
 from export.custom_encoders import (
     HdcEncoder,
     l2_normalize,
@@ -32,6 +32,7 @@ from export.layout import (
 )
 from export.registry import (
     ATTENTION_MASK,
+    EMBEDDERS,
     INPUT_IDS,
     LIBRARY_DEFAULTS,
     TEXT,
@@ -43,6 +44,7 @@ from export.registry import (
     Pooling,
     Runtime,
     TokenizerFamily,
+    tokenizer_family,
 )
 
 # Runtime.graph_optimization -> onnxruntime.GraphOptimizationLevel member.
@@ -214,6 +216,45 @@ class TokenLimit:
                 return (f"{TEXT}[{i}]: {tokens} tokens exceed the {self.limit(kind)}-token "
                         f"limit of {self.spec.id} ({self.spec.triton_model}); send "
                         f"{TRUNCATE}=true to truncate")
+        return None
+
+
+def splade_vocabulary(directory: Path) -> int:
+    """How many terms a SPLADE embedder's vector has (its projection's rows; SPARSE_TOP_K's
+    upper bound), read from the file's header without loading it."""
+    return tensor_shape(directory, SPLADE_STEM, "projection")[0]
+
+
+@dataclass(frozen=True)
+class TokenLimits:
+    """Every token embedder's limit in one repository: what a request with TRUNCATE=false is
+    refused for, checked at an entry point before any embedder runs."""
+
+    limits: tuple[TokenLimit, ...]
+
+    @classmethod
+    def read(cls, repository: Path) -> TokenLimits:
+        return cls(tuple(TokenLimit.read(s, version_dir(repository, s.triton_model))
+                         for s in EMBEDDERS if s.input is Input.TOKENS))
+
+    @property
+    def families(self) -> list[TokenizerFamily]:
+        """The tokenizer families the limits are counted in, each once."""
+        names = dict.fromkeys(limit.spec.tokenizer or "" for limit in self.limits)
+        return [tokenizer_family(name) for name in names]
+
+    def refusal(self, tokens: dict[str, TokenBatch], kinds: list[Kind]) -> str | None:
+        """Why the texts are refused (the first embedder, in block order, whose limit a
+        text exceeds), None if no text exceeds one. ``tokens``: the texts tokenized by each
+        family, by family name; a model that is not kind-aware counts every text as a
+        passage, as it is sent no KIND."""
+        for limit in self.limits:
+            spec = limit.spec
+            refusal = limit.refusal(tokens[tokenizer_family(spec.tokenizer or "").name],
+                                    kinds if spec.convention.kind_aware
+                                    else [Kind.PASSAGE] * len(kinds))
+            if refusal:
+                return refusal
         return None
 
 

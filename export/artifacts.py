@@ -99,3 +99,12 @@ def load_numpy(directory: Path, stem: str, version: str | None = None) -> dict[s
 
     data, _ = verified(directory, stem, version)
     return load_file(str(data))
+
+
+def tensor_shape(directory: Path, stem: str, name: str) -> tuple[int, ...]:
+    """The shape of tensor ``name`` of ``stem``, read from its safetensors header alone."""
+    from safetensors import safe_open
+
+    data = directory / Manifest.read(manifest_path(directory, stem)).file
+    with safe_open(str(data), framework="numpy") as f:
+        return tuple(f.get_slice(name).get_shape())

@@ -99,7 +99,10 @@ def preprocess_config() -> mc.ModelConfig:
 
 
 def passed_inputs() -> list[mc.ModelInput]:
-    """fused_text's other inputs, which its first step takes and ignores.
+    """fused_text's other inputs, which its first step takes: it checks KIND, TRUNCATE's
+    token limits, the gate controls and SPARSE_TOP_K before any embedder runs
+    (ensemble/serving/preprocess.py says why), and ignores DIMENSIONS and ENCODING, which
+    FuseMoE checks against its checkpoint.
 
     Triton 2.51 prunes the ensemble steps that no requested output needs, and in doing so
     looks up the producing step of every ensemble input left without a consumer: an ensemble
@@ -108,7 +111,7 @@ def passed_inputs() -> list[mc.ModelInput]:
     FuseMoE controls without a consumer, prunes this first step and answers "unexpected
     deadlock, at least one output is not set" (triton-inference-server/server#7482). With
     every ensemble input also taken here none is ever left without a consumer, so any subset
-    of outputs is answered; the step reads only its own inputs."""
+    of outputs is answered."""
     return [_tensor(mc.ModelInput, r.KIND, BYTES, [1], optional=True),
             _tensor(mc.ModelInput, r.TRUNCATE, BOOL, [1], optional=True),
             *gate_control_inputs(), *output_control_inputs(),

@@ -181,10 +181,6 @@ EQUIVALENT: list[Equivalent] = [
                r"True",
                "nothing cancels a block's task (its deadline ends it with TimeoutError), so "
                "the cancelled branch is never taken"),
-    Equivalent("failsafe", "_check_lengths", r"kinds if \(spec\.convention\.kind_aware\) or "
-               r"True",
-               "a model that is not kind-aware is built without a convention (no extra tokens, "
-               "no query length): a query counts as a passage does"),
     Equivalent("backend", "step_in", r"sorted\(self\.steps, ",
                "model names are word characters: one never matches inside a longer one at a "
                "word boundary, so the order they are tried in does not matter"),

@@ -20,6 +20,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ensemble.stages import Placement
+from export.registry import KIND, TRUNCATE, Kind
 
 
 class RequestError(ValueError):
@@ -56,6 +57,27 @@ def optional_array(request: Any, name: str) -> np.ndarray | None:
 def optional_texts(request: Any, name: str) -> list[str] | None:
     array = optional_array(request, name)
     return None if array is None else decode_texts(name, array)
+
+
+KINDS = {k.value: k for k in Kind}
+
+
+def read_kinds(request, rows: int) -> list[Kind]:
+    """The optional KIND input: one of "query" | "passage" per row; passages by default."""
+    texts = optional_texts(request, KIND)
+    if texts is None:
+        return [Kind.PASSAGE] * rows
+    if len(texts) != rows:
+        raise RequestError(f"{KIND}: {len(texts)} values for {rows} texts")
+    bad = [t for t in texts if t not in KINDS]
+    if bad:
+        raise RequestError(f"{KIND}: must be 'query' or 'passage', got {bad[0]!r}")
+    return [KINDS[t] for t in texts]
+
+
+def truncation_allowed(request) -> bool:
+    flags = optional_array(request, TRUNCATE)
+    return True if flags is None else bool(np.all(flags))
 
 
 def error_code(err: Exception) -> int:

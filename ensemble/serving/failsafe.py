@@ -26,10 +26,10 @@ from ensemble.serving.base import (
     RequestError,
     ServiceError,
     optional_array,
+    read_kinds,
 )
 from ensemble.serving.metrics import FAILSAFE_MISSING, BreakerMetrics, LabelledCounter
-from ensemble.serving.token_embedder import read_kinds
-from ensemble.stages import TokenBatch, TokenLimit, version_dir
+from ensemble.stages import TokenBatch, TokenLimits
 from ensemble.validation import InvalidInput, Validator
 from export.registry import (
     ATTENTION_MASK,
@@ -109,8 +109,7 @@ class TritonPythonModel(BlsAdapter):
         # are INVALID_ARG here too.
         self.validator = Validator(Limits.from_parameters(p))
         repository = self.directory.parent.parent
-        self.token_limits = {s.id: TokenLimit.read(s, version_dir(repository, s.triton_model))
-                             for s in EMBEDDERS if s.input is Input.TOKENS}
+        self.token_limits = TokenLimits.read(repository)
         settings = BreakerSettings(
             failures=int(p["breaker_failures"]), window_s=float(p["breaker_window_ms"]) / 1000,
             cooldown_s=float(p["breaker_cooldown_ms"]) / 1000, probes=int(p["breaker_probes"]))
@@ -140,18 +139,6 @@ class TritonPythonModel(BlsAdapter):
             raise RequestError(str(err)) from err
         return rows, read_kinds(request, rows)
 
-    def _check_lengths(self, tokens: dict[str, dict[str, np.ndarray]], kinds: list[Kind]) -> None:
-        """TRUNCATE=false: a text over any embedder's token limit is refused."""
-        for spec in EMBEDDERS:
-            if spec.input is not Input.TOKENS:
-                continue
-            family = tokens[tokenizer_family(spec.tokenizer or "").name]
-            batch = TokenBatch(family[INPUT_IDS], family[ATTENTION_MASK])
-            refusal = self.token_limits[spec.id].refusal(
-                batch, kinds if spec.convention.kind_aware else [Kind.PASSAGE] * len(kinds))
-            if refusal:
-                raise RequestError(refusal)
-
     def _settle(self, block: str, call: Call):
         """The breaker's bookkeeping when a block's call ends, awaited or not."""
         def settled(task: asyncio.Future) -> None:
@@ -180,7 +167,11 @@ class TritonPythonModel(BlsAdapter):
             call(f.triton_model, {TEXT: clean[CLEAN_TEXT]}, [INPUT_IDS, ATTENTION_MASK])
             for f in TOKENIZER_FAMILIES))))
         if TRUNCATE in given and not np.all(given[TRUNCATE]):
-            self._check_lengths(tokens, kinds)
+            refusal = self.token_limits.refusal(
+                {name: TokenBatch(t[INPUT_IDS], t[ATTENTION_MASK]) for name, t in tokens.items()},
+                kinds)
+            if refusal:
+                raise RequestError(refusal)
         rows = clean[CLEAN_TEXT].shape[0]
 
         async def block(spec):

@@ -16,7 +16,8 @@ from ensemble.serving.base import (
     RequestError,
     input_array,
     optional_array,
-    optional_texts,
+    read_kinds,
+    truncation_allowed,
 )
 from ensemble.stages import (
     FamilyTokenizer,
@@ -32,38 +33,16 @@ from export.registry import (
     EMBEDDING,
     FLAG,
     INPUT_IDS,
-    KIND,
     SPARSE_INDICES,
     SPARSE_TOP_K,
     SPARSE_WEIGHTS,
     TOKEN_VECTOR_COUNT,
     TOKEN_VECTORS,
-    TRUNCATE,
     Kind,
     Runtime,
     embedder,
     tokenizer_family,
 )
-
-KINDS = {k.value: k for k in Kind}
-
-
-def read_kinds(request, rows: int) -> list[Kind]:
-    """The optional KIND input: one of "query" | "passage" per row; passages by default."""
-    texts = optional_texts(request, KIND)
-    if texts is None:
-        return [Kind.PASSAGE] * rows
-    if len(texts) != rows:
-        raise RequestError(f"{KIND}: {len(texts)} values for {rows} texts")
-    bad = [t for t in texts if t not in KINDS]
-    if bad:
-        raise RequestError(f"{KIND}: must be 'query' or 'passage', got {bad[0]!r}")
-    return [KINDS[t] for t in texts]
-
-
-def truncation_allowed(request) -> bool:
-    flags = optional_array(request, TRUNCATE)
-    return True if flags is None else bool(np.all(flags))
 
 
 @dataclass(frozen=True)

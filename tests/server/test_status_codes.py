@@ -5,6 +5,8 @@ still names the field."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from export.registry import CACHED_MODEL, ENSEMBLE_MODEL, FAILSAFE_MODEL
+from export.registry import CACHED_MODEL, ENSEMBLE_MODEL, FAILSAFE_MODEL, PREPROCESS_MODEL
 from tests.server.test_validation import BAD, T0, _inputs
 
 pytestmark = pytest.mark.server
@@ -36,6 +38,7 @@ def _extra(name):
         "FOCUS": ("FOCUS", np.full((1, 12), -1.0, dtype=np.float32), "FP32"),
         "PRESENCE": ("PRESENCE", np.zeros((1, 12), dtype=bool), "BOOL"),
         "TRUNCATE": ("TRUNCATE", np.zeros((1, 1), dtype=bool), "BOOL"),
+        "SPARSE_TOP_K": ("SPARSE_TOP_K", np.array([[-1]], dtype=np.int32), "INT32"),
     }[name]
 
 
@@ -52,8 +55,17 @@ CASES |= {
     "33 texts": ([b"x"] * 33, [T0] * 33, None, "32"),
     "timestamps for other rows": ([b"a", b"b"], [T0], None, "TIMESTAMP|shape|batch"),
 }
+# fused_text's own outputs' controls (not on the cached entry point).
+NATIVE_CASES = {
+    "SPARSE_TOP_K out of range": ([b"x"], [T0], "SPARSE_TOP_K",
+                                  r"SPARSE_TOP_K\[0\]: -1 is outside 0\.\.\d+"),
+}
 # The gate controls and TRUNCATE act on the blocks; the cached entry point has them too.
 ENTRY_POINTS = (ENSEMBLE_MODEL, FAILSAFE_MODEL, CACHED_MODEL)
+# Refused by a step after the first until the first checked them too: KIND and TRUNCATE by
+# the token embedders, SPARSE_TOP_K by E6, the gate controls by FuseMoE.
+LATER_CASES = ("bad KIND", "TRUNCATE=false over a limit", "TOP_K out of range",
+               "no block present", "SPARSE_TOP_K out of range")
 
 
 def _request(mod, texts, stamps, extra):
@@ -87,3 +99,84 @@ def test_every_request_error_is_a_client_error(server, protocol, model):
     ok = client.infer(model, _request(mod, [b"still served"], [T0], None)).as_numpy("FUSED")
     np.testing.assert_allclose(np.linalg.norm(ok, axis=1), 1.0, atol=1e-5)
 
+
+
+def _answered(client) -> dict[str, int]:
+    """Requests each model has answered so far, successes and failures."""
+    return {m["name"]: sum(int(m["inference_stats"][k].get("count", 0)) for k in ("success", "fail"))
+            for m in client.get_inference_statistics(as_json=True)["model_stats"]}
+
+
+def _quiet(client, settled_s: float = 3.0, within_s: float = 60.0) -> dict[str, int]:
+    """The answered counts once none has moved for ``settled_s`` (requests an earlier test
+    left running end first)."""
+    deadline = time.monotonic() + within_s
+    last, since = _answered(client), time.monotonic()
+    while time.monotonic() - since < settled_s:
+        assert time.monotonic() < deadline, "the server did not go quiet within 60 s"
+        time.sleep(0.5)
+        now = _answered(client)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+@pytest.mark.parametrize("model", (ENSEMBLE_MODEL, CACHED_MODEL))
+def test_a_request_error_is_refused_by_the_first_step_before_any_other_runs(server, model):
+    """Every client error of an ensemble is refused by its first step (or the front): on
+    Triton 2.51 a step that refuses a request while the request's other steps run can leave
+    one of their instances waiting for good, and the requests behind it stall (a KIND or
+    TRUNCATE refused by the token embedders stalled E9 until the watchdog restarted
+    tritonserver)."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    steps = {s["model_name"] for s in client.get_model_config(model, as_json=True)["config"]
+             ["ensemble_scheduling"]["step"]} - {PREPROCESS_MODEL}
+    cases = CASES | (NATIVE_CASES if model == ENSEMBLE_MODEL else {})
+    before = _quiet(client)
+    wrong = {}
+    for case, (texts, stamps, extra, message) in cases.items():
+        try:
+            client.infer(model, _request(grpcclient, texts, stamps, extra))
+            wrong[case] = "answered"
+        except InferenceServerException as err:
+            if not re.search(message, str(err)):
+                wrong[case] = str(err)[:160]
+    after = _quiet(client)
+    assert wrong == {}
+    assert {m: after[m] - before[m] for m in sorted(steps) if after[m] != before[m]} == {}
+
+
+def test_refusals_among_valid_requests_from_many_clients_stall_nothing(server):
+    """Many clients at once, each sending requests that later steps refused and valid ones in
+    turn: every valid request gets its vector (a stall in any step fails the test through
+    the watchdog, and its requests time out)."""
+    cases = [CASES[c] if c in CASES else NATIVE_CASES[c] for c in LATER_CASES]
+    vectors, failures = [], []
+
+    def client_loop(n: int) -> None:
+        mod = grpcclient if n % 2 else httpclient
+        client = (grpcclient.InferenceServerClient(server.grpc_url) if n % 2 else
+                  httpclient.InferenceServerClient(server.http_url, network_timeout=60.0))
+        timeout = {"client_timeout": 60.0} if n % 2 else {}
+        for i in range(90):
+            texts, stamps, extra, _ = cases[(n + i) % len(cases)]
+            try:
+                client.infer(ENSEMBLE_MODEL, _request(mod, texts, stamps, extra))
+                failures.append(f"client {n}: an invalid request was answered")
+            except InferenceServerException:
+                pass
+            if i % 3 == 2:
+                try:
+                    fused = client.infer(ENSEMBLE_MODEL, _request(
+                        mod, [f"valid {n} {i}".encode()], [T0], None), **timeout)
+                    vectors.append(fused.as_numpy("FUSED").shape)
+                except Exception as err:  # noqa: BLE001 - every failure is reported
+                    failures.append(f"client {n}: {err}")
+
+    clients = [threading.Thread(target=client_loop, args=(n,)) for n in range(6)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join()
+    assert failures == []
+    assert vectors == [(1, 1536)] * 180
