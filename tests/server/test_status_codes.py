@@ -81,20 +81,25 @@ def _request(mod, texts, stamps, extra):
     return _inputs(mod, texts, stamps, extra=more)
 
 
+def _misanswered(client, mod, model: str, cases: dict, status: str) -> dict:
+    """The cases not refused with ``status`` and their expected message: what came back."""
+    wrong = {}
+    for case, (texts, stamps, extra, message) in cases.items():
+        try:
+            client.infer(model, _request(mod, texts, stamps, extra))
+            wrong[case] = "answered"
+        except InferenceServerException as err:
+            if err.status() != status or not re.search(message, str(err)):
+                wrong[case] = (err.status(), str(err)[:160])
+    return wrong
+
+
 @pytest.mark.parametrize("model", ENTRY_POINTS)
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_every_request_error_is_a_client_error(server, protocol, model):
     mod = httpclient if protocol == "http" else grpcclient
     client = mod.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
-    wrong = {}
-    for case, (texts, stamps, extra, message) in CASES.items():
-        try:
-            client.infer(model, _request(mod, texts, stamps, extra))
-            wrong[case] = "answered"
-        except InferenceServerException as err:
-            if err.status() != CLIENT_ERROR[protocol] or not re.search(message, str(err)):
-                wrong[case] = (err.status(), str(err)[:160])
-    assert wrong == {}
+    assert _misanswered(client, mod, model, CASES, CLIENT_ERROR[protocol]) == {}
     assert client.is_server_ready() and client.is_model_ready(model)
     ok = client.infer(model, _request(mod, [b"still served"], [T0], None)).as_numpy("FUSED")
     np.testing.assert_allclose(np.linalg.norm(ok, axis=1), 1.0, atol=1e-5)
@@ -133,14 +138,7 @@ def test_a_request_error_is_refused_by_the_first_step_before_any_other_runs(serv
              ["ensemble_scheduling"]["step"]} - {PREPROCESS_MODEL}
     cases = CASES | (NATIVE_CASES if model == ENSEMBLE_MODEL else {})
     before = _quiet(client)
-    wrong = {}
-    for case, (texts, stamps, extra, message) in cases.items():
-        try:
-            client.infer(model, _request(grpcclient, texts, stamps, extra))
-            wrong[case] = "answered"
-        except InferenceServerException as err:
-            if not re.search(message, str(err)):
-                wrong[case] = str(err)[:160]
+    wrong = _misanswered(client, grpcclient, model, cases, CLIENT_ERROR["grpc"])
     after = _quiet(client)
     assert wrong == {}
     assert {m: after[m] - before[m] for m in sorted(steps) if after[m] != before[m]} == {}
