@@ -15,6 +15,8 @@ Every part alone on the machine, one after the other:
    taking turns; the served side's per-model queue and compute time from Triton's
    statistics; the agreement of the two sides' vectors.
 5. Race A (perf/race_a.py): E11 served against infinity-emb and the in-process libraries.
+6. Single-text latency (perf/single_text.py): one short text per request at concurrency 1
+   and 8, p50 and p95, and each step's queue and compute time.
 
 Writes perf/reports/bench-full.md with plots beside it, perf/results/bench-full.json, and
 the key figures into perf/results/summary.json.
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import provenance, race_a, race_b, roofline
+from perf import provenance, race_a, race_b, roofline, single_text
 from perf.workload import (
     REPORTS,
     RESULTS,
@@ -229,6 +231,9 @@ def write(result: dict, seconds: float) -> Path:
                "the turns; goal ≥ 5)."), "", "![race B](bench-full-race-b.png)", "",
               "## Race A: all-MiniLM-L6-v2 (E11) against the strongest peers", "",
               *race_a.section(ra), ""]
+    if "single_text" in result:
+        lines += ["## Single-text latency", "", *single_text.report_lines(result["single_text"]),
+                  ""]
     report = REPORTS / "bench-full.md"
     provenance.write(report, "\n".join(lines) + "\n", RUN_FULL / SERVED)
     return report
@@ -241,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--race-b-turns", type=int, default=3)
     parser.add_argument("--race-a-seconds", type=float, default=10.0)
     parser.add_argument("--roofline-texts", type=int, default=256)
+    parser.add_argument("--single-text-seconds", type=float, default=60.0)
     parser.add_argument("--report-only", action="store_true",
                         help="write the report and plots again from perf/results/bench-full.json")
     parser.add_argument("--resume", action="store_true",
@@ -292,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         print("[race A]:", flush=True)
         result["race_a"] = race_a.race(texts, args.race_a_seconds)
         checkpoint(result, start)
+    if "single_text" not in result:
+        print("[single text]:", flush=True)
+        result["single_text"] = single_text.measure(repos[SERVED], args.single_text_seconds)
+        checkpoint(result, start)
     served = float(np.median([max(x["items_per_s"] for x in t["served"])
                               for t in result["race_b"]["turns"]]))
     result["full_pipeline_texts_per_s"] = served
@@ -308,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         "full_pipeline_texts_per_s": round(served, 3),
         "full_pipeline_fraction_of_peak": round(result["full_pipeline_fraction_of_peak"], 4),
         **race_a.summary_keys(result["race_a"]),
+        "full_single_text_p50_ms": round(result["single_text"]["full_single_text_p50_ms"], 1),
         "full_profile_resident_gib": {p: round(result["servers"][p]["memory"]["total_mib"] / 1024,
                                                2) for p in PRECISIONS}})
     print(f"report: {report}; cores used: {os.cpu_count()}")
