@@ -36,9 +36,10 @@ import numpy as np
 
 from perf import provenance, race_a, race_b, roofline, single_text
 from perf.workload import (
+    FULL_PLANS,
+    FULL_RUN,
     REPORTS,
     RESULTS,
-    RUN,
     T0,
     machine,
     sentences,
@@ -49,12 +50,10 @@ from perf.workload import (
     versions,
 )
 
-RUN_FULL = RUN / "bench-full"
+RUN_FULL = FULL_RUN
 PRECISIONS = ("fp32", "int8")
 SERVED = "int8"  # the precision fused_text is raced in (it keeps the accuracy bound)
-# Each precision's build plan: FuseMoE stays FP32 in the INT8 build (its INT8 experts moved
-# FUSED to cosine 0.987 against FP32, perf/reports/precision.md).
-PLANS = {"fp32": "fp32", "int8": "int8,fusemoe=fp32"}
+PLANS = FULL_PLANS
 PARTIAL = RUN_FULL / "partial.json"  # what is measured so far (--resume)
 
 

@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from perf import provenance
-from perf.workload import REPORTS, RESULTS, ROOT, RUN, machine, sentences
+from perf.workload import FULL_RUN, REPORTS, RESULTS, ROOT, RUN, full_build, machine, sentences
 
-REPOSITORY = RUN / "bench-full" / "fp32"
+REPOSITORY = FULL_RUN / "fp32"
 WORK = RUN / "kernels"
 REQUIREMENTS = ROOT / "perf" / "requirements-kernels.txt"
 BATCH = 32
@@ -62,15 +62,6 @@ def ensure_openvino() -> None:
                     str(REQUIREMENTS)], check=True)
 
 
-def ensure_built(repository: Path) -> None:
-    if (repository / "fused_text" / "config.pbtxt").is_file():
-        return
-    from export.build import build
-
-    print(f"[build] full profile, fp32, into {repository} ...", flush=True)
-    build(repository, "full", force=True, precision="fp32", fusemoe_checkpoint="seeded")
-
-
 def token_batches(tokenizer, texts: list[str]) -> Batches:
     """``texts`` as batches of ids and masks, each cut to its longest row."""
     out = []
@@ -83,12 +74,12 @@ def token_batches(tokenizer, texts: list[str]) -> Batches:
 
 
 def ort_runner(path: Path) -> Run:
-    import onnxruntime as ort
+    """``path`` in the ONNX Runtime session the server makes (ensemble.stages.onnx_session),
+    on the CPU with one thread."""
+    from ensemble.stages import Placement, onnx_session
+    from export.registry import Runtime
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session, _ = onnx_session(path, Runtime(threads=1), Placement())
     names = [i.name for i in session.get_inputs()]
     return lambda ids, mask: session.run(None, {names[0]: ids, names[1]: mask})[0]
 
@@ -183,8 +174,11 @@ def ort_input_names(path: Path) -> list[str]:
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    """Per row, the cosine of the two outputs flattened (ColBERT's are per token)."""
+    from perf.precision import cosines as row_cosines
+
+    return row_cosines(a.reshape(len(a), -1).astype(np.float64),
+                       b.reshape(len(b), -1).astype(np.float64))
 
 
 def measure(repository: Path, texts: int, blocks: list[str] | None,
@@ -193,7 +187,7 @@ def measure(repository: Path, texts: int, blocks: list[str] | None,
     from export.registry import EMBEDDERS, Input, tokenizer_family
     from perf.roofline import model_size, peak
 
-    ensure_built(repository)
+    full_build("fp32", repository)
     if any(v.startswith("openvino") for v in variants):
         ensure_openvino()
     from ensemble import corpus

@@ -25,10 +25,12 @@ from pathlib import Path
 
 from perf import provenance
 from perf.workload import (
+    FULL_RUN,
     REPORTS,
     RESULTS,
     RUN,
     closed_loop,
+    full_build,
     machine,
     model_stats,
     sentences,
@@ -38,8 +40,7 @@ from perf.workload import (
     update_summary,
 )
 
-REPOSITORY = RUN / "bench-full" / "int8"
-PLAN = "int8,fusemoe=fp32"  # the full profile's default (Makefile)
+REPOSITORY = FULL_RUN / "int8"
 MODEL = "fused_text"
 DIM = 1536
 CONCURRENCY = (1, 8)
@@ -53,16 +54,6 @@ def short_texts(n: int = 256) -> list[str]:
     if not texts:
         raise ValueError(f"no STS-B dev sentence has at most {SHORT_WORDS} words")
     return texts[:n]
-
-
-def ensure_built(repository: Path) -> None:
-    """Build the full profile in INT8 into ``repository`` unless a build is there."""
-    if (repository / MODEL / "config.pbtxt").is_file():
-        return
-    from export.build import build
-
-    print(f"[build] full profile, {PLAN}, into {repository} ...", flush=True)
-    build(repository, "full", force=True, precision=PLAN, fusemoe_checkpoint="seeded")
 
 
 def where_time_goes(delta: dict[str, dict[str, float]]) -> list[dict]:
@@ -139,7 +130,7 @@ def write(result: dict, repository: Path) -> Path:
 
 def run(repository: Path, seconds: float) -> dict:
     start = time.perf_counter()
-    ensure_built(repository)
+    full_build("int8", repository)
     result = measure(repository, seconds)
     result["elapsed_s"] = time.perf_counter() - start
     RESULTS.mkdir(parents=True, exist_ok=True)

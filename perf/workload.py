@@ -27,6 +27,25 @@ T0 = 1_700_000_000  # the timestamp every benchmark request carries
 
 Send = Callable[[list[str]], np.ndarray]
 
+FULL_RUN = RUN / "bench-full"  # the full profile's builds, one folder per precision
+# Each precision's build plan: FuseMoE stays FP32 in the INT8 build (its INT8 experts moved
+# FUSED to cosine 0.987 against FP32, perf/reports/precision.md).
+FULL_PLANS = {"fp32": "fp32", "int8": "int8,fusemoe=fp32"}
+
+
+def full_build(precision: str, repository: Path | None = None) -> Path:
+    """The full profile built in ``precision`` into ``repository`` (FULL_RUN/<precision>)
+    unless a build is already there; its path."""
+    repository = repository or FULL_RUN / precision
+    if not (repository / "fused_text" / "config.pbtxt").is_file():
+        from export.build import build
+
+        print(f"[build] full profile, {FULL_PLANS[precision]}, into {repository} ...",
+              flush=True)
+        build(repository, "full", force=True, precision=FULL_PLANS[precision],
+              fusemoe_checkpoint="seeded")
+    return repository
+
 
 def sentences(n: int) -> list[str]:
     """The first ``n`` distinct STS-B dev sentences (sorted): every benchmark's texts."""
