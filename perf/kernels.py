@@ -5,7 +5,8 @@
 The full profile's FP32 graphs (built into .run/bench-full/fp32 when missing), each model
 alone, one thread, batches of 32 STS-B dev sentences (padded to the batch's longest), through:
 
-- ``ort-fp32``: the FP32 graph in ONNX Runtime (graph optimisation "all", as served);
+- ``ort-fp32``: the FP32 graph in ONNX Runtime, in the session the server makes (graph
+  optimisation "extended", the registry's default);
 - ``ort-int8-dynamic``: what the ``int8`` build serves (export/precision.py): dynamic
   quantisation of every MatMul, weights per channel, activations per batch at run time;
 - ``ort-int8-fused``: ONNX Runtime's transformer optimiser first (attention, LayerNorm,
