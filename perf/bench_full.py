@@ -17,6 +17,8 @@ Every part alone on the machine, one after the other:
 5. Race A (perf/race_a.py): E11 served against infinity-emb and the in-process libraries.
 6. Single-text latency (perf/single_text.py): one short text per request at concurrency 1
    and 8, p50 and p95, and each step's queue and compute time.
+7. Race C (perf/race_c.py): fused_text against infinity-emb serving the same models in one
+   multi-model server, the client fusing with the same FuseMoE.
 
 Writes perf/reports/bench-full.md with plots beside it, perf/results/bench-full.json, and
 the key figures into perf/results/summary.json.
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import provenance, race_a, race_b, roofline, single_text
+from perf import provenance, race_a, race_b, race_c, roofline, single_text
 from perf.workload import (
     FULL_PLANS,
     FULL_RUN,
@@ -233,6 +235,9 @@ def write(result: dict, seconds: float) -> Path:
     if "single_text" in result:
         lines += ["## Single-text latency", "", *single_text.report_lines(result["single_text"]),
                   ""]
+    if "race_c" in result:
+        lines += ["## Race C: infinity-emb serving the same models", "",
+                  *race_c.report_lines(result["race_c"]), ""]
     report = REPORTS / "bench-full.md"
     provenance.write(report, "\n".join(lines) + "\n", RUN_FULL / SERVED)
     return report
@@ -246,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--race-a-seconds", type=float, default=10.0)
     parser.add_argument("--roofline-texts", type=int, default=256)
     parser.add_argument("--single-text-seconds", type=float, default=60.0)
+    parser.add_argument("--race-c-seconds", type=float, default=30.0)
+    parser.add_argument("--race-c-rounds", type=int, default=2)
     parser.add_argument("--report-only", action="store_true",
                         help="write the report and plots again from perf/results/bench-full.json")
     parser.add_argument("--resume", action="store_true",
@@ -301,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         print("[single text]:", flush=True)
         result["single_text"] = single_text.measure(repos[SERVED], args.single_text_seconds)
         checkpoint(result, start)
+    if "race_c" not in result:
+        print("[race C]:", flush=True)
+        result["race_c"] = race_c.measure(repos[SERVED], args.race_c_seconds,
+                                          args.race_c_rounds)
+        checkpoint(result, start)
     served = float(np.median([max(x["items_per_s"] for x in t["served"])
                               for t in result["race_b"]["turns"]]))
     result["full_pipeline_texts_per_s"] = served
@@ -318,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "full_pipeline_fraction_of_peak": round(result["full_pipeline_fraction_of_peak"], 4),
         **race_a.summary_keys(result["race_a"]),
         "full_single_text_p50_ms": round(result["single_text"]["full_single_text_p50_ms"], 1),
+        **race_c.summary_keys(result["race_c"]),
         "full_profile_resident_gib": {p: round(result["servers"][p]["memory"]["total_mib"] / 1024,
                                                2) for p in PRECISIONS}})
     print(f"report: {report}; cores used: {os.cpu_count()}")

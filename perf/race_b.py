@@ -42,7 +42,9 @@ def _l2(x: np.ndarray) -> np.ndarray:
 class HandWritten:
     """fused_text's pipeline as a user writes it by hand with the libraries (FP32)."""
 
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, only: set[str] | None = None) -> None:
+        """``only``: the token embedders to load and run (every one when None); the custom
+        encoders and FuseMoE are always loaded."""
         import torch
         from sentence_transformers import SentenceTransformer, SparseEncoder
         from sentence_transformers.sentence_transformer.modules import (
@@ -67,8 +69,9 @@ class HandWritten:
         from export.registry import EMBEDDERS, FUSEMOE_MODEL, Input, embedder
 
         cache = RUN / "hand-written" / repository.name
-        folders = {e.id: hf_folder(e, repository, cache) for e in EMBEDDERS
-                   if e.input is Input.TOKENS}
+        self.neural = {e.id for e in EMBEDDERS if e.input is Input.TOKENS
+                       and (only is None or e.id in only)}
+        folders = {b: hf_folder(embedder(b), repository, cache) for b in self.neural}
         self.torch = torch
 
         def sentence_transformer(block: str) -> SentenceTransformer:
@@ -79,25 +82,31 @@ class HandWritten:
             return SentenceTransformer(device="cpu", modules=[
                 word, Pooling(word.get_embedding_dimension(), "mean"), Normalize()])
 
-        self.st = {b: sentence_transformer(b) for b in ("E1", "E7", "E8", "E11")}
-        mlm = Transformer(str(folders["E6"]), max_seq_length=embedder("E6").max_length,
-                          transformer_task="fill-mask")
-        self.splade = SparseEncoder(device="cpu", modules=[
-            mlm, SpladePooling("max", activation_function="relu")])
-        self.splade_projection = load_numpy(version_dir(repository, "e06_sparse"), SPLADE_STEM,
-                                            SPLADE_VERSION)["projection"]
+        self.st = {b: sentence_transformer(b) for b in ("E1", "E7", "E8", "E11")
+                   if b in self.neural}
+        if "E6" in self.neural:
+            mlm = Transformer(str(folders["E6"]), max_seq_length=embedder("E6").max_length,
+                              transformer_task="fill-mask")
+            self.splade = SparseEncoder(device="cpu", modules=[
+                mlm, SpladePooling("max", activation_function="relu")])
+            self.splade_projection = load_numpy(version_dir(repository, "e06_sparse"),
+                                                SPLADE_STEM, SPLADE_VERSION)["projection"]
         self.tokenizers = {b: AutoTokenizer.from_pretrained(folders[b])
-                           for b in ("E5", "E10", "E12")}
-        self.longformer = LongformerModel.from_pretrained(folders["E5"],
-                                                          add_pooling_layer=False).eval()
-        self.clip = CLIPTextModelWithProjection.from_pretrained(folders["E10"]).eval()
-        self.colbert = BertModel.from_pretrained(folders["E12"], add_pooling_layer=False).eval()
-        linear = folders["E12"] / LINEAR_FILE
-        self.colbert_linear = _tensor(linear if linear.is_file()
-                                      else folders["E12"] / "model.safetensors", "linear.weight")
-        tok = self.tokenizers["E12"]
-        self.colbert_skip = {tok.encode(p, add_special_tokens=False)[0]
-                             for p in string.punctuation}
+                           for b in ("E5", "E10", "E12") if b in self.neural}
+        if "E5" in self.neural:
+            self.longformer = LongformerModel.from_pretrained(folders["E5"],
+                                                              add_pooling_layer=False).eval()
+        if "E10" in self.neural:
+            self.clip = CLIPTextModelWithProjection.from_pretrained(folders["E10"]).eval()
+        if "E12" in self.neural:
+            self.colbert = BertModel.from_pretrained(folders["E12"],
+                                                     add_pooling_layer=False).eval()
+            linear = folders["E12"] / LINEAR_FILE
+            self.colbert_linear = _tensor(linear if linear.is_file() else
+                                          folders["E12"] / "model.safetensors", "linear.weight")
+            tok = self.tokenizers["E12"]
+            self.colbert_skip = {tok.encode(p, add_special_tokens=False)[0]
+                                 for p in string.punctuation}
         self.custom = {e.id: CustomEmbedder(e, version_dir(repository, e.triton_model))
                        for e in EMBEDDERS if e.input is not Input.TOKENS}
         self.fusemoe, _ = fusemoe.load(version_dir(repository, FUSEMOE_MODEL), precision="fp32")
@@ -147,11 +156,17 @@ class HandWritten:
 
     # -- the whole pipeline ----------------------------------------------------------------
 
-    def blocks(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def prepared(self, texts: list[str]) -> list[str]:
+        """The texts as the server embeds them: validated, PII scrubbed."""
         from ensemble.pii import scrub_texts
 
         raw = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)
-        texts, _ = scrub_texts(self.validator.texts(raw), self.validator.limits.pii_scrubbing)
+        return scrub_texts(self.validator.texts(raw), self.validator.limits.pii_scrubbing)[0]
+
+    def blocks(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Every loaded block of ``texts`` (the custom encoders' and the token embedders'
+        of ``only``)."""
+        texts = self.prepared(texts)
         stamps = self.validator.timestamps(np.full(len(texts), T0))
         steps = {
             "E1": lambda: self.st["E1"].encode([f"passage: {t}" for t in texts],
@@ -171,23 +186,28 @@ class HandWritten:
         for block, encoder in self.custom.items():
             steps[block] = ((lambda e=encoder: e.embed_texts(texts)) if encoder.hdc is not None
                             else (lambda e=encoder: e.embed_times(stamps)))
+        steps = {b: step for b, step in steps.items() if b in self.neural or b in self.custom}
         out = {}
         for block, step in steps.items():
             start = time.perf_counter()
             out[block] = step()
             self.seconds[block] = time.perf_counter() - start
-        return {b: np.asarray(out[b], dtype=np.float32) for b in self.order}
+        return {b: np.asarray(out[b], dtype=np.float32) for b in self.order if b in out}
 
-    def embed(self, texts: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def fuse(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
+        """FuseMoE (FP32, the served checkpoint) over every block, at the default controls."""
         from ensemble import fusemoe
 
-        blocks = self.blocks(texts)
         start = time.perf_counter()
         x = self.torch.from_numpy(np.concatenate([blocks[b] for b in self.order], axis=1))
-        controls = self.validator.controls(len(texts))
+        controls = self.validator.controls(len(x))
         fused = fusemoe.fuse(self.fusemoe, x, controls).fused.numpy()
         self.seconds["fusemoe"] = time.perf_counter() - start
-        return fused, blocks
+        return fused
+
+    def embed(self, texts: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        blocks = self.blocks(texts)
+        return self.fuse(blocks), blocks
 
 
 def _mean(states, mask):
