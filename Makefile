@@ -74,8 +74,15 @@ precision: venv
 	$(PY) -m perf.precision --profile $(PROFILE)
 
 # Each serving knob against the defaults, one at a time (17 min): perf/reports/tuning.md.
+# PROFILE=full sweeps the full profile's INT8 build (built when missing), e5-large's threads
+# and instances among the knobs: perf/reports/tuning-full.md.
+ifeq ($(PROFILE),full)
+tune: venv
+	$(PY) -m perf.tune --profile full --rounds 4
+else
 tune: train
 	$(PY) -m perf.tune
+endif
 
 # Bounded Locust soak on loopback with a memory watch (USERS, MINUTES).
 soak: build

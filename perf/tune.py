@@ -1,6 +1,6 @@
 """``make tune``: each serving knob measured against the committed defaults, one at a time.
 
-    python -m perf.tune [--only threads batching ...] [--rounds 8]
+    python -m perf.tune [--profile pretrained|full] [--only threads batching ...] [--rounds 8]
 
 For every variant the built repository is linked into .run/tune/repo with the models'
 ``configs/built.pbtxt`` changed by that one knob, a server is started on it, and two points
@@ -13,6 +13,11 @@ are measured on the same STS-B dev sentences as ``make bench``:
 The baseline (the defaults in export/registry.py) runs first and again last, so drift of this
 noisy machine shows in the table. Writes perf/reports/tuning.md and perf/results/tuning.json;
 ``make bench`` copies the tables into its report.
+
+``--profile full`` (``make tune PROFILE=full``) sweeps the full profile's INT8 build (the one
+``make bench PROFILE=full`` serves, built when missing) with the knobs that matter at that
+size, e5-large's (E1: the critical path of one text, perf/reports/single-text-full.md) on its
+own among them: perf/reports/tuning-full.md, perf/results/tuning-full.json.
 """
 
 from __future__ import annotations
@@ -43,13 +48,14 @@ class Variant:
     group: str
     name: str
     params: dict[str, str] = field(default_factory=dict)  # on the neural embedders
+    models: tuple[str, ...] = ()  # the neural embedders ``params`` go to (empty: every one)
     fusemoe_threads: str | None = None
     instances: dict[str, int] = field(default_factory=dict)
     delay_us: int | None = None  # every dynamically batched model
     preferred: tuple[int, ...] | None = None
 
     def apply(self, cfg: mc.ModelConfig) -> None:
-        if cfg.name in NEURAL:
+        if cfg.name in NEURAL and (not self.models or cfg.name in self.models):
             for key, value in self.params.items():
                 cfg.parameters[key].string_value = value
         if cfg.name == r.FUSEMOE_MODEL and self.fusemoe_threads is not None:
@@ -85,6 +91,21 @@ VARIANTS = [
 ]
 
 
+E1 = r.embedder("E1").triton_model
+# At full size (each variant takes minutes there): threads, instances, the queue delay's two
+# ends and padding, but not the graph levels (perf/reports/kernels-full.md measured ONNX
+# Runtime's levels and fusions per model) nor the finer batching steps; and e5-large's own
+# threads and instances.
+FULL_VARIANTS = [
+    *[v for v in VARIANTS if v.group in ("threads", "instances")
+      or v.name in ("queue delay 0 µs", "queue delay 10 ms",
+                    "ragged only: one batch padded to its longest row")],
+    Variant("e5-large", "E1 2 threads (the others 1)", {"threads": "2"}, models=(E1,)),
+    Variant("e5-large", "E1 3 instances (the others 2)", instances={E1: 3}),
+]
+PROFILES = {"pretrained": ("tuning", VARIANTS), "full": ("tuning-full", FULL_VARIANTS)}
+
+
 def variant_repository(variant: Variant, target: Path, source: Path = REPOSITORY,
                        models: set[str] | None = None) -> Path:
     """``source`` (or only ``models`` of it) linked into ``target`` with each model's built
@@ -96,10 +117,10 @@ def variant_repository(variant: Variant, target: Path, source: Path = REPOSITORY
 
 
 def measure(variant: Variant, texts: list[str], data: Path, rounds: int,
-            interval_ms: int) -> dict:
+            interval_ms: int, source: Path = REPOSITORY) -> dict:
     from ensemble.server import Ports, TritonServer, free_ports
 
-    repo = variant_repository(variant, RUN / "repo")
+    repo = variant_repository(variant, RUN / "repo", source)
     server = TritonServer(repo, Ports(*free_ports(3)),
                           RUN / "triton.log")
     print(f"[{variant.group}] {variant.name}: starting the server ...", flush=True)
@@ -164,12 +185,17 @@ def winners(rows: list[dict]) -> list[str]:
             and x.get("batch1_c1_p50_ms", float("inf")) <= ceiling_c1]
 
 
-def write(rows: list[dict], seconds: float, defaults: str | None = None) -> Path:
-    report = REPORTS / "tuning.md"
+def write(rows: list[dict], seconds: float, defaults: str | None = None,
+          profile: str = "pretrained") -> Path:
+    name = PROFILES[profile][0]
+    report = REPORTS / f"{name}.md"
     defaults = defaults or defaults_text()
     won = winners(rows)
-    lines = ["# Tuning: one knob at a time against the defaults", "",
-             (f"Command: `make tune` (`python -m perf.tune`), {seconds / 60:.0f} min on this "
+    command = ("`make tune` (`python -m perf.tune`)" if profile == "pretrained" else
+               f"`make tune PROFILE={profile}` (`python -m perf.tune --profile {profile}`)")
+    title = "" if profile == "pretrained" else f" ({profile} profile, INT8)"
+    lines = [f"# Tuning{title}: one knob at a time against the defaults", "",
+             (f"Command: {command}, {seconds / 60:.0f} min on this "
               "2-core machine; every variant on a fresh server over the same built repository. "
               f"Defaults (export/registry.py `Runtime`, `Batching`): {defaults}. "
               "Batch 32: the Race B batches (8 × 32 STS-B dev sentences) from 2 gRPC clients; "
@@ -185,8 +211,9 @@ def write(rows: list[dict], seconds: float, defaults: str | None = None) -> Path
               "change the knobs in `model_repository/<model>/configs/built.pbtxt` "
               "(`instance_group.count`, parameters `threads`, `graph_optimization`, "
               "`length_buckets`; `dynamic_batching`) or in export/registry.py and rebuild.")]
-    provenance.write(report, "\n".join(lines) + "\n")
-    (RESULTS / "tuning.json").write_text(json.dumps(
+    provenance.write(report, "\n".join(lines) + "\n",
+                     workload.FULL_RUN / "int8" if profile == "full" else None)
+    (RESULTS / f"{name}.json").write_text(json.dumps(
         {"defaults": defaults, "rows": rows, "winners": won, "minutes": seconds / 60},
         indent=2) + "\n")
     return report
@@ -195,6 +222,7 @@ def write(rows: list[dict], seconds: float, defaults: str | None = None) -> Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="pretrained")
     parser.add_argument("--only", nargs="+", help="knob groups to run (default: all)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--interval-ms", type=int, default=5000)
@@ -202,20 +230,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the report again from perf/results/tuning.json")
     args = parser.parse_args(argv)
     if args.report_only:
-        saved = json.loads((RESULTS / "tuning.json").read_text())
-        print(write(saved["rows"], saved["minutes"] * 60, saved["defaults"]))
+        saved = json.loads((RESULTS / f"{PROFILES[args.profile][0]}.json").read_text())
+        print(write(saved["rows"], saved["minutes"] * 60, saved["defaults"], args.profile))
         return 0
     start = time.perf_counter()
+    source = workload.full_build("int8") if args.profile == "full" else REPOSITORY
     texts = workload.sentences(512)
     data = workload.input_data(texts, RUN / "fused_text-input.json")
-    variants = [v for v in VARIANTS if not args.only or v.group in args.only]
+    variants = [v for v in PROFILES[args.profile][1] if not args.only or v.group in args.only]
     rows = []
     for i, variant in enumerate([BASELINE, *variants, BASELINE]):
         print(f"variant {i + 1}/{len(variants) + 2}", flush=True)
-        rows.append(measure(variant, texts, data, args.rounds, args.interval_ms))
+        rows.append(measure(variant, texts, data, args.rounds, args.interval_ms, source))
         print(f"  -> batch 32 {rows[-1]['batch32_items_per_s']:.1f} texts/s, batch 1 "
               f"{rows[-1]['batch1_items_per_s']:.1f} texts/s", flush=True)
-    report = write(rows, time.perf_counter() - start)
+    report = write(rows, time.perf_counter() - start, profile=args.profile)
     print(f"report: {report.relative_to(ROOT)}")
     return 0
 

@@ -7,7 +7,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export import registry as r
 from export.build import BUILT_CONFIG
-from perf.tune import NEURAL, Variant, variant_repository
+from perf.tune import FULL_VARIANTS, NEURAL, Variant, variant_repository
 
 
 def _built(repo, name: str) -> mc.ModelConfig:
@@ -40,3 +40,22 @@ def test_only_the_named_models_are_linked(repository, tmp_path):
     models = {"tok_bert_uncased", r.embedder("E11").triton_model}
     repo = variant_repository(Variant("test", "none"), tmp_path / "repo", repository, models)
     assert {p.name for p in repo.iterdir()} == models
+
+
+def test_a_variant_s_parameters_go_only_to_the_models_it_names(repository, tmp_path):
+    e01, e11 = r.embedder("E1").triton_model, r.embedder("E11").triton_model
+    repo = variant_repository(Variant("test", "E1 2 threads", {"threads": "2"}, models=(e01,)),
+                              tmp_path / "repo", repository)
+    threads = {name: _built(repo, name).parameters["threads"].string_value for name in NEURAL}
+    assert threads[e01] == "2"
+    assert {t for name, t in threads.items() if name != e01} == {str(r.RUNTIME.threads)}
+    assert threads[e11] == str(r.RUNTIME.threads)
+
+
+def test_the_full_sweep_has_e5_large_s_own_knobs_and_leaves_the_graph_levels_out():
+    groups = {v.group for v in FULL_VARIANTS}
+    assert "graph" not in groups and "e5-large" in groups
+    e01 = r.embedder("E1").triton_model
+    own = [v for v in FULL_VARIANTS if v.group == "e5-large"]
+    assert all(v.models == (e01,) or set(v.instances) == {e01} for v in own)
+    assert len({v.name for v in FULL_VARIANTS}) == len(FULL_VARIANTS)
