@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -127,60 +128,93 @@ def library(side: str, folder: Path, seconds: float) -> tuple[list[dict], np.nda
 
 # --- infinity-emb --------------------------------------------------------------------------
 
+class InfinityServer:
+    """One ``infinity_emb v2`` process serving ``models`` (served name -> (folder, engine)),
+    its Hugging Face cache under ``home``, stopped on exit; ``load_s``: seconds to healthy."""
+
+    def __init__(self, models: dict[str, tuple[Path, str]], log: Path, home: Path) -> None:
+        self.models, self.log, self.home = models, log, home
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        cmd = [str(tools.infinity()), "v2"]
+        for name, (folder, engine) in self.models.items():
+            cmd += ["--model-id", str(folder), "--served-model-name", name, "--engine", engine,
+                    "--batch-size", "32", "--device", "cpu"]
+            # optimum pools the CLS token unless told the models' mean pooling; torch pools
+            # as the folder's sentence-transformers modules say (mean where there are none)
+            cmd += ["--pooling-method", "mean" if engine == "optimum" else "auto"]
+        # A list option given once applies to every model (infinity pads it): the torch
+        # engine's default BetterTransformer conversion off.
+        return cmd + ["--no-bettertransformer", "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def __enter__(self) -> Self:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0",
+                   DO_NOT_TRACK="1", HF_HOME=str(self.home),
+                   COLUMNS="400")  # rich wraps its log at the terminal's width
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+        start = time.perf_counter()
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.perf_counter() - start > 900:
+                self.__exit__()
+                raise SystemExit(f"infinity_emb did not start; see {self.log}")
+            time.sleep(1)
+        self.load_s = time.perf_counter() - start
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def embedder(self, name: str, prefix: str = ""):
+        """A function texts -> vectors of model ``name`` (``prefix`` put before each text)
+        over its own keep-alive connection, made again when the server closed it while idle
+        (uvicorn does after 5 s), as HTTP client libraries do."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+
+        def embed(texts: list[str]) -> np.ndarray:
+            body = json.dumps({"model": name, "input": [prefix + t for t in texts]})
+            headers = {"Content-Type": "application/json"}
+            try:
+                conn.request("POST", "/embeddings", body, headers)
+                response = conn.getresponse()
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                conn.close()  # closed by the server before it read the request
+                conn.request("POST", "/embeddings", body, headers)
+                response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"infinity {name}: {response.status}: {body[:200]!r}")
+            return np.array([d["embedding"] for d in json.loads(body)["data"]],
+                            dtype=np.float32)
+        return embed
+
+
 def infinity(texts: list[str], seconds: float, folder: Path, engine: str, name: str,
              ) -> tuple[list[dict], np.ndarray]:
-    script = tools.infinity()
-    port = free_port()
-    log_path = RUN_A / f"infinity-{engine}.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0",
-               DO_NOT_TRACK="1", HF_HOME=str(RUN_A / "hf-home"),
-               COLUMNS="400")  # rich wraps its log at the terminal's width
-    cmd = [str(script), "v2", "--model-id", str(folder), "--served-model-name", "minilm",
-           "--engine", engine, "--device", "cpu", "--batch-size", "32",
-           "--host", "127.0.0.1", "--port", str(port)]
-    if engine == "torch":
-        cmd.append("--no-bettertransformer")
-    else:  # the optimum engine pools the CLS token unless told the model's mean pooling
-        cmd += ["--pooling-method", "mean"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                    conn.request("GET", "/health")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"infinity_emb did not start; see {log_path}")
-                time.sleep(1)
+    server = InfinityServer({"minilm": (folder, engine)}, RUN_A / f"infinity-{engine}.log",
+                            RUN_A / "hf-home")
+    with server:
+        def make_send() -> Send:
+            return server.embedder("minilm")
 
-            def make_send() -> Send:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-
-                def send(chunk: list[str]) -> np.ndarray:
-                    conn.request("POST", "/embeddings", json.dumps(
-                        {"model": "minilm", "input": chunk}), {"Content-Type": "application/json"})
-                    response = conn.getresponse()
-                    body = response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"{response.status}: {body[:200]!r}")
-                    data = json.loads(body)["data"]
-                    return np.array([d["embedding"] for d in data], dtype=np.float32)
-                return send
-
-            probe = make_send()(texts[:32])
-            rows = run_points(name, make_send, texts, seconds)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        probe = make_send()(texts[:32])
+        rows = run_points(name, make_send, texts, seconds)
     return rows, probe
 
 

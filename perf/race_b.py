@@ -163,10 +163,11 @@ class HandWritten:
         raw = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)
         return scrub_texts(self.validator.texts(raw), self.validator.limits.pii_scrubbing)[0]
 
-    def blocks(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def blocks(self, texts: list[str], prepared: bool = False) -> dict[str, np.ndarray]:
         """Every loaded block of ``texts`` (the custom encoders' and the token embedders'
-        of ``only``)."""
-        texts = self.prepared(texts)
+        of ``only``); ``prepared``: the texts are already ``prepared()``'s."""
+        if not prepared:
+            texts = self.prepared(texts)
         stamps = self.validator.timestamps(np.full(len(texts), T0))
         steps = {
             "E1": lambda: self.st["E1"].encode([f"passage: {t}" for t in texts],

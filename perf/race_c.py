@@ -37,22 +37,18 @@ Writes perf/reports/race-c-full.md, perf/results/race-c-full.json and the summar
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 
-from ensemble.server import free_port
 from export import registry as r
-from perf import provenance, tools
+from perf import provenance
+from perf.race_a import InfinityServer
 from perf.workload import (
     FULL_RUN,
     REPORTS,
@@ -144,82 +140,17 @@ def prepared_folders(repository: Path) -> dict[str, Path]:
     return out
 
 
-class Infinity:
-    """One infinity_emb v2 process serving every folder of ``folders``, stopped on exit."""
+class Infinity(InfinityServer):
+    """infinity_emb serving every folder of ``folders`` (block -> folder), each on its
+    engine of ``ENGINES``, under the block's name in lower case."""
 
     def __init__(self, folders: dict[str, Path], log: Path) -> None:
-        self.folders, self.log = folders, log
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+        super().__init__({_serving_name(b): (f, ENGINES[b]) for b, f in folders.items()},
+                         log, RUN_C / "hf-home")
 
-    def command(self) -> list[str]:
-        cmd = [str(tools.infinity()), "v2"]
-        for block, folder in self.folders.items():
-            engine = ENGINES[block]
-            cmd += ["--model-id", str(folder), "--served-model-name", _serving_name(block),
-                    "--engine", engine, "--batch-size", "32", "--device", "cpu"]
-            # optimum pools the CLS token unless told the models' mean pooling; torch pools
-            # as the folder's sentence-transformers modules say (mean where there are none)
-            cmd += ["--pooling-method", "mean" if engine == "optimum" else "auto"]
-        # A list option given once applies to every model (infinity pads it): the torch
-        # engine's default BetterTransformer conversion off, as in Race A.
-        return cmd + ["--no-bettertransformer", "--host", "127.0.0.1", "--port", str(self.port)]
-
-    def __enter__(self) -> Self:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0",
-                   DO_NOT_TRACK="1", HF_HOME=str(RUN_C / "hf-home"), COLUMNS="400")
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
-        start = time.perf_counter()
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.perf_counter() - start > 900:
-                self.__exit__()
-                raise SystemExit(f"infinity_emb did not start; see {self.log}")
-            time.sleep(1)
-        self.load_s = time.perf_counter() - start
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def embedder(self, block: str):
-        """A function texts -> vectors of ``block`` over its own keep-alive connection, made
-        again when the server closed it while idle (uvicorn does after 5 s, less than the
-        client's own blocks take at batch 32), as HTTP client libraries do."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
-        prefix = r.embedder(block).convention.passage_prefix
-
-        def embed(texts: list[str]) -> np.ndarray:
-            body = json.dumps({"model": _serving_name(block),
-                               "input": [prefix + t for t in texts]})
-            headers = {"Content-Type": "application/json"}
-            try:
-                conn.request("POST", "/embeddings", body, headers)
-                response = conn.getresponse()
-            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
-                conn.close()  # closed by the server before it read the request
-                conn.request("POST", "/embeddings", body, headers)
-                response = conn.getresponse()
-            body = response.read()
-            if response.status != 200:
-                raise RuntimeError(f"infinity {block}: {response.status}: {body[:200]!r}")
-            return np.array([d["embedding"] for d in json.loads(body)["data"]],
-                            dtype=np.float32)
-        return embed
+    def embedder(self, block: str):  # type: ignore[override]
+        """A function texts -> vectors of ``block``, its passage prefix put before each."""
+        return super().embedder(_serving_name(block), r.embedder(block).convention.passage_prefix)
 
 
 def narrow_longformer(hand, texts: list[str]) -> int:
@@ -249,7 +180,7 @@ def their_send(infinity: Infinity, hand) -> Send:
     def send(texts: list[str]) -> np.ndarray:
         prepared = hand.prepared(texts)
         pending = {b: pool.submit(e, prepared) for b, e in embedders.items()}
-        blocks = hand.blocks(texts)
+        blocks = hand.blocks(prepared, prepared=True)
         blocks |= {b: f.result() for b, f in pending.items()}
         return hand.fuse(blocks)
     return send
@@ -270,7 +201,8 @@ def agreement(infinity: Infinity, hand, grpc_url: str, texts: list[str]) -> dict
     from fusedembed_client import FusedEmbedClient
 
     prepared = hand.prepared(texts)
-    blocks = hand.blocks(texts) | {b: infinity.embedder(b)(prepared) for b in INFINITY_BLOCKS}
+    blocks = hand.blocks(prepared, prepared=True) | {
+        b: infinity.embedder(b)(prepared) for b in INFINITY_BLOCKS}
     with FusedEmbedClient(grpc_url, "grpc") as client:
         served = client.embed_batch(texts, [T0] * len(texts), blocks=hand.order)
     served_blocks = {b: np.stack([e.blocks[b] for e in served]) for b in hand.order}

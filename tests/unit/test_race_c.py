@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from export.registry import EMBEDDERS, Input
-from perf import race_c
+from perf import race_a, race_c
 
 
 def test_every_token_embedder_is_computed_by_exactly_one_side():
@@ -20,7 +20,7 @@ def test_every_token_embedder_is_computed_by_exactly_one_side():
 
 
 def test_infinity_serves_every_model_in_one_process_with_its_own_settings(monkeypatch):
-    monkeypatch.setattr(race_c.tools, "infinity", lambda: Path("/venv/bin/infinity_emb"))
+    monkeypatch.setattr(race_a.tools, "infinity", lambda: Path("/venv/bin/infinity_emb"))
     folders = {"E1": Path("/m/e01"), "E11": Path("/m/e11")}
     cmd = race_c.Infinity(folders, Path("/tmp/log")).command()
     assert cmd[:2] == ["/venv/bin/infinity_emb", "v2"]
@@ -86,7 +86,7 @@ def test_the_report_says_whether_p95_is_lower_at_every_point():
 
 
 def test_a_model_the_optimum_engine_cannot_run_gets_the_torch_engine_and_a_reason(monkeypatch):
-    monkeypatch.setattr(race_c.tools, "infinity", lambda: Path("/venv/bin/infinity_emb"))
+    monkeypatch.setattr(race_a.tools, "infinity", lambda: Path("/venv/bin/infinity_emb"))
     folders = {b: Path(f"/m/{b}") for b in race_c.INFINITY_BLOCKS}
     cmd = race_c.Infinity(folders, Path("/tmp/log")).command()
     engines = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--engine"]
