@@ -81,17 +81,22 @@ def checkpoint() -> Path:
 def prepared_model() -> Path:
     """A copy of the checkpoint with the peers' ONNX files (made once, in the libraries
     venv)."""
-    folder = RUN_A / "minilm"
+    return onnx_exports(checkpoint(), RUN_A / "minilm", "Race A")
+
+
+def onnx_exports(source: Path, folder: Path, race: str) -> Path:
+    """``folder``: a copy of the Hugging Face folder ``source`` with sentence-transformers'
+    and optimum's ONNX exports (FP32 and INT8), made once in the libraries venv."""
     if (folder / "onnx" / "model_quantized.onnx").is_file():
         return folder
-    source = checkpoint()
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(source, folder)
-    print("Race A: the peers' ONNX exports (sentence-transformers, optimum) ...", flush=True)
+    print(f"{race}: the peers' ONNX exports of {source.name} (sentence-transformers, "
+          "optimum) ...", flush=True)
     libraries(["prepare", str(folder)])
     # Saving rewrote the sentence-transformers files (modules.json, sentence_bert_config.json)
     # in the libraries venv's format, which infinity-emb's older sentence-transformers cannot
-    # read; the published files are read by every version. The ONNX files stay.
+    # read; the source's files are read by every version. The ONNX files stay.
     shutil.copytree(source, folder, dirs_exist_ok=True)
     return folder
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +47,7 @@ import numpy as np
 
 from export import registry as r
 from perf import provenance
-from perf.race_a import InfinityServer
+from perf.race_a import InfinityServer, onnx_exports
 from perf.workload import (
     FULL_RUN,
     REPORTS,
@@ -116,27 +115,13 @@ def prepared_folders(repository: Path) -> dict[str, Path]:
     the INT8 ONNX file made by sentence-transformers' and optimum's exporters (optimum engine;
     in the libraries venv, once)."""
     from export.hf_folders import hf_folder
-    from perf.race_a import libraries
 
     out = {}
     for block in INFINITY_BLOCKS:
         spec = r.embedder(block)
         source = hf_folder(spec, repository, RUN / "hand-written" / repository.name)
-        if ENGINES[block] != "optimum":
-            out[block] = source
-            continue
-        folder = RUN_C / "models" / spec.triton_model
-        out[block] = folder
-        if any((folder / "onnx").glob("*quantized*.onnx")):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.copytree(source, folder)
-        print(f"Race C: INT8 ONNX export of {block} for infinity-emb ...", flush=True)
-        libraries(["prepare", str(folder)])
-        # The export saved the sentence-transformers files in the libraries venv's format,
-        # which infinity's older sentence-transformers cannot read; the optimum engine reads
-        # only the ONNX file, the tokenizer and config.json, and pools as it is told.
-        shutil.copytree(source, folder, dirs_exist_ok=True)
+        out[block] = (source if ENGINES[block] != "optimum" else
+                      onnx_exports(source, RUN_C / "models" / spec.triton_model, "Race C"))
     return out
 
 
